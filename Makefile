@@ -1,0 +1,46 @@
+# qwen-serve — build, test, run and benchmark. Every install step the project needs lives here.
+SWIFT       ?= swift
+CONFIG      ?= release
+BIN         := .build/$(CONFIG)/qwen-serve
+APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev pkg-config python3-pip
+PYTHON      ?= python3
+
+.PHONY: all deps build model run test bench fixtures fixture-deps clean
+
+all: build
+
+# System libraries (Debian/Ubuntu). Installs only what is missing; needs root or sudo.
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build -c $(CONFIG)
+
+# The default model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M), fetched once into ~/.cache/qwen-serve.
+model: build
+	$(BIN) fetch default
+
+run: model
+	$(BIN) generate --model default --chat --prompt "Write a haiku about CPUs." --max-tokens 64 --verbose
+
+# Tests run on release builds: the real-model tests are far too slow unoptimised.
+test: model
+	$(SWIFT) test -c $(CONFIG)
+
+bench: model
+	$(PYTHON) scripts/bench.py --binary $(BIN)
+
+# Regenerating the committed fixtures needs PyTorch and transformers (CPU build of torch).
+fixture-deps:
+	$(PYTHON) -m pip install -q torch==2.13.0 transformers peft gguf
+
+fixtures: fixture-deps model
+	$(PYTHON) scripts/make_fixtures.py --gguf $$($(BIN) fetch default) --out Tests/Fixtures
+
+clean:
+	rm -rf .build

@@ -1,0 +1,49 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers, each depending only on those above it:
+//   CQwenKernels (C: OpenBLAS loader, CPU features)
+//   QwenKernels  (buffers, BLAS, element-wise kernels, weight matrices)
+//   QwenFormats  (safetensors, GGUF, block dequantization)
+//   QwenModel    (config, weights, the Qwen2/Qwen3 forward pass, KV cache)
+//   QwenTokenizer(byte-level BPE, pre-tokenizer, added tokens)
+//   QwenRuntime  (model resolution and download, sampling, generation)
+//   qwen-serve   (the command line)
+let unsafeFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+
+let package = Package(
+    name: "qwen-serve",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "qwen-serve", targets: ["qwen-serve"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .target(
+            name: "CQwenKernels",
+            cSettings: [.unsafeFlags(["-O3", "-march=x86-64-v2"])],
+            linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]
+        ),
+        .target(name: "QwenKernels", dependencies: ["CQwenKernels"], swiftSettings: unsafeFlags),
+        .target(name: "QwenFormats", dependencies: ["QwenKernels"], swiftSettings: unsafeFlags),
+        .target(name: "QwenModel", dependencies: ["QwenKernels", "QwenFormats"], swiftSettings: unsafeFlags),
+        .target(name: "QwenTokenizer", dependencies: ["QwenFormats"], swiftSettings: unsafeFlags),
+        .target(
+            name: "QwenRuntime",
+            dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer"],
+            swiftSettings: unsafeFlags
+        ),
+        .executableTarget(
+            name: "qwen-serve",
+            dependencies: ["QwenRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: unsafeFlags
+        ),
+        .testTarget(
+            name: "QwenTests",
+            dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenRuntime"]
+        ),
+    ],
+    swiftLanguageModes: [.v5]
+)

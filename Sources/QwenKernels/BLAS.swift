@@ -1,0 +1,55 @@
+import CQwenKernels
+
+/// OpenBLAS, loaded on first use with the kernel set chosen for this CPU.
+public enum BLAS {
+    public struct Info: Sendable {
+        /// The kernel set OpenBLAS reports (e.g. "SkylakeX").
+        public let coreName: String
+        /// What this process set OPENBLAS_CORETYPE to, or nil when it kept the user's choice.
+        public let chosenCoreType: String?
+        public let config: String
+        public let threads: Int
+    }
+
+    public struct LoadError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Loads OpenBLAS (once). Every entry point that computes calls this first.
+    @discardableResult
+    public static func load() throws -> Info {
+        var err = [CChar](repeating: 0, count: 512)
+        var chosen = [CChar](repeating: 0, count: 64)
+        let rc = qwen_blas_load(&err, Int32(err.count), &chosen, Int32(chosen.count))
+        guard rc == 0 else { throw LoadError(description: String(cString: err)) }
+        let c = String(cString: chosen)
+        return Info(
+            coreName: String(cString: qwen_blas_corename()),
+            chosenCoreType: c.isEmpty ? nil : c,
+            config: String(cString: qwen_blas_config()),
+            threads: Int(qwen_blas_num_threads())
+        )
+    }
+
+    public static func setThreads(_ n: Int) { qwen_blas_set_num_threads(Int32(n)) }
+
+    /// Row-major C[M×N] = alpha · op(A) · op(B) + beta · C.
+    @inline(__always)
+    public static func sgemm(
+        transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
+        alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+        b: UnsafePointer<Float>, ldb: Int,
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        qwen_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha,
+                   a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+}
+
+public enum CPUFeatures {
+    public static var hasAVX512: Bool { qwen_cpu_has_avx512() != 0 }
+    public static var hasAVX512BF16: Bool { qwen_cpu_has_avx512bf16() != 0 }
+    public static var hasAVX512VNNI: Bool { qwen_cpu_has_avx512vnni() != 0 }
+    /// The OpenBLAS core type that suits this CPU ("" when OpenBLAS's own detection is fine).
+    public static var openBLASCoreType: String { String(cString: qwen_cpu_coretype()) }
+}

@@ -1,0 +1,169 @@
+import Foundation
+import QwenFormats
+import QwenKernels
+
+/// A Qwen2/Qwen3 decoder. `forward` runs any number of sequences at once: their new
+/// tokens are stacked into one [T × hidden] activation so every projection is a single
+/// matrix product, and only attention looks at each sequence (and its KV cache) alone.
+/// Not thread-safe: one forward at a time (its scratch buffers are reused).
+public final class QwenModel {
+    public let config: QwenConfig
+    public let weights: QwenWeights
+    let invFreq: FloatBuffer
+    private var scratch = Scratch()
+
+    public struct Item {
+        public let cache: KVCache
+        public let tokens: [Int32]
+        /// Which of this item's rows need logits: all of them, only the last, or none.
+        public let logits: LogitsRows
+        public init(cache: KVCache, tokens: [Int32], logits: LogitsRows = .last) {
+            self.cache = cache
+            self.tokens = tokens
+            self.logits = logits
+        }
+    }
+
+    public enum LogitsRows { case none, last, all }
+
+    public struct ForwardError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public init(config: QwenConfig, weights: QwenWeights) {
+        self.config = config
+        self.weights = weights
+        let half = config.headDim / 2
+        invFreq = FloatBuffer(count: half)
+        for i in 0..<half {
+            // As transformers computes it: in f32, base ** (2i / dim), then its reciprocal.
+            let e = Float(2 * i) / Float(config.headDim)
+            invFreq[i] = 1 / powf(config.ropeTheta, e) / config.ropeLinearFactor
+        }
+    }
+
+    public convenience init(config: QwenConfig, source: TensorSource) throws {
+        self.init(config: config, weights: try QwenWeights(config: config, source: source))
+    }
+
+    /// Runs the new tokens of every item, appends their keys and values to each item's
+    /// cache, and returns the requested logits: one [rows × vocab] array per item.
+    public func forward(_ items: [Item]) throws -> [[Float]] {
+        let c = config
+        let h = c.hiddenSize, qw = c.heads * c.headDim, kvw = c.kvHeads * c.headDim, hd = c.headDim
+        var t = 0
+        for it in items {
+            for tok in it.tokens where tok < 0 || Int(tok) >= c.vocabSize {
+                throw ForwardError(description: "token id \(tok) is outside the vocabulary (0..<\(c.vocabSize))")
+            }
+            guard it.cache.length + it.tokens.count <= c.maxPositions else {
+                throw ForwardError(description: "sequence of \(it.cache.length + it.tokens.count) tokens exceeds the context of \(c.maxPositions)")
+            }
+            t += it.tokens.count
+        }
+        guard t > 0 else { return items.map { _ in [] } }
+        let s = scratch.ensure(tokens: t, config: c)
+
+        // Embedding lookup.
+        var row = 0
+        for it in items {
+            for tok in it.tokens {
+                weights.embed.copyRow(Int(tok), into: s.x.pointer + row * h)
+                row += 1
+            }
+        }
+        for it in items { it.cache.reserve(it.cache.length + it.tokens.count) }
+
+        for (l, w) in weights.layers.enumerated() {
+            // Attention block.
+            Ops.rmsNorm(s.x.pointer, weight: w.inputNorm.pointer, out: s.xn.pointer, rows: t, dim: h, eps: c.rmsNormEps)
+            w.q.multiply(s.xn.pointer, n: t, into: s.q.pointer, accumulate: false)
+            w.k.multiply(s.xn.pointer, n: t, into: s.k.pointer, accumulate: false)
+            w.v.multiply(s.xn.pointer, n: t, into: s.v.pointer, accumulate: false)
+            if let b = w.qBias { Ops.addBias(s.q.pointer, b.pointer, rows: t, dim: qw) }
+            if let b = w.kBias { Ops.addBias(s.k.pointer, b.pointer, rows: t, dim: kvw) }
+            if let b = w.vBias { Ops.addBias(s.v.pointer, b.pointer, rows: t, dim: kvw) }
+            if let qn = w.qNorm, let kn = w.kNorm {
+                Ops.rmsNorm(s.q.pointer, weight: qn.pointer, out: s.q.pointer, rows: t * c.heads, dim: hd, eps: c.rmsNormEps)
+                Ops.rmsNorm(s.k.pointer, weight: kn.pointer, out: s.k.pointer, rows: t * c.kvHeads, dim: hd, eps: c.rmsNormEps)
+            }
+            var r0 = 0
+            for it in items {
+                let n = it.tokens.count, p0 = it.cache.length
+                for i in 0..<n {
+                    Ops.rope(s.q.pointer + (r0 + i) * qw, heads: c.heads, headDim: hd, pos: p0 + i, invFreq: invFreq.pointer)
+                    Ops.rope(s.k.pointer + (r0 + i) * kvw, heads: c.kvHeads, headDim: hd, pos: p0 + i, invFreq: invFreq.pointer)
+                }
+                let kc = it.cache.keys[l].pointer, vc = it.cache.values[l].pointer
+                (kc + p0 * kvw).update(from: s.k.pointer + r0 * kvw, count: n * kvw)
+                (vc + p0 * kvw).update(from: s.v.pointer + r0 * kvw, count: n * kvw)
+                Attention.causal(q: s.q.pointer + r0 * qw, keys: kc, values: vc, out: s.attn.pointer + r0 * qw,
+                                 rows: n, start: p0, heads: c.heads, kvHeads: c.kvHeads, headDim: hd,
+                                 scores: s.scores(max(n, c.heads / c.kvHeads) * (p0 + n)))
+                r0 += n
+            }
+            w.o.multiply(s.attn.pointer, n: t, into: s.x.pointer, accumulate: true)
+
+            // Feed-forward block.
+            Ops.rmsNorm(s.x.pointer, weight: w.postNorm.pointer, out: s.xn.pointer, rows: t, dim: h, eps: c.rmsNormEps)
+            w.gate.multiply(s.xn.pointer, n: t, into: s.gate.pointer, accumulate: false)
+            w.up.multiply(s.xn.pointer, n: t, into: s.up.pointer, accumulate: false)
+            Ops.siluMul(s.gate.pointer, s.up.pointer, count: t * c.intermediateSize)
+            w.down.multiply(s.gate.pointer, n: t, into: s.x.pointer, accumulate: true)
+        }
+        for it in items { it.cache.length += it.tokens.count }
+
+        // Final norm and output head, only for the rows that want logits.
+        var wanted: [Int] = []
+        var perItem: [Range<Int>] = []
+        var r0 = 0
+        for it in items {
+            let start = wanted.count
+            switch it.logits {
+            case .none: break
+            case .last: if !it.tokens.isEmpty { wanted.append(r0 + it.tokens.count - 1) }
+            case .all: wanted.append(contentsOf: r0..<(r0 + it.tokens.count))
+            }
+            perItem.append(start..<wanted.count)
+            r0 += it.tokens.count
+        }
+        guard !wanted.isEmpty else { return items.map { _ in [] } }
+        for (i, r) in wanted.enumerated() {
+            Ops.rmsNorm(s.x.pointer + r * h, weight: weights.norm.pointer, out: s.xn.pointer + i * h, rows: 1, dim: h, eps: c.rmsNormEps)
+        }
+        let v = c.vocabSize
+        var out = [Float](repeating: 0, count: wanted.count * v)
+        out.withUnsafeMutableBufferPointer { weights.lmHead.multiply(s.xn.pointer, n: wanted.count, into: $0.baseAddress!, accumulate: false) }
+        return perItem.map { Array(out[($0.lowerBound * v)..<($0.upperBound * v)]) }
+    }
+
+    /// Activation buffers for up to `capacity` tokens, grown when a larger batch comes.
+    final class Scratch {
+        var capacity = 0
+        var x = FloatBuffer(count: 0), xn = FloatBuffer(count: 0), q = FloatBuffer(count: 0)
+        var k = FloatBuffer(count: 0), v = FloatBuffer(count: 0), attn = FloatBuffer(count: 0)
+        var gate = FloatBuffer(count: 0), up = FloatBuffer(count: 0)
+        private var scoreBuffer = FloatBuffer(count: 0)
+
+        func ensure(tokens t: Int, config c: QwenConfig) -> Scratch {
+            if t > capacity {
+                let n = max(t, capacity * 2)
+                x = FloatBuffer(count: n * c.hiddenSize)
+                xn = FloatBuffer(count: n * c.hiddenSize)
+                q = FloatBuffer(count: n * c.heads * c.headDim)
+                attn = FloatBuffer(count: n * c.heads * c.headDim)
+                k = FloatBuffer(count: n * c.kvHeads * c.headDim)
+                v = FloatBuffer(count: n * c.kvHeads * c.headDim)
+                gate = FloatBuffer(count: n * c.intermediateSize)
+                up = FloatBuffer(count: n * c.intermediateSize)
+                capacity = n
+            }
+            return self
+        }
+
+        func scores(_ n: Int) -> UnsafeMutablePointer<Float> {
+            if scoreBuffer.count < n { scoreBuffer = FloatBuffer(count: max(n, scoreBuffer.count * 2)) }
+            return scoreBuffer.pointer
+        }
+    }
+}

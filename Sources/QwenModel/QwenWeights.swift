@@ -1,0 +1,56 @@
+import QwenFormats
+import QwenKernels
+
+/// The parameters of a Qwen2/Qwen3 decoder, by role. Matrices are [out × in].
+public final class QwenWeights: @unchecked Sendable {
+    public struct Layer {
+        public var inputNorm: FloatBuffer
+        public var q, k, v, o: WeightMatrix
+        public var qBias, kBias, vBias: FloatBuffer?
+        public var qNorm, kNorm: FloatBuffer?
+        public var postNorm: FloatBuffer
+        public var gate, up, down: WeightMatrix
+    }
+
+    public let embed: WeightMatrix
+    public let layers: [Layer]
+    public let norm: FloatBuffer
+    public let lmHead: WeightMatrix
+
+    public init(config c: QwenConfig, source: TensorSource) throws {
+        func matrix(_ name: String, _ rows: Int, _ cols: Int) throws -> WeightMatrix {
+            F32Matrix(rows: rows, cols: cols, data: try source.floats(name, shape: [rows, cols]))
+        }
+        func vector(_ name: String, _ n: Int) throws -> FloatBuffer { try source.floats(name, shape: [n]) }
+
+        let h = c.hiddenSize, qw = c.heads * c.headDim, kvw = c.kvHeads * c.headDim
+        embed = try matrix("model.embed_tokens.weight", c.vocabSize, h)
+        var layers: [Layer] = []
+        for i in 0..<c.layers {
+            let p = "model.layers.\(i)."
+            layers.append(Layer(
+                inputNorm: try vector(p + "input_layernorm.weight", h),
+                q: try matrix(p + "self_attn.q_proj.weight", qw, h),
+                k: try matrix(p + "self_attn.k_proj.weight", kvw, h),
+                v: try matrix(p + "self_attn.v_proj.weight", kvw, h),
+                o: try matrix(p + "self_attn.o_proj.weight", h, qw),
+                qBias: c.attentionBias ? try vector(p + "self_attn.q_proj.bias", qw) : nil,
+                kBias: c.attentionBias ? try vector(p + "self_attn.k_proj.bias", kvw) : nil,
+                vBias: c.attentionBias ? try vector(p + "self_attn.v_proj.bias", kvw) : nil,
+                qNorm: c.qkNorm ? try vector(p + "self_attn.q_norm.weight", c.headDim) : nil,
+                kNorm: c.qkNorm ? try vector(p + "self_attn.k_norm.weight", c.headDim) : nil,
+                postNorm: try vector(p + "post_attention_layernorm.weight", h),
+                gate: try matrix(p + "mlp.gate_proj.weight", c.intermediateSize, h),
+                up: try matrix(p + "mlp.up_proj.weight", c.intermediateSize, h),
+                down: try matrix(p + "mlp.down_proj.weight", h, c.intermediateSize)))
+        }
+        self.layers = layers
+        norm = try vector("model.norm.weight", h)
+        if c.tieWordEmbeddings || !source.has("lm_head.weight") {
+            guard c.tieWordEmbeddings else { throw ModelFileError(source.origin, "missing tensor lm_head.weight") }
+            lmHead = embed
+        } else {
+            lmHead = try matrix("lm_head.weight", c.vocabSize, h)
+        }
+    }
+}

@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+import QwenKernels
+import QwenRuntime
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Generate text from a prompt.")
+
+    @Option(help: "A model directory, a .gguf file, `default`, or a hub repo id.")
+    var model = "default"
+    @Option(help: "The prompt text.")
+    var prompt: String
+    @Flag(help: "Wrap the prompt as a user message in the chat format.")
+    var chat = false
+    @Option(name: .customLong("max-tokens"), help: "How many tokens to generate at most.")
+    var maxTokens = 128
+    @Option(help: "Sampling temperature; 0 is greedy.")
+    var temperature: Float = 0
+    @Option(name: .customLong("top-k")) var topK = 0
+    @Option(name: .customLong("top-p")) var topP: Float = 1
+    @Option(name: .customLong("min-p")) var minP: Float = 0
+    @Option(help: "Random seed; the same seed gives the same output.")
+    var seed: UInt64?
+    @Flag(name: .customLong("ignore-eos"), help: "Keep generating past the end-of-sequence token.")
+    var ignoreEOS = false
+    @Flag(help: "Print timings to stderr.")
+    var verbose = false
+
+    func validate() throws {
+        guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be at least 0") }
+        guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be 0 or more") }
+        guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
+        guard minP >= 0, minP <= 1 else { throw ValidationError("--min-p must be in [0, 1]") }
+        guard topK >= 0 else { throw ValidationError("--top-k must be 0 (off) or more") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let info = try BLAS.load()
+            if verbose {
+                log("OpenBLAS kernels: \(info.coreName)\(info.chosenCoreType.map { " (OPENBLAS_CORETYPE=\($0) chosen for this CPU)" } ?? ""), \(info.threads) threads")
+            }
+            let path = try ModelLocator.resolve(model, log: log)
+            let loaded = try LoadedModel.load(path: path)
+            let text = chat ? ChatFormat.chatML(user: prompt) : prompt
+            let ids = loaded.tokenizer.encode(text)
+            var params = SamplingParams(temperature: temperature, topK: topK, topP: topP, minP: minP, seed: seed)
+            if temperature == 0 { params = .greedy }
+            let result = try Generator(model: loaded.model, tokenizer: loaded.tokenizer)
+                .generate(prompt: ids, maxTokens: maxTokens, params: params, ignoreEOS: ignoreEOS) { piece in
+                    FileHandle.standardOutput.write(Data(piece.utf8))
+                    return true
+                }
+            print()
+            if verbose {
+                let pp = Double(result.promptTokens) / max(result.prefillSeconds, 1e-9)
+                let tg = Double(result.tokens.count) / max(result.decodeSeconds, 1e-9)
+                log(String(format: "prompt: %d tokens, %.1f tok/s; generated: %d tokens, %.1f tok/s; finish: %@",
+                           result.promptTokens, pp, result.tokens.count, tg, result.finishReason.rawValue))
+            }
+        }
+    }
+}
