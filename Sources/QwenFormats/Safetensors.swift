@@ -73,7 +73,7 @@ public final class SafetensorsFile: TensorSource {
     private static func ints(_ a: [Any]) -> [Int]? {
         var out: [Int] = []
         for v in a {
-            guard let n = v as? NSNumber, !(v is Bool), Double(n.int64Value) == n.doubleValue else { return nil }
+            guard let n = v as? NSNumber, Double(n.int64Value) == n.doubleValue else { return nil }
             out.append(Int(n.int64Value))
         }
         return out

@@ -7,7 +7,7 @@ struct QwenServe: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "qwen-serve",
         abstract: "Qwen3 / Qwen2.5 inference on the CPU.",
-        subcommands: [Generate.self, Fetch.self])
+        subcommands: [Generate.self, Fetch.self, Bench.self])
 }
 
 /// Prints to stderr, so that stdout carries only generated text.

@@ -1,0 +1,32 @@
+import Foundation
+import QwenModel
+import QwenRuntime
+import XCTest
+
+/// The default model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF) against transformers
+/// running the same dequantized weights in f32.
+final class RealModelTests: XCTestCase {
+    func testGreedyContinuationsMatchTransformers() throws {
+        let path = try Fixtures.defaultModel()
+        let loaded = try LoadedModel.load(path: path)
+        let cases = try XCTUnwrap(try Fixtures.json("expected/real_model.json") as? [[String: Any]])
+        XCTAssertGreaterThanOrEqual(cases.count, 3)
+        for c in cases {
+            let prompt = c["prompt"] as! String
+            let ids = loaded.tokenizer.encode(prompt)
+            XCTAssertEqual(ids, ints32(c["ids"]), "prompt tokens for \(prompt.debugDescription)")
+            let want = ints32(c["greedy"])
+            XCTAssertEqual(want.count, 48)
+
+            let logits = try loaded.model.forward([.init(cache: KVCache(config: loaded.model.config), tokens: ids)])[0]
+            let topIds = ints32(c["top_ids"]), topLogits = floats(c["top_logits"])
+            for (id, v) in zip(topIds, topLogits) {
+                XCTAssertEqual(logits[Int(id)], v, accuracy: 2e-3, "logit of \(id)")
+            }
+
+            let got = try Generator(model: loaded.model, tokenizer: loaded.tokenizer)
+                .generate(prompt: ids, maxTokens: 48, params: .greedy, ignoreEOS: true)
+            XCTAssertEqual(got.tokens, want, "greedy continuation of \(prompt.debugDescription): \(got.text.debugDescription)")
+        }
+    }
+}

@@ -1,0 +1,90 @@
+import Foundation
+import QwenKernels
+import QwenRuntime
+import XCTest
+
+final class RuntimeTests: XCTestCase {
+    func testOpenBLASUsesTheKernelsThisCPUCanRun() throws {
+        let info = try BLAS.load()
+        let expected = CPUFeatures.openBLASCoreType
+        if ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil || info.chosenCoreType != nil {
+            XCTAssertEqual(info.chosenCoreType ?? "", expected)
+        }
+        if !expected.isEmpty {
+            XCTAssertEqual(info.coreName.lowercased(), expected.lowercased(), "OpenBLAS reports \(info.coreName)")
+        }
+        // And it computes: a small product checked by hand.
+        let a: [Float] = [1, 2, 3, 4, 5, 6]  // 2×3
+        let b: [Float] = [1, 0, 0, 1, 1, 1]  // 3×2
+        var c = [Float](repeating: 0, count: 4)
+        BLAS.sgemm(m: 2, n: 2, k: 3, a: a, lda: 3, b: b, ldb: 2, c: &c, ldc: 2)
+        XCTAssertEqual(c, [4, 5, 10, 11])
+    }
+
+    func testSamplingIsReproducibleWithASeed() {
+        var logits = [Float](repeating: 0, count: 1000)
+        for i in 0..<1000 { logits[i] = sinf(Float(i)) * 3 }
+        func draw(_ seed: UInt64, _ p: SamplingParams) -> [Int32] {
+            var params = p
+            params.seed = seed
+            var s = Sampler(params: params)
+            return (0..<50).map { _ in s.sample(logits) }
+        }
+        let p = SamplingParams(temperature: 0.9, topK: 40, topP: 0.95, minP: 0.01)
+        XCTAssertEqual(draw(7, p), draw(7, p))
+        XCTAssertNotEqual(draw(7, p), draw(8, p))
+        // Greedy, top-k 1 and a tiny top-p all pick the maximum.
+        let best = Sampler.argmax(logits)
+        XCTAssertEqual(Set(draw(1, .greedy)), [best])
+        XCTAssertEqual(Set(draw(1, SamplingParams(temperature: 1, topK: 1))), [best])
+        XCTAssertEqual(Set(draw(1, SamplingParams(temperature: 1, topP: 1e-6))), [best])
+        // top-k 3 never leaves the three largest.
+        let top3 = Set(logits.enumerated().sorted { $0.element > $1.element }.prefix(3).map { Int32($0.offset) })
+        XCTAssertTrue(Set(draw(3, SamplingParams(temperature: 5, topK: 3))).isSubset(of: top3))
+    }
+
+    func testSamplingFollowsTheDistribution() {
+        // Two tokens with probabilities 0.75 / 0.25 at temperature 1.
+        let logits: [Float] = [log(3), 0, -.infinity]
+        var s = Sampler(params: SamplingParams(temperature: 1, seed: 42))
+        var zeros = 0
+        for _ in 0..<4000 where s.sample(logits) == 0 { zeros += 1 }
+        XCTAssertEqual(Double(zeros) / 4000, 0.75, accuracy: 0.03)
+    }
+
+    func testPenaltiesAndBias() {
+        var p = SamplingParams.greedy
+        p.repetitionPenalty = 2
+        p.presencePenalty = 0.5
+        p.frequencyPenalty = 0.25
+        p.logitBias = [3: 10]
+        var logits: [Float] = [4, -4, 1, 0]
+        Sampler(params: p).adjust(&logits, history: [0, 0, 1])
+        let want: [Float] = [1, -8.75, 1, 10]  // 4/2 - 0.5 - 2·0.25; -4·2 - 0.5 - 0.25
+        XCTAssertEqual(logits, want)
+    }
+
+    func testSHA256KnownVectors() {
+        var h = SHA256()
+        h.update(Array("abc".utf8))
+        XCTAssertEqual(SHA256.hex(h.finalize()), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        var e = SHA256()
+        XCTAssertEqual(SHA256.hex(e.finalize()), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        var long = SHA256()
+        let chunk = [UInt8](repeating: 0x61, count: 1000)
+        for _ in 0..<1000 { long.update(chunk) }  // one million 'a'
+        XCTAssertEqual(SHA256.hex(long.finalize()), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
+    }
+
+    func testCommandLineGeneratesGreedyText() throws {
+        let (status, out, err) = try runProcess(Fixtures.binary, [
+            "generate", "--model", Fixtures.path("qwen3-tiny-f32"), "--prompt", "Hello, world! It's a test.",
+            "--max-tokens", "5", "--ignore-eos",
+        ])
+        XCTAssertEqual(status, 0, err)
+        XCTAssertFalse(out.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
+        let (s2, _, e2) = try runProcess(Fixtures.binary, ["generate", "--prompt", "x", "--top-p", "0"])
+        XCTAssertNotEqual(s2, 0)
+        XCTAssertTrue(e2.contains("--top-p"), e2)
+    }
+}

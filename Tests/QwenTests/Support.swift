@@ -1,0 +1,69 @@
+import Foundation
+import XCTest
+
+/// Paths and JSON helpers shared by the tests.
+enum Fixtures {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures").path
+    static let repo = URL(fileURLWithPath: root).deletingLastPathComponent().deletingLastPathComponent().path
+    static let shared = URL(fileURLWithPath: repo).deletingLastPathComponent().appendingPathComponent("shared").path
+
+    static func path(_ rel: String) -> String { root + "/" + rel }
+
+    static func json(_ rel: String) throws -> Any {
+        let data = try XCTUnwrap(FileManager.default.contents(atPath: path(rel)), "missing fixture \(rel)")
+        return try JSONSerialization.jsonObject(with: data)
+    }
+
+    /// The default model, which `make test` fetches first.
+    static func defaultModel() throws -> String {
+        let env = ProcessInfo.processInfo.environment
+        let cache = env["QWEN_SERVE_CACHE"] ?? ((env["XDG_CACHE_HOME"].map { $0 + "/qwen-serve" }) ?? NSHomeDirectory() + "/.cache/qwen-serve")
+        let p = cache + "/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+        guard FileManager.default.fileExists(atPath: p) else {
+            throw XCTSkip("the default model is not at \(p); `make test` fetches it (make model)")
+        }
+        return p
+    }
+
+    /// The built command-line binary, beside the test bundle.
+    static var binary: String {
+        var dir = Bundle(for: Marker.self).bundleURL
+        while dir.path != "/" {
+            let candidate = dir.appendingPathComponent("qwen-serve").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return repo + "/.build/release/qwen-serve"
+    }
+
+    final class Marker {}
+}
+
+/// A fresh temporary directory, removed when the test ends.
+func temporaryDirectory(_ test: XCTestCase) throws -> String {
+    let dir = NSTemporaryDirectory() + "/qwen-serve-test-\(UUID().uuidString)"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    test.addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
+    return dir
+}
+
+func floats(_ a: Any?) -> [Float] { (a as? [Any] ?? []).map { Float(truncating: $0 as! NSNumber) } }
+func ints32(_ a: Any?) -> [Int32] { (a as? [Any] ?? []).map { Int32(truncating: $0 as! NSNumber) } }
+
+/// Runs a process to completion and returns (status, stdout, stderr).
+@discardableResult
+func runProcess(_ path: String, _ args: [String], environment: [String: String]? = nil) throws -> (Int32, String, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    if let environment { p.environment = environment }
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}

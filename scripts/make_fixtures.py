@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+"""Builds the reference fixtures that the Swift tests compare against.
+
+Everything here comes from Hugging Face transformers / tokenizers (PyTorch on the CPU)
+and gguf-py, the ground truth for numerics. The outputs are small and committed, so
+`make test` needs no PyTorch. Regenerate with `make fixtures`.
+
+Writes into --out:
+  tokenizer/                 a small byte-level BPE with Qwen's pipeline and added tokens
+  qwen3-tiny-{f32,bf16,f16}/ one random Qwen3 checkpoint in three dtypes (same values)
+  qwen2-tiny/                a random Qwen2 checkpoint, tied head, sharded safetensors
+  qwen3-tiny.gguf            the Qwen3 checkpoint as GGUF, some tensors Q8_0/Q4_0
+  expected/*.json            logits, greedy tokens, tokenizations, dequantized blocks
+"""
+import argparse
+import copy
+import json
+import os
+import random
+import shutil
+import sys
+
+import numpy as np
+import torch
+
+QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+ADDED = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>"]
+SPECIAL = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def dump(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, ensure_ascii=False, separators=(",", ":"))
+        f.write("\n")
+
+
+# ---------------------------------------------------------------- corpus
+
+def corpus(rng, n):
+    """Varied strings: English, code, Chinese, emoji, whitespace runs, digits, specials."""
+    words = ("the of and to in is you that it he was for on are as with his they at be this have from or one had "
+             "by word but not what all were we when your can said there use an each which she do how their if will "
+             "up other about out many then them these so some her would make like him into time has look two more "
+             "write go see number no way could people my than first water been call who oil its now find long down "
+             "day did get come made may part Don't I'LL it's we've THEY'RE she'd you'll O'Neil rock'n'roll").split()
+    code = [
+        "def f(x):\n    return x * 2\n", "for (int i = 0; i < n; ++i) {\n\tsum += a[i];\n}",
+        "import numpy as np\r\nx = np.zeros((3, 4))", "SELECT * FROM users WHERE id = 42;",
+        "if (a && b || !c) { return -1; }", "    \n\n  \t x = {'k': [1, 2, 3]}  \n",
+        "#include <stdio.h>\nint main(void) { printf(\"%d\\n\", 7); }", "let s = \"héllo\"; // ✓",
+        "fn main() -> Result<(), Box<dyn Error>> {}", "x+=1;y-=2;z*=3;w/=4;", "a_b_c = __init__(self)",
+        "<html><body><p class=\"x\">Hi</p></body></html>", "$ ls -la ~/.cache | grep qwen >> out.txt",
+    ]
+    chinese = ["你好，世界！", "我的名字是小橙，你的名字是什么呀？", "深度学习模型在中央处理器上运行。", "今天天气很好。",
+               "机器学习", "人工智能（AI）正在改变世界", "一二三四五六七八九十", "「引号」和『书名号』", "中文English混合123"]
+    emoji = ["😀", "👍🏽", "👨‍👩‍👧‍👦", "🇯🇵🇫🇷", "❤️", "🤖🧠", "☕️", "🎉🎉🎉", "🏳️‍🌈", "a😀b"]
+    spaces = [" ", "  ", "    ", "\t", "\n", "\r\n", "\n\n\n", " \n ", "\u3000", "\u00a0", "\u2003", "\u200b", "\x0b", "\x0c"]
+    digits = ["0", "7", "42", "2024", "3.14159", "1,000,000", "1234567890123", "0x1F", "١٢٣", "Ⅻ", "½", "²"]
+    odd = ["e\u0301", "Å", "A\u030a", "ﬁ", "Ｆｕｌｌ", "\ufffd", "ñ", "n\u0303", "Ω", "ǅ", "ß", "İ", "ſ", "'S", "'ll", "'Re",
+           "\u0000", "\x7f", "\U0001F600"[:1], "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "עברית", "العربية", "हिन्दी", "ไทย", "Ελληνικά", "Кириллица"]
+    pools = [words, code, chinese, emoji, spaces, digits, odd, ADDED]
+    out = []
+    for s in code + chinese + emoji + spaces + digits + odd + ADDED:
+        out.append(s)
+    while len(out) < n:
+        k = rng.randint(1, 14)
+        parts = []
+        for _ in range(k):
+            pool = rng.choice(pools)
+            piece = rng.choice(pool)
+            if pool is words and rng.random() < 0.3:
+                piece = piece.capitalize() if rng.random() < 0.5 else piece.upper()
+            parts.append(piece)
+            parts.append(rng.choice(["", " ", " ", " ", "  ", "\n", ", ", ". ", "\t", "'s ", "!", "...", "—"]))
+        out.append("".join(parts))
+    return out[:n]
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def build_tiny_tokenizer(out_dir, rng):
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel(add_prefix_space=False, use_regex=False)
+    trainer = trainers.BpeTrainer(vocab_size=600, min_frequency=2, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = corpus(random.Random(7), 3000)
+    tok.train_from_iterator(text, trainer)
+    from tokenizers import AddedToken
+    tok.add_tokens([AddedToken(t, special=t in SPECIAL, normalized=False) for t in ADDED])
+    os.makedirs(out_dir, exist_ok=True)
+    tok.save(os.path.join(out_dir, "tokenizer.json"))
+    cfg = {"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+           "bos_token": None, "chat_template": CHATML, "model_max_length": 4096}
+    dump(os.path.join(out_dir, "tokenizer_config.json"), cfg)
+    return tok
+
+
+# ---------------------------------------------------------------- models
+
+def exact_in_all_dtypes(t):
+    """Rounds to bf16 and flushes what f16 cannot hold exactly, so f32, bf16 and f16
+    copies of the checkpoint have identical values."""
+    t = t.to(torch.bfloat16).to(torch.float32)
+    t[t.abs() < 2.0 ** -14] = 0
+    return t
+
+
+def randomize(model, rng_seed, scale):
+    g = torch.Generator().manual_seed(rng_seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                v = 1 + 0.2 * torch.randn(p.shape, generator=g)
+            elif name.endswith("bias"):
+                v = 0.3 * torch.randn(p.shape, generator=g)
+            else:
+                v = scale * torch.randn(p.shape, generator=g)
+            p.copy_(exact_in_all_dtypes(v))
+
+
+def reference(model, prompts, greedy_tokens):
+    """Full logits for each prompt and a greedy continuation."""
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for ids in prompts:
+            x = torch.tensor([ids])
+            logits = model(x).logits[0].float()
+            # An explicit mask: generate() would otherwise mask prompt tokens equal to pad_token_id.
+            gen = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=greedy_tokens,
+                                 do_sample=False, pad_token_id=0, eos_token_id=None)
+            out.append({"prompt": ids, "logits": [[round(float(v), 7) for v in row] for row in logits],
+                        "greedy": gen[0, len(ids):].tolist()})
+    return out
+
+
+def make_models(out, tok, prompts_text):
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    vocab = tok.get_vocab_size()
+    prompts = [tok.encode(p).ids for p in prompts_text]
+    expected = {}
+
+    q3 = Qwen3Config(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=24, max_position_embeddings=512,
+                     rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False, attention_bias=False,
+                     eos_token_id=tok.token_to_id("<|im_end|>"), bos_token_id=None)
+    torch.manual_seed(0)
+    m3 = Qwen3ForCausalLM(q3).float()
+    randomize(m3, 1, 0.15)
+    expected["qwen3"] = reference(m3, prompts, 24)
+    for dtype, name in [(torch.float32, "f32"), (torch.bfloat16, "bf16"), (torch.float16, "f16")]:
+        d = os.path.join(out, f"qwen3-tiny-{name}")
+        # A copy: Module.to() converts in place, buffers (RoPE's inv_freq) included.
+        copy.deepcopy(m3).to(dtype).save_pretrained(d, safe_serialization=True)
+        copy_tokenizer(out, d)
+
+    q2 = Qwen2Config(vocab_size=vocab, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                     num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
+                     rope_theta=1000000.0, tie_word_embeddings=True, eos_token_id=tok.token_to_id("<|im_end|>"))
+    torch.manual_seed(0)
+    m2 = Qwen2ForCausalLM(q2).float()
+    randomize(m2, 2, 0.2)
+    d = os.path.join(out, "qwen2-tiny")
+    m2.save_pretrained(d, safe_serialization=True, max_shard_size="40KB")
+    copy_tokenizer(out, d)
+    expected["qwen2"] = reference(m2, prompts, 24)
+
+    gguf_path = os.path.join(out, "qwen3-tiny.gguf")
+    deq = write_gguf(gguf_path, m3, q3, tok)
+    m3g = Qwen3ForCausalLM(q3).float()
+    m3g.load_state_dict(deq, strict=False)
+    expected["qwen3_gguf"] = reference(m3g, prompts, 24)
+    for k, v in expected.items():
+        dump(os.path.join(out, "expected", f"model_{k}.json"), v)
+
+
+def copy_tokenizer(out, d):
+    for f in ["tokenizer.json", "tokenizer_config.json"]:
+        shutil.copy(os.path.join(out, "tokenizer", f), os.path.join(d, f))
+
+
+HF_TO_GGUF = {
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}
+
+
+def gguf_name(hf):
+    if hf == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf == "model.norm.weight":
+        return "output_norm.weight"
+    if hf == "lm_head.weight":
+        return "output.weight"
+    parts = hf.split(".")
+    layer = parts[2]
+    module = ".".join(parts[3:-1])
+    return f"blk.{layer}.{HF_TO_GGUF[module]}.{parts[-1]}"
+
+
+def write_gguf(path, model, cfg, tok):
+    """The Qwen3 checkpoint as GGUF: the vocabulary inside, matrices in Q8_0/Q4_0/F16."""
+    import gguf
+    from gguf.quants import dequantize, quantize
+    w = gguf.GGUFWriter(path, "qwen3")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_freq_base(cfg.rope_theta if hasattr(cfg, "rope_theta") else cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    vocab = tok.get_vocab(with_added_tokens=True)
+    tokens = [None] * len(vocab)
+    for t, i in vocab.items():
+        tokens[i] = t
+    types = [gguf.TokenType.CONTROL if t in SPECIAL else gguf.TokenType.USER_DEFINED if t in ADDED
+             else gguf.TokenType.NORMAL for t in tokens]
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
+    w.add_eos_token_id(tok.token_to_id("<|im_end|>"))
+    w.add_pad_token_id(tok.token_to_id("<|endoftext|>"))
+    w.add_chat_template(CHATML)
+    deq = {}
+    for i, (name, p) in enumerate(model.state_dict().items()):
+        a = p.detach().float().numpy()
+        if a.ndim == 2 and a.shape[1] % 32 == 0:
+            qt = [gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0,
+                  gguf.GGMLQuantizationType.Q5_1, gguf.GGMLQuantizationType.F16][i % 4]
+            if qt == gguf.GGMLQuantizationType.F16:
+                data = a.astype(np.float16)
+                deq[name] = torch.from_numpy(data.astype(np.float32))
+                w.add_tensor(gguf_name(name), data)
+            else:
+                data = quantize(a, qt)
+                deq[name] = torch.from_numpy(dequantize(data, qt).reshape(a.shape).astype(np.float32))
+                w.add_tensor(gguf_name(name), data, raw_dtype=qt)
+        else:
+            deq[name] = torch.from_numpy(a.copy())
+            w.add_tensor(gguf_name(name), a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return deq
+
+
+# ---------------------------------------------------------------- dequantization
+
+def make_dequant(out):
+    """Random blocks of every supported type and gguf-py's dequantization of them."""
+    import gguf
+    from gguf.quants import dequantize
+    rng = np.random.default_rng(3)
+    cases = []
+    for name in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16", "BF16"]:
+        qt = gguf.GGMLQuantizationType[name]
+        block, size = gguf.GGML_QUANT_SIZES[qt]
+        nblocks = 4
+        raw = rng.integers(0, 256, size=nblocks * size, dtype=np.uint8)
+        b = raw.reshape(nblocks, size)
+        # Keep the f16 scale fields finite and modest so the expected values are ordinary numbers.
+        scale_offsets = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "Q4_K": [0, 2],
+                         "Q5_K": [0, 2], "Q6_K": [size - 2]}.get(name, [])
+        for off in scale_offsets:
+            vals = rng.uniform(-0.05, 0.05, size=nblocks).astype(np.float16).view(np.uint8).reshape(nblocks, 2)
+            b[:, off:off + 2] = vals
+        if name == "F16":
+            b[:] = rng.uniform(-4, 4, size=nblocks * size // 2).astype(np.float16).view(np.uint8).reshape(nblocks, size)
+        if name == "BF16":
+            f = rng.uniform(-4, 4, size=nblocks * size // 2).astype(np.float32).view(np.uint32) >> 16
+            b[:] = f.astype(np.uint16).view(np.uint8).reshape(nblocks, size)
+        data = b.reshape(-1)
+        y = dequantize(data, qt).reshape(-1).astype(np.float32)
+        cases.append({"type": name, "ggml_type": int(qt), "bytes": data.tobytes().hex(),
+                      "values": [float(v) for v in y]})
+    dump(os.path.join(out, "expected", "dequant.json"), cases)
+
+
+# ---------------------------------------------------------------- real model
+
+def make_real(out, gguf_path, tiny_tok):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    d, f = os.path.split(os.path.abspath(gguf_path))
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    # GGUF keeps no normaliser, but Qwen's tokenizer.json on the hub applies NFC; the
+    # reference is the hub's tokenizer, so restore it.
+    from tokenizers import normalizers
+    tok.backend_tokenizer.normalizer = normalizers.NFC()
+    rng = random.Random(11)
+    texts = corpus(rng, 2400)
+    enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    # Decoding arbitrary id sequences exercises invalid UTF-8 and partial characters.
+    drng = random.Random(5)
+    dec_ids = [[drng.randrange(0, 151643) for _ in range(drng.randint(1, 12))] for _ in range(300)]
+    dec = [tok.decode(ids) for ids in dec_ids]
+    dump(os.path.join(out, "expected", "tokenizer_qwen.json"),
+         {"texts": texts, "ids": enc, "decode_ids": dec_ids, "decoded": dec})
+    tiny_ids = [tiny_tok.encode(t).ids for t in texts]
+    dump(os.path.join(out, "expected", "tokenizer_tiny.json"), {"texts": texts, "ids": tiny_ids})
+
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    import gguf
+    r = gguf.GGUFReader(gguf_path)
+    has_output = any(t.name == "output.weight" for t in r.tensors)
+    assert model.config.tie_word_embeddings == (not has_output) or has_output is False, "head tying mismatch"
+    if has_output:
+        # Make sure the reference really uses output.weight and not the embedding.
+        from gguf.quants import dequantize
+        t = next(t for t in r.tensors if t.name == "output.weight")
+        w = dequantize(t.data, t.tensor_type).reshape(151936, -1)
+        if model.config.tie_word_embeddings or not torch.equal(model.lm_head.weight, torch.from_numpy(w)):
+            model.config.tie_word_embeddings = False
+            model.lm_head.weight = torch.nn.Parameter(torch.from_numpy(w.astype(np.float32)))
+    prompts = [
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nWrite a Python function that checks whether a number is prime.<|im_end|>\n"
+        "<|im_start|>assistant\n",
+        "def quicksort(arr):\n",
+        "The three most important properties of a hash function are",
+        "<|im_start|>user\n用中文解释什么是递归。<|im_end|>\n<|im_start|>assistant\n",
+    ]
+    cases = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = tok(p, add_special_tokens=False)["input_ids"]
+            x = torch.tensor([ids])
+            logits = model(x).logits[0, -1]
+            top = torch.topk(logits, 20)
+            gen = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=48, do_sample=False,
+                                 eos_token_id=None, pad_token_id=151643)
+            cases.append({"prompt": p, "ids": ids, "greedy": gen[0, len(ids):].tolist(),
+                          "top_ids": top.indices.tolist(), "top_logits": [float(v) for v in top.values]})
+            print("real:", repr(tok.decode(cases[-1]["greedy"]))[:100], file=sys.stderr)
+    dump(os.path.join(out, "expected", "real_model.json"), cases)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--gguf", required=True, help="the default model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M)")
+    ap.add_argument("--skip-real", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    os.makedirs(os.path.join(a.out, "expected"), exist_ok=True)
+    rng = random.Random(1)
+    tok = build_tiny_tokenizer(os.path.join(a.out, "tokenizer"), rng)
+    prompts = ["Hello, world! It's a test.", "<|im_start|>user\n你好 😀 def f(x): return 42<|im_end|>\n",
+               "a", "The number 1234567 and    spaces\n\n\tend"]
+    make_models(a.out, tok, prompts)
+    make_dequant(a.out)
+    if not a.skip_real:
+        make_real(a.out, a.gguf, tok)
+
+
+if __name__ == "__main__":
+    main()
