@@ -10,14 +10,16 @@ import FoundationNetworking
 public struct HubDownloader {
     public let endpoint: String
     public let revision: String
+    public let cacheDirectory: String
     let token: String?
 
-    public init(endpoint: String? = nil, revision: String = "main") {
+    public init(endpoint: String? = nil, revision: String = "main", cacheDirectory: String = ModelLocator.cacheDirectory) {
         let env = ProcessInfo.processInfo.environment
         var e = endpoint ?? env["HF_ENDPOINT"] ?? "https://huggingface.co"
         while e.hasSuffix("/") { e.removeLast() }
         self.endpoint = e
         self.revision = revision
+        self.cacheDirectory = cacheDirectory
         token = env["HF_TOKEN"]
     }
 
@@ -27,7 +29,7 @@ public struct HubDownloader {
                                       "model.safetensors", "model.safetensors.index.json", "chat_template.jinja"]
 
     public func download(repo: String, log: (String) -> Void) throws -> String {
-        let target = ModelLocator.cacheDirectory + "/hub/" + repo.replacingOccurrences(of: "/", with: "--") + "/" + revision
+        let target = cacheDirectory + "/hub/" + repo.replacingOccurrences(of: "/", with: "--") + "/" + revision
         let done = target + "/.complete"
         if FileManager.default.fileExists(atPath: done) { return target }
         if ProcessInfo.processInfo.environment["HF_HUB_OFFLINE"] == "1" {
