@@ -7,6 +7,7 @@ import PackageDescription
 //   QwenFormats  (safetensors, GGUF, block dequantization)
 //   QwenModel    (config, weights, the Qwen2/Qwen3 forward pass, KV cache)
 //   QwenTokenizer(byte-level BPE, pre-tokenizer, added tokens)
+//   QwenChat     (JSON that keeps key order, the Jinja chat-template engine, output parsing)
 //   QwenRuntime  (model resolution and download, sampling, generation)
 //   qwen-serve   (the command line)
 let unsafeFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
@@ -30,6 +31,7 @@ let package = Package(
         .target(name: "QwenFormats", dependencies: ["QwenKernels"], swiftSettings: unsafeFlags),
         .target(name: "QwenModel", dependencies: ["QwenKernels", "QwenFormats"], swiftSettings: unsafeFlags),
         .target(name: "QwenTokenizer", dependencies: ["QwenFormats"], swiftSettings: unsafeFlags),
+        .target(name: "QwenChat", swiftSettings: unsafeFlags),
         .target(
             name: "QwenRuntime",
             dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer"],
@@ -42,7 +44,7 @@ let package = Package(
         ),
         .testTarget(
             name: "QwenTests",
-            dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenRuntime"]
+            dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat", "QwenRuntime"]
         ),
     ],
     swiftLanguageModes: [.v5]

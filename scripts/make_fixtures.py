@@ -353,11 +353,89 @@ def make_real(out, gguf_path, tiny_tok):
     dump(os.path.join(out, "expected", "real_model.json"), cases)
 
 
+# ---------------------------------------------------------------- chat templates
+
+def conversations():
+    """Conversations that exercise every branch of the Qwen2.5 and Qwen3 templates."""
+    weather = {"type": "function", "function": {
+        "name": "get_weather", "description": "Weather for a city — «now».",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "description": "名字"}, "days": {"type": "integer", "minimum": 1, "maximum": 7.5},
+            "units": {"type": "string", "enum": ["c", "f"]}}, "required": ["city"]}}}
+    search = {"type": "function", "function": {"name": "search", "parameters": {
+        "type": "object", "properties": {"q": {"type": "string"}, "limit": {"type": "number", "default": 0.25}}}}}
+    call = lambda name, args: {"type": "function", "function": {"name": name, "arguments": args}}
+    sys_msg = {"role": "system", "content": "You are a terse assistant.\nAnswer in one line."}
+    convs = [
+        ([{"role": "user", "content": "Hi"}], None),
+        ([sys_msg, {"role": "user", "content": "What is 2+2?"}], None),
+        ([{"role": "user", "content": "你好 😀"}, {"role": "assistant", "content": "你好！"}, {"role": "user", "content": "再见"}], None),
+        ([sys_msg, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "system", "content": "late system"},
+          {"role": "user", "content": "c"}], None),
+        ([{"role": "user", "content": "Weather in Paris?"}], [weather]),
+        ([sys_msg, {"role": "user", "content": "Weather in Paris?"}], [weather, search]),
+        ([{"role": "user", "content": "Weather in Paris?"},
+          {"role": "assistant", "content": "", "tool_calls": [call("get_weather", {"city": "Paris", "days": 2})]},
+          {"role": "tool", "content": "{\"temp\": 21}"}], [weather]),
+        ([{"role": "user", "content": "Both cities"},
+          {"role": "assistant", "content": "Checking.", "tool_calls": [call("get_weather", {"city": "Paris"}), call("get_weather", {"city": "Oslo"})]},
+          {"role": "tool", "content": "sunny"}, {"role": "tool", "content": "snow"},
+          {"role": "assistant", "content": "Paris sunny, Oslo snow."}, {"role": "user", "content": "thanks"}], [weather]),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [call("search", {"q": "x y", "limit": 3})]},
+          {"role": "tool", "content": "r1"}], [search]),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "search", "arguments": {"q": "plain"}}}]},
+          {"role": "tool", "content": "r"}, {"role": "user", "content": "<tool_response>\nfake\n</tool_response>"}], [search]),
+        ([{"role": "user", "content": "Think first"}, {"role": "assistant", "content": "<think>\nstep 1\nstep 2\n</think>\n\nAnswer A"},
+          {"role": "user", "content": "again"}], None),
+        ([{"role": "user", "content": "Think"}, {"role": "assistant", "content": "Answer B", "reasoning_content": "because"},
+          {"role": "user", "content": "more"}, {"role": "assistant", "content": "<think>inner</think>Final"}], None),
+        ([{"role": "user", "content": "tabs\tand\nnewlines  "}, {"role": "assistant", "content": "  spaced  "}], None),
+        ([{"role": "user", "content": "Quote ' and \" and \\ and {{ braces }} and {% tags %}"}], None),
+        ([sys_msg], None),
+        ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], [search]),
+        ([{"role": "user", "content": "call with string args"},
+          {"role": "assistant", "content": "", "tool_calls": [call("search", "{\"q\": \"raw string\"}")]},
+          {"role": "tool", "content": "done"}, {"role": "assistant", "content": "<think>\nreflect\n</think>\n\nok"}], [search]),
+        ([{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}, {"role": "user", "content": "3"},
+          {"role": "assistant", "content": "4"}, {"role": "user", "content": "5"}], None),
+        ([{"role": "system", "content": ""}, {"role": "user", "content": "empty system"}], None),
+        ([{"role": "user", "content": "multi\n\n\nline\n"}], [weather]),
+        ([{"role": "user", "content": "Émoji 👨‍👩‍👧 and 中文 and ümlaut"}, {"role": "assistant", "content": "<think>\n\n</think>\n\nempty think"}], None),
+        ([{"role": "user", "content": "tool then user"}, {"role": "assistant", "content": "", "tool_calls": [call("get_weather", {"city": "Rome", "units": "c"})]},
+          {"role": "tool", "content": "hot"}, {"role": "user", "content": "and tomorrow?"}], [weather]),
+    ]
+    return convs
+
+
+def make_templates(out, gguf_path, qwen3_template_path):
+    import gguf
+    from transformers.utils.chat_template_utils import render_jinja_template
+    r = gguf.GGUFReader(gguf_path)
+    templates = {"qwen2.5": r.fields["tokenizer.chat_template"].contents()}
+    if qwen3_template_path and os.path.exists(qwen3_template_path):
+        templates["qwen3"] = open(qwen3_template_path).read()
+    else:
+        print("qwen3 template not found; its fixtures are skipped", file=sys.stderr)
+    cases = []
+    for name, tpl in templates.items():
+        for i, (msgs, tools) in enumerate(conversations()):
+            variants = [({}, True), ({}, False)]
+            if name == "qwen3":
+                variants += [({"enable_thinking": False}, True), ({"enable_thinking": True}, True)]
+            for kwargs, gen in variants:
+                (text,), _ = render_jinja_template([msgs], tools=tools, chat_template=tpl, add_generation_prompt=gen, **kwargs)
+                cases.append({"template": name, "messages": msgs, "tools": tools, "kwargs": kwargs,
+                              "add_generation_prompt": gen, "expected": text})
+    dump(os.path.join(out, "expected", "chat_templates.json"), cases)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--gguf", required=True, help="the default model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M)")
     ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--qwen3-template", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                                                             "templates", "qwen3.jinja"))
     a = ap.parse_args()
     torch.set_num_threads(2)
     os.makedirs(os.path.join(a.out, "expected"), exist_ok=True)
@@ -367,6 +445,7 @@ def main():
                "a", "The number 1234567 and    spaces\n\n\tend"]
     make_models(a.out, tok, prompts)
     make_dequant(a.out)
+    make_templates(a.out, a.gguf, a.qwen3_template)
     if not a.skip_real:
         make_real(a.out, a.gguf, tok)
 

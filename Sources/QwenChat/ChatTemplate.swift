@@ -1,0 +1,24 @@
+/// A model's chat template, rendered as transformers' `apply_chat_template` renders it:
+/// `messages`, `tools` (none when absent), `add_generation_prompt`, the tokenizer's
+/// special tokens, and any extra keyword arguments (`enable_thinking`, …).
+public final class ChatTemplate: @unchecked Sendable {
+    public let source: String
+    let template: JinjaTemplate
+
+    public init(_ source: String) throws {
+        self.source = source
+        template = try JinjaTemplate(source)
+    }
+
+    public func render(messages: [JSONValue], tools: [JSONValue]? = nil, addGenerationPrompt: Bool,
+                       extra: [(String, JSONValue)] = [], specialTokens: [String: String] = [:]) throws -> String {
+        var ctx: [String: JinjaValue] = [:]
+        for (k, v) in specialTokens { ctx[k] = .string(v) }
+        ctx["messages"] = .list(messages.map(JinjaValue.init))
+        ctx["tools"] = tools.map { .list($0.map(JinjaValue.init)) } ?? .none
+        ctx["documents"] = JinjaValue.none
+        ctx["add_generation_prompt"] = .bool(addGenerationPrompt)
+        for (k, v) in extra { ctx[k] = JinjaValue(v) }
+        return try template.render(ctx)
+    }
+}
