@@ -24,12 +24,12 @@ let package = Package(
     targets: [
         .target(
             name: "CQwenKernels",
-            cSettings: [.unsafeFlags(["-O3", "-march=x86-64-v2"])],
+            cSettings: [.unsafeFlags(["-O3", "-ffast-math", "-fno-finite-math-only"])],
             linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]
         ),
         .target(name: "QwenKernels", dependencies: ["CQwenKernels"], swiftSettings: unsafeFlags),
         .target(name: "QwenFormats", dependencies: ["QwenKernels"], swiftSettings: unsafeFlags),
-        .target(name: "QwenModel", dependencies: ["QwenKernels", "QwenFormats"], swiftSettings: unsafeFlags),
+        .target(name: "QwenModel", dependencies: ["CQwenKernels", "QwenKernels", "QwenFormats"], swiftSettings: unsafeFlags),
         .target(name: "QwenTokenizer", dependencies: ["QwenFormats"], swiftSettings: unsafeFlags),
         .target(name: "QwenChat", swiftSettings: unsafeFlags),
         .target(

@@ -1,39 +1,35 @@
+import CQwenKernels
+import Dispatch
+import Foundation
 import QwenKernels
 
-/// Causal scaled-dot-product attention of `rows` new queries against a sequence's cached
-/// keys and values (positions 0..<start+rows), with grouped-query heads.
+/// Causal attention for a batch of rows from different sequences, each row against its
+/// own sequence's paged keys and values up to and including its position.
 enum Attention {
-    static func causal(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                       out: UnsafeMutablePointer<Float>, rows n: Int, start p0: Int,
-                       heads: Int, kvHeads: Int, headDim hd: Int, scores: UnsafeMutablePointer<Float>) {
-        let qw = heads * hd, kvw = kvHeads * hd, group = heads / kvHeads
-        let total = p0 + n
-        let scale = 1 / Float(hd).squareRoot()
-        if n == 1 {
-            // Decode: the `group` query heads that share a KV head are contiguous, so one
-            // product per KV head covers them all.
-            for g in 0..<kvHeads {
-                let qg = q + g * group * hd
-                BLAS.sgemm(transB: true, m: group, n: total, k: hd, alpha: scale, a: qg, lda: hd,
-                           b: keys + g * hd, ldb: kvw, c: scores, ldc: total)
-                for r in 0..<group { Ops.softmax(scores + r * total, count: total) }
-                BLAS.sgemm(m: group, n: hd, k: total, a: scores, lda: total, b: values + g * hd, ldb: kvw,
-                           c: out + g * group * hd, ldc: hd)
+    static let workers = max(1, min(8, ProcessInfo.processInfo.activeProcessorCount))
+
+    static func rows(q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, rows t: Int, rowItem: [Int], rowPos: [Int],
+                     items: [QwenModel.Item], layer: Int, config c: QwenConfig,
+                     scratch: UnsafeMutablePointer<Float>, scratchPerWorker: Int, workers: Int) {
+        let qw = c.heads * c.headDim
+        let scale = 1 / Float(c.headDim).squareRoot()
+        let chunk = (t + workers - 1) / workers
+        // Block tables as contiguous Int32 arrays, one per item, for the C kernel.
+        let tables: [[Int32]] = items.map(\.cache.blocks)
+        let kbases = items.map { UnsafePointer($0.cache.pool.keys[layer].pointer) }
+        let vbases = items.map { UnsafePointer($0.cache.pool.values[layer].pointer) }
+        let bs = Int32(items.first?.cache.pool.blockSize ?? 16)
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            let lo = w * chunk, hi = min(t, lo + chunk)
+            guard lo < hi else { return }
+            let buf = scratch + w * scratchPerWorker
+            for r in lo..<hi {
+                let k = rowItem[r]
+                tables[k].withUnsafeBufferPointer { bt in
+                    qwen_attend_paged(q + r * qw, Int32(c.heads), Int32(c.kvHeads), Int32(c.headDim), kbases[k], vbases[k],
+                                      bt.baseAddress, bs, Int32(rowPos[r] + 1), scale, out + r * qw, buf)
+                }
             }
-            return
-        }
-        for hIdx in 0..<heads {
-            let g = hIdx / group
-            BLAS.sgemm(transB: true, m: n, n: total, k: hd, alpha: scale, a: q + hIdx * hd, lda: qw,
-                       b: keys + g * hd, ldb: kvw, c: scores, ldc: total)
-            for i in 0..<n {
-                let row = scores + i * total
-                let visible = p0 + i + 1
-                Ops.softmax(row, count: visible)
-                for j in visible..<total { row[j] = 0 }
-            }
-            BLAS.sgemm(m: n, n: hd, k: total, a: scores, lda: total, b: values + g * hd, ldb: kvw,
-                       c: out + hIdx * hd, ldc: qw)
         }
     }
 }

@@ -72,7 +72,23 @@ public final class QwenModel {
                 row += 1
             }
         }
-        for it in items { it.cache.reserve(it.cache.length + it.tokens.count) }
+        for it in items where !it.cache.reserve(it.tokens.count) {
+            throw ForwardError(description: "the KV cache is full")
+        }
+        // Each row's sequence and position (its key/value slot, and how far it attends).
+        var rowItem: [Int] = [], rowPos: [Int] = []
+        rowItem.reserveCapacity(t)
+        rowPos.reserveCapacity(t)
+        for (k, it) in items.enumerated() {
+            for i in 0..<it.tokens.count {
+                rowItem.append(k)
+                rowPos.append(it.cache.length + i)
+            }
+        }
+        let maxCtx = (rowPos.max() ?? 0) + 1
+        let group = c.heads / c.kvHeads
+        let workers = t >= 2 ? Attention.workers : 1
+        let scoreBuffer = s.scores(workers * group * maxCtx)
 
         for (l, w) in weights.layers.enumerated() {
             // Attention block.
@@ -87,21 +103,18 @@ public final class QwenModel {
                 Ops.rmsNorm(s.q.pointer, weight: qn.pointer, out: s.q.pointer, rows: t * c.heads, dim: hd, eps: c.rmsNormEps)
                 Ops.rmsNorm(s.k.pointer, weight: kn.pointer, out: s.k.pointer, rows: t * c.kvHeads, dim: hd, eps: c.rmsNormEps)
             }
-            var r0 = 0
-            for it in items {
-                let n = it.tokens.count, p0 = it.cache.length
-                for i in 0..<n {
-                    Ops.rope(s.q.pointer + (r0 + i) * qw, heads: c.heads, headDim: hd, pos: p0 + i, invFreq: invFreq.pointer)
-                    Ops.rope(s.k.pointer + (r0 + i) * kvw, heads: c.kvHeads, headDim: hd, pos: p0 + i, invFreq: invFreq.pointer)
-                }
-                let kc = it.cache.keys[l].pointer, vc = it.cache.values[l].pointer
-                (kc + p0 * kvw).update(from: s.k.pointer + r0 * kvw, count: n * kvw)
-                (vc + p0 * kvw).update(from: s.v.pointer + r0 * kvw, count: n * kvw)
-                Attention.causal(q: s.q.pointer + r0 * qw, keys: kc, values: vc, out: s.attn.pointer + r0 * qw,
-                                 rows: n, start: p0, heads: c.heads, kvHeads: c.kvHeads, headDim: hd,
-                                 scores: s.scores(max(n, c.heads / c.kvHeads) * (p0 + n)))
-                r0 += n
+            for r in 0..<t {
+                let pos = rowPos[r]
+                Ops.rope(s.q.pointer + r * qw, heads: c.heads, headDim: hd, pos: pos, invFreq: invFreq.pointer)
+                Ops.rope(s.k.pointer + r * kvw, heads: c.kvHeads, headDim: hd, pos: pos, invFreq: invFreq.pointer)
+                let cache = items[rowItem[r]].cache
+                let bs = cache.pool.blockSize
+                let slot = (Int(cache.blocks[pos / bs]) * bs + pos % bs) * kvw
+                (cache.pool.keys[l].pointer + slot).update(from: s.k.pointer + r * kvw, count: kvw)
+                (cache.pool.values[l].pointer + slot).update(from: s.v.pointer + r * kvw, count: kvw)
             }
+            Attention.rows(q: s.q.pointer, out: s.attn.pointer, rows: t, rowItem: rowItem, rowPos: rowPos, items: items,
+                           layer: l, config: c, scratch: scoreBuffer, scratchPerWorker: group * maxCtx, workers: workers)
             w.o.multiply(s.attn.pointer, n: t, into: s.x.pointer, accumulate: true)
 
             // Feed-forward block.
@@ -111,7 +124,7 @@ public final class QwenModel {
             Ops.siluMul(s.gate.pointer, s.up.pointer, count: t * c.intermediateSize)
             w.down.multiply(s.gate.pointer, n: t, into: s.x.pointer, accumulate: true)
         }
-        for it in items { it.cache.length += it.tokens.count }
+        for it in items { it.cache.advance(it.tokens) }
 
         // Final norm and output head, only for the rows that want logits.
         var wanted: [Int] = []

@@ -1,0 +1,242 @@
+import QwenKernels
+
+/// Paged key/value memory shared by many sequences: fixed-size blocks of `blockSize`
+/// positions, one storage array per layer for keys and one for values (each row
+/// kvHeads·headDim floats). Blocks are reference-counted so sequences can share a
+/// prompt prefix; a block that is shared is copied before it is written (copy-on-write).
+/// Not thread-safe: the engine thread owns it.
+public final class KVPool {
+    public let layers: Int
+    public let width: Int
+    public let blockSize: Int
+    public private(set) var blockCount: Int
+    /// A private pool (one sequence, the command line, tests) grows; the engine's is fixed.
+    public let growable: Bool
+    var keys: [FloatBuffer]
+    var values: [FloatBuffer]
+    private(set) var refCount: [Int32]
+    private var freeList: [Int32]
+    /// Prefix-cache bookkeeping: the content hash of each full block, and which unreferenced
+    /// blocks still hold reusable content (evicted oldest first when memory runs out).
+    private(set) var blockHash: [UInt64?]
+    private var cachedByHash: [UInt64: Int32] = [:]
+    private var evictable: [Int32: UInt64] = [:]  // block -> last-use tick
+    private var tick: UInt64 = 0
+
+    public init(config: QwenConfig, blocks: Int, blockSize: Int = 16, growable: Bool = false) {
+        layers = config.layers
+        width = config.kvHeads * config.headDim
+        self.blockSize = blockSize
+        blockCount = max(blocks, 1)
+        self.growable = growable
+        keys = (0..<config.layers).map { _ in FloatBuffer(count: max(blocks, 1) * blockSize * config.kvHeads * config.headDim) }
+        values = (0..<config.layers).map { _ in FloatBuffer(count: max(blocks, 1) * blockSize * config.kvHeads * config.headDim) }
+        refCount = Array(repeating: 0, count: max(blocks, 1))
+        blockHash = Array(repeating: nil, count: max(blocks, 1))
+        freeList = (0..<Int32(max(blocks, 1))).reversed()
+    }
+
+    /// Blocks that a new allocation can take: free ones plus cached ones nobody uses.
+    public var availableBlocks: Int { freeList.count + evictable.count }
+    /// Blocks referenced by a live sequence.
+    public var usedBlocks: Int { blockCount - availableBlocks }
+    public var cachedBlocks: Int { evictable.count }
+
+    func allocate() -> Int32? {
+        if let b = freeList.popLast() {
+            refCount[Int(b)] = 1
+            return b
+        }
+        if let (b, _) = evictable.min(by: { $0.value < $1.value }) {
+            evictable[b] = nil
+            if let h = blockHash[Int(b)] { cachedByHash[h] = nil }
+            blockHash[Int(b)] = nil
+            refCount[Int(b)] = 1
+            return b
+        }
+        if growable {
+            grow()
+            return allocate()
+        }
+        return nil
+    }
+
+    private func grow() {
+        let newCount = blockCount * 2
+        for l in 0..<layers {
+            let k = FloatBuffer(count: newCount * blockSize * width), v = FloatBuffer(count: newCount * blockSize * width)
+            k.pointer.update(from: keys[l].pointer, count: blockCount * blockSize * width)
+            v.pointer.update(from: values[l].pointer, count: blockCount * blockSize * width)
+            keys[l] = k
+            values[l] = v
+        }
+        refCount += Array(repeating: 0, count: newCount - blockCount)
+        blockHash += Array(repeating: nil, count: newCount - blockCount)
+        freeList += (Int32(blockCount)..<Int32(newCount)).reversed()
+        blockCount = newCount
+    }
+
+    func retain(_ b: Int32) {
+        if refCount[Int(b)] == 0 { evictable[b] = nil }
+        refCount[Int(b)] += 1
+    }
+
+    func release(_ b: Int32) {
+        refCount[Int(b)] -= 1
+        precondition(refCount[Int(b)] >= 0, "KV block released twice")
+        if refCount[Int(b)] == 0 {
+            if blockHash[Int(b)] != nil {
+                tick += 1
+                evictable[b] = tick
+            } else {
+                freeList.append(b)
+            }
+        }
+    }
+
+    /// Records that block `b` now holds the full content identified by `hash`.
+    func publish(_ b: Int32, hash: UInt64) {
+        guard blockHash[Int(b)] == nil, cachedByHash[hash] == nil else { return }
+        blockHash[Int(b)] = hash
+        cachedByHash[hash] = b
+    }
+
+    func lookup(_ hash: UInt64) -> Int32? { cachedByHash[hash] }
+
+    /// Copies block `src` into a fresh block (for copy-on-write); nil when memory is full.
+    func copy(_ src: Int32) -> Int32? {
+        guard let dst = allocate() else { return nil }
+        let n = blockSize * width
+        for l in 0..<layers {
+            (keys[l].pointer + Int(dst) * n).update(from: keys[l].pointer + Int(src) * n, count: n)
+            (values[l].pointer + Int(dst) * n).update(from: values[l].pointer + Int(src) * n, count: n)
+        }
+        return dst
+    }
+
+    /// Drops every cached (unreferenced) block's content.
+    public func clearPrefixCache() {
+        for (b, _) in evictable {
+            if let h = blockHash[Int(b)] { cachedByHash[h] = nil }
+            blockHash[Int(b)] = nil
+            freeList.append(b)
+        }
+        evictable.removeAll()
+    }
+}
+
+/// One sequence's view of a KVPool: its block table and how many positions are filled.
+public final class KVCache {
+    public let pool: KVPool
+    public private(set) var blocks: [Int32] = []
+    /// Positions already written (and so visible to attention).
+    public internal(set) var length = 0
+    /// Token ids of the filled positions, for prefix hashing.
+    var tokens: [Int32] = []
+    /// Hash chain of the full blocks so far; `salt` separates caches (e.g. per adapter).
+    var hashes: [UInt64] = []
+    public let salt: UInt64
+
+    public init(pool: KVPool, salt: UInt64 = 0) {
+        self.pool = pool
+        self.salt = salt
+    }
+
+    /// A sequence with a private, growable pool (the single-stream path).
+    public convenience init(config: QwenConfig, capacity: Int = 256) {
+        self.init(pool: KVPool(config: config, blocks: (capacity + 15) / 16, growable: true))
+    }
+
+    /// Blocks needed to hold `n` more positions.
+    public func blocksNeeded(forAdding n: Int) -> Int {
+        max(0, (length + n + pool.blockSize - 1) / pool.blockSize - blocks.count)
+    }
+
+    /// Makes room for `n` more positions: new blocks, and a private copy of a shared last
+    /// block before it is written. Returns false (changing nothing) when the pool is full.
+    public func reserve(_ n: Int) -> Bool {
+        let bs = pool.blockSize
+        let needNew = blocksNeeded(forAdding: n)
+        let lastShared = length % bs != 0 && !blocks.isEmpty && pool.refCount[Int(blocks[blocks.count - 1])] > 1
+        guard pool.availableBlocks >= needNew + (lastShared ? 1 : 0) || pool.growable else { return false }
+        if lastShared {
+            let old = blocks[blocks.count - 1]
+            guard let copy = pool.copy(old) else { return false }
+            pool.release(old)
+            blocks[blocks.count - 1] = copy
+        }
+        for _ in 0..<needNew {
+            guard let b = pool.allocate() else { return false }
+            blocks.append(b)
+        }
+        return true
+    }
+
+    /// Called after `newTokens` were written at positions length..<length+n.
+    func advance(_ newTokens: [Int32]) {
+        tokens += newTokens
+        length += newTokens.count
+        let bs = pool.blockSize
+        while hashes.count < length / bs {
+            let i = hashes.count
+            let h = KVCache.hash(previous: i == 0 ? salt : hashes[i - 1], tokens[(i * bs)..<((i + 1) * bs)])
+            hashes.append(h)
+            pool.publish(blocks[i], hash: h)
+        }
+    }
+
+    /// Reuses cached blocks for the longest block-aligned prefix of `prompt` (at most
+    /// `prompt.count - 1` positions, so at least one token is left to compute).
+    /// Returns how many positions were reused. Only for an empty cache.
+    public func adoptPrefix(of prompt: [Int32]) -> Int {
+        precondition(length == 0 && blocks.isEmpty, "adoptPrefix on a used cache")
+        let bs = pool.blockSize
+        var h = salt
+        var i = 0
+        while (i + 1) * bs <= prompt.count - 1 {
+            h = KVCache.hash(previous: h, prompt[(i * bs)..<((i + 1) * bs)])
+            guard let b = pool.lookup(h) else { break }
+            pool.retain(b)
+            blocks.append(b)
+            hashes.append(h)
+            i += 1
+        }
+        length = i * bs
+        tokens = Array(prompt[0..<length])
+        return length
+    }
+
+    /// Shares this sequence's filled blocks with a new cache (for n > 1 choices).
+    public func fork() -> KVCache {
+        let c = KVCache(pool: pool, salt: salt)
+        for b in blocks { pool.retain(b) }
+        c.blocks = blocks
+        c.length = length
+        c.tokens = tokens
+        c.hashes = hashes
+        return c
+    }
+
+    /// Returns every block to the pool. The cache is empty afterwards.
+    public func free() {
+        for b in blocks { pool.release(b) }
+        blocks = []
+        hashes = []
+        tokens = []
+        length = 0
+    }
+
+    deinit { for b in blocks { pool.release(b) } }
+
+    static func hash(previous: UInt64, _ toks: ArraySlice<Int32>) -> UInt64 {
+        // FNV-1a over the previous hash and the block's tokens, then a final mix.
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325 ^ previous
+        for t in toks {
+            h = (h ^ UInt64(UInt32(bitPattern: t))) &* 0x0000_0100_0000_01B3
+        }
+        h ^= h >> 33
+        h = h &* 0xff51_afd7_ed55_8ccd
+        h ^= h >> 33
+        return h
+    }
+}
