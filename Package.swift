@@ -9,6 +9,7 @@ import PackageDescription
 //   QwenTokenizer(byte-level BPE, pre-tokenizer, added tokens)
 //   QwenChat     (JSON that keeps key order, the Jinja chat-template engine, output parsing)
 //   QwenRuntime  (model resolution and download, sampling, generation)
+//   QwenEngine   (continuous batching over the paged KV cache)
 //   qwen-serve   (the command line)
 let unsafeFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
 
@@ -37,6 +38,7 @@ let package = Package(
             dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer"],
             swiftSettings: unsafeFlags
         ),
+        .target(name: "QwenEngine", dependencies: ["QwenModel", "QwenTokenizer", "QwenRuntime"], swiftSettings: unsafeFlags),
         .executableTarget(
             name: "qwen-serve",
             dependencies: ["QwenRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
@@ -44,7 +46,7 @@ let package = Package(
         ),
         .testTarget(
             name: "QwenTests",
-            dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat", "QwenRuntime"]
+            dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat", "QwenRuntime", "QwenEngine"]
         ),
     ],
     swiftLanguageModes: [.v5]

@@ -1,0 +1,64 @@
+import QwenRuntime
+
+/// What a client asks the engine for: token ids in, `n` sampled continuations out.
+public struct EngineRequest: Sendable {
+    public var prompt: [Int32]
+    public var params: SamplingParams
+    public var maxTokens: Int
+    public var n: Int = 1
+    public var ignoreEOS = false
+    /// Extra token ids that end a sequence (besides the tokenizer's end-of-sequence ids).
+    public var stopTokenIds: Set<Int32> = []
+    /// nil: no log-probabilities; k ≥ 0: the chosen token's plus the k most likely.
+    public var logprobs: Int?
+    /// Separates prefix-cache entries (e.g. per adapter); 0 for the base model.
+    public var cacheSalt: UInt64 = 0
+
+    public init(prompt: [Int32], params: SamplingParams, maxTokens: Int) {
+        self.prompt = prompt
+        self.params = params
+        self.maxTokens = maxTokens
+    }
+}
+
+public struct TokenLogprob: Sendable {
+    public let token: Int32
+    public let logprob: Float
+}
+
+public struct TokenOutput: Sendable {
+    public let token: Int32
+    /// The chosen token's log-probability and the top alternatives, when asked for.
+    public let logprob: Float?
+    public let top: [TokenLogprob]
+}
+
+public enum FinishReason: String, Sendable {
+    case stop, length, cancelled
+}
+
+public enum EngineEvent: Sendable {
+    /// A sampled token of choice `index`.
+    case token(index: Int, TokenOutput)
+    /// Choice `index` ended.
+    case finished(index: Int, reason: FinishReason)
+    /// Every choice ended. `cachedTokens` of the prompt came from the prefix cache.
+    case done(promptTokens: Int, completionTokens: Int, cachedTokens: Int)
+    case failed(String)
+}
+
+public enum EngineError: Error, CustomStringConvertible, Equatable {
+    case queueFull(waiting: Int)
+    case promptTooLong(tokens: Int, limit: Int)
+    case invalidRequest(String)
+    case shuttingDown
+
+    public var description: String {
+        switch self {
+        case .queueFull(let w): return "the server is at capacity (\(w) requests waiting); retry later"
+        case .promptTooLong(let t, let l): return "the prompt has \(t) tokens, more than this server can hold (\(l))"
+        case .invalidRequest(let m): return m
+        case .shuttingDown: return "the server is shutting down"
+        }
+    }
+}

@@ -1,0 +1,148 @@
+import Foundation
+import QwenEngine
+import QwenModel
+import QwenRuntime
+import XCTest
+
+/// The continuous-batching engine: every request in a mixed batch gets what it would get
+/// alone, memory returns to the pool, and limits are enforced.
+final class EngineTests: XCTestCase {
+    struct Result {
+        var tokens: [[Int32]]
+        var reasons: [FinishReason?]
+        var usage: (Int, Int, Int)?
+    }
+
+    func collect(_ s: Engine.Stream, n: Int = 1) async -> Result {
+        var r = Result(tokens: Array(repeating: [], count: n), reasons: Array(repeating: nil, count: n), usage: nil)
+        for await e in s.events {
+            switch e {
+            case .token(let i, let t): r.tokens[i].append(t.token)
+            case .finished(let i, let reason): r.reasons[i] = reason
+            case .done(let p, let c, let cached): r.usage = (p, c, cached)
+            case .failed(let m): XCTFail(m)
+            }
+        }
+        return r
+    }
+
+    func engine(_ dir: String = "qwen3-tiny-f32", configure: (inout Engine.Config) -> Void = { _ in }) throws -> (Engine, LoadedModel) {
+        let m = try LoadedModel.load(path: Fixtures.path(dir))
+        var c = Engine.Config()
+        configure(&c)
+        let e = Engine(model: m.model, tokenizer: m.tokenizer, config: c)
+        e.start()
+        addTeardownBlock { e.shutdown(grace: 0) }
+        // The reference runs on a second copy: a model runs one forward at a time.
+        return (e, try LoadedModel.load(path: Fixtures.path(dir)))
+    }
+
+    func alone(_ m: LoadedModel, _ prompt: [Int32], _ n: Int, _ p: SamplingParams) throws -> [Int32] {
+        try Generator(model: m.model, tokenizer: m.tokenizer).generate(prompt: prompt, maxTokens: n, params: p, ignoreEOS: true).tokens
+    }
+
+    func testMixedBatchMatchesEachRequestAlone() async throws {
+        // A small step budget forces chunked prefill alongside decodes.
+        let (e, m) = try engine { $0.stepTokens = 7 }
+        var rng = SeededRandom(seed: 3)
+        let vocab = UInt64(m.model.config.vocabSize)
+        var jobs: [([Int32], Int, SamplingParams)] = []
+        for k in 0..<8 {
+            let len = 1 + Int(rng.next() % 40)
+            let prompt = (0..<len).map { _ in Int32(rng.next() % vocab) }
+            var p = k % 2 == 0 ? SamplingParams.greedy : SamplingParams(temperature: 0.8, topK: 20, topP: 0.9, seed: UInt64(k))
+            if k == 3 { p.repetitionPenalty = 1.3 }
+            jobs.append((prompt, 5 + k * 3, p))
+        }
+        let streams = try jobs.map { job -> Engine.Stream in
+            var r = EngineRequest(prompt: job.0, params: job.2, maxTokens: job.1)
+            r.ignoreEOS = true
+            return try e.submit(r)
+        }
+        for (k, s) in streams.enumerated() {
+            let got = await collect(s)
+            XCTAssertEqual(got.tokens[0], try alone(m, jobs[k].0, jobs[k].1, jobs[k].2), "request \(k)")
+            XCTAssertEqual(got.reasons[0], .length)
+            XCTAssertEqual(got.usage?.0, jobs[k].0.count)
+            XCTAssertEqual(got.usage?.1, jobs[k].1)
+        }
+        try await waitIdle(e)
+        XCTAssertEqual(e.snapshot.kvBlocksUsed, 0)
+    }
+
+    func waitIdle(_ e: Engine) async throws {
+        for _ in 0..<200 where e.snapshot.running + e.snapshot.waiting > 0 || e.snapshot.kvBlocksUsed > 0 {
+            try await Task.sleep(nanoseconds: 10_000_000)
+        }
+    }
+
+    func testNChoicesSharePromptAndFollowTheirSeeds() async throws {
+        let (e, m) = try engine()
+        let prompt: [Int32] = Array(1...40)
+        var r = EngineRequest(prompt: prompt, params: SamplingParams(temperature: 1, seed: 10), maxTokens: 6)
+        r.n = 3
+        r.ignoreEOS = true
+        let got = await collect(try e.submit(r), n: 3)
+        for i in 0..<3 {
+            XCTAssertEqual(got.tokens[i], try alone(m, prompt, 6, SamplingParams(temperature: 1, seed: 10 + UInt64(i))), "choice \(i)")
+        }
+        XCTAssertEqual(got.usage?.1, 18)
+        // The same prompt again reuses the cached prefix (two full blocks of 16).
+        var again = EngineRequest(prompt: prompt, params: .greedy, maxTokens: 2)
+        again.ignoreEOS = true
+        let second = await collect(try e.submit(again))
+        XCTAssertEqual(second.usage?.2, 32)
+        XCTAssertEqual(second.tokens[0], try alone(m, prompt, 2, .greedy))
+    }
+
+    func testCancellationFreesMemoryWithinAStep() async throws {
+        let (e, _) = try engine()
+        var r = EngineRequest(prompt: Array(1...30), params: .greedy, maxTokens: 100_000)
+        r.ignoreEOS = true
+        let s = try e.submit(r)
+        var seen = 0
+        for await ev in s.events {
+            if case .token = ev { seen += 1 }
+            if seen == 3 { s.cancel() }
+            if case .finished(_, let reason) = ev { XCTAssertEqual(reason, .cancelled) }
+        }
+        try await waitIdle(e)
+        XCTAssertEqual(e.snapshot.kvBlocksUsed, 0)
+        XCTAssertEqual(e.snapshot.running, 0)
+    }
+
+    func testLimits() throws {
+        let (e, _) = try engine { $0.kvBlocks = 4; $0.maxWaiting = 2; $0.maxRunning = 1 }
+        XCTAssertThrowsError(try e.submit(EngineRequest(prompt: Array(repeating: 1, count: 64), params: .greedy, maxTokens: 1))) {
+            XCTAssertEqual($0 as? EngineError, .promptTooLong(tokens: 64, limit: 63))
+        }
+        XCTAssertThrowsError(try e.submit(EngineRequest(prompt: [100_000], params: .greedy, maxTokens: 1)))
+        XCTAssertThrowsError(try e.submit(EngineRequest(prompt: [], params: .greedy, maxTokens: 1)))
+        e.shutdown(grace: 0)
+        XCTAssertThrowsError(try e.submit(EngineRequest(prompt: [1], params: .greedy, maxTokens: 1))) {
+            XCTAssertEqual($0 as? EngineError, .shuttingDown)
+        }
+    }
+
+    func testPreemptionUnderMemoryPressureStillGivesExactResults() async throws {
+        // 12 blocks of 16 positions for 6 sequences that each grow to ~50 positions.
+        let (e, m) = try engine { $0.kvBlocks = 12 }
+        var prompts: [[Int32]] = []
+        for k in 0..<6 {
+            var p: [Int32] = []
+            for j in 0..<(10 + k) { p.append(Int32((j * 7 + k * 13) % 500 + 1)) }
+            prompts.append(p)
+        }
+        let streams = try prompts.map { p -> Engine.Stream in
+            var r = EngineRequest(prompt: p, params: .greedy, maxTokens: 40)
+            r.ignoreEOS = true
+            return try e.submit(r)
+        }
+        for (k, s) in streams.enumerated() {
+            let got = await collect(s)
+            XCTAssertEqual(got.tokens[0], try alone(m, prompts[k], 40, .greedy), "request \(k)")
+        }
+        try await waitIdle(e)
+        XCTAssertEqual(e.snapshot.kvBlocksUsed, 0)
+    }
+}
