@@ -10,6 +10,7 @@ import PackageDescription
 //   QwenChat     (JSON that keeps key order, the Jinja chat-template engine, output parsing)
 //   QwenRuntime  (model resolution and download, sampling, generation)
 //   QwenEngine   (continuous batching over the paged KV cache)
+//   QwenServer   (the OpenAI-compatible HTTP API on Hummingbird)
 //   qwen-serve   (the command line)
 let unsafeFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
 
@@ -21,6 +22,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
     ],
     targets: [
         .target(
@@ -39,14 +41,19 @@ let package = Package(
             swiftSettings: unsafeFlags
         ),
         .target(name: "QwenEngine", dependencies: ["QwenModel", "QwenTokenizer", "QwenRuntime"], swiftSettings: unsafeFlags),
+        .target(
+            name: "QwenServer",
+            dependencies: ["QwenChat", "QwenEngine", "QwenRuntime", "QwenTokenizer", .product(name: "Hummingbird", package: "hummingbird")],
+            swiftSettings: unsafeFlags
+        ),
         .executableTarget(
             name: "qwen-serve",
-            dependencies: ["QwenRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["QwenRuntime", "QwenServer", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: unsafeFlags
         ),
         .testTarget(
             name: "QwenTests",
-            dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat", "QwenRuntime", "QwenEngine"]
+            dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat", "QwenRuntime", "QwenEngine", "QwenServer"]
         ),
     ],
     swiftLanguageModes: [.v5]

@@ -103,6 +103,8 @@ public final class Engine: @unchecked Sendable {
             self.group = group
         }
         public func cancel() { group.cancel() }
+        /// Ends one choice (e.g. it hit a stop sequence); the others go on.
+        public func cancel(choice: Int) { group.cancel(choice: choice) }
     }
 
     public func submit(_ r: EngineRequest) throws -> Stream {
@@ -194,7 +196,7 @@ public final class Engine: @unchecked Sendable {
     private func step() -> StepStats? {
         let start = DispatchTime.now()
         // Retire cancelled sequences (client gone): their blocks are free within this step.
-        for s in running + waiting where s.group.isCancelled { finish(s, .cancelled) }
+        for s in running + waiting where s.group.isCancelled(s.index) { finish(s, .cancelled) }
         running.removeAll { $0.finished }
         waiting.removeAll { $0.finished }
 
@@ -348,15 +350,23 @@ final class Group: @unchecked Sendable {
         self.continuation = continuation
     }
 
-    var isCancelled: Bool {
+    private var cancelledChoices: Set<Int> = []
+
+    func isCancelled(_ index: Int) -> Bool {
         lock.lock()
         defer { lock.unlock() }
-        return cancelled
+        return cancelled || cancelledChoices.contains(index)
     }
 
     func cancel() {
         lock.lock()
         cancelled = true
+        lock.unlock()
+    }
+
+    func cancel(choice: Int) {
+        lock.lock()
+        cancelledChoices.insert(choice)
         lock.unlock()
     }
 

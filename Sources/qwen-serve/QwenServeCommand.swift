@@ -3,11 +3,12 @@ import Foundation
 import QwenKernels
 import QwenRuntime
 
-struct QwenServe: ParsableCommand {
+@main
+struct QwenServe: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "qwen-serve",
         abstract: "Qwen3 / Qwen2.5 inference on the CPU.",
-        subcommands: [Generate.self, Fetch.self, Bench.self])
+        subcommands: [Serve.self, Generate.self, Fetch.self, Bench.self])
 }
 
 /// Prints to stderr, so that stdout carries only generated text.
@@ -23,4 +24,4 @@ func reportingErrors(_ body: () throws -> Void) throws {
     }
 }
 
-QwenServe.main()
+

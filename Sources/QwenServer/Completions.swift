@@ -1,0 +1,137 @@
+import Foundation
+import Hummingbird
+import QwenChat
+import QwenEngine
+
+/// POST /v1/completions: raw text in, text out (no chat template).
+extension ModelService {
+    func completions(_ body: JSONValue) async throws -> Response {
+        let started = Date()
+        let f = try RequestFields(body)
+        try checkModel(f)
+        let tokenizer = self.tokenizer
+        let o = try GenerationOptions.parse(f, chat: false, vocabSize: tokenizer.vocabularySize)
+        let prompt: [Int32]
+        let promptText: String
+        switch f.body["prompt"] {
+        case .string(let s)?:
+            prompt = tokenizer.encode(s)
+            promptText = s
+        case .array(let a)? where a.count == 1 && a[0].string != nil:
+            promptText = a[0].string!
+            prompt = tokenizer.encode(promptText)
+        case .array(let a)? where !a.isEmpty && a.allSatisfy({ $0.int != nil }):
+            prompt = a.map { Int32(clamping: $0.int!) }
+            guard prompt.allSatisfy({ $0 >= 0 && Int($0) < tokenizer.vocabularySize }) else {
+                throw APIError.badParam("prompt", "'prompt' has a token id outside the vocabulary (0..<\(tokenizer.vocabularySize))")
+            }
+            promptText = tokenizer.decode(prompt)
+        case .array(let a)? where a.count > 1:
+            throw APIError.badParam("prompt", "send one prompt per request (batches of prompts are not supported)")
+        default:
+            throw APIError.badParam("prompt", "'prompt' must be a string or a list of token ids")
+        }
+        guard !prompt.isEmpty else { throw APIError.badParam("prompt", "'prompt' is empty") }
+        if o.echo && o.logprobs != nil {
+            throw APIError.badParam("echo", "'echo' together with 'logprobs' is not supported (prompt log-probabilities are not computed)")
+        }
+        let stream = try submit(try engineRequest(prompt: prompt, o))
+        let states = (0..<o.n).map { _ in ChoiceState(tokenizer: tokenizer, stops: o.stops, reasoning: false, tools: false, startInReasoning: false) }
+        let id = IDs.make("cmpl-")
+        let created = Int(Date().timeIntervalSince1970)
+        metrics.requestStarted(promptTokens: prompt.count)
+        let echoText = o.echo ? promptText : ""
+
+
+        @Sendable func logprobsJSON(_ outs: [TokenOutput], offset: Int) -> JSONValue {
+            var tokens: [JSONValue] = [], lps: [JSONValue] = [], tops: [JSONValue] = [], offsets: [JSONValue] = []
+            var pos = offset
+            for t in outs {
+                let text = tokenizer.decode([t.token])
+                tokens.append(.string(text))
+                lps.append(.double(Double(t.logprob ?? 0)))
+                tops.append(.object(t.top.map { (tokenizer.decode([$0.token]), .double(Double($0.logprob))) }))
+                offsets.append(.int(pos))
+                pos += text.count
+            }
+            return .object([("tokens", .array(tokens)), ("token_logprobs", .array(lps)), ("top_logprobs", .array(tops)), ("text_offset", .array(offsets))])
+        }
+
+        if !o.stream {
+            var states = states
+            var usage = (prompt.count, 0, 0)
+            var firstToken: Date?
+            for await e in stream.events {
+                switch e {
+                case .token(let i, let t):
+                    if firstToken == nil { firstToken = Date() }
+                    _ = states[i].consume(t)
+                    if states[i].stoppedByString { stream.cancel(choice: i) }
+                case .finished(let i, let reason): _ = states[i].finish(reason: reason == .length ? "length" : "stop")
+                case .done(let p, _, let cached): usage = (p, states.reduce(0) { $0 + $1.tokens }, cached)
+                case .failed(let m): throw APIError(.internalServerError, m)
+                }
+            }
+            metrics.requestFinished(started: started, firstToken: firstToken, completionTokens: usage.1)
+            let choices: [JSONValue] = states.enumerated().map { i, s in
+                .object([("index", .int(i)), ("text", .string(echoText + s.content)),
+                         ("logprobs", o.logprobs == nil ? .null : logprobsJSON(s.rawLogprobs, offset: echoText.count)),
+                         ("finish_reason", .string(s.finishReason ?? "stop"))])
+            }
+            return Self.jsonResponse(.object([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)),
+                                              ("model", .string(name)), ("choices", .array(choices)), ("usage", Self.usageJSON(usage))]))
+        }
+
+        let metrics = self.metrics, name = self.name
+        return Response(status: .ok, headers: Self.sseHeaders, body: ResponseBody { writer in
+            var states = states
+            var firstToken: Date?
+            var sentEcho = Array(repeating: echoText.isEmpty, count: o.n)
+            func chunk(_ i: Int?, text: String, logprobs: JSONValue?, finish: String?, usage: JSONValue? = nil) -> JSONValue {
+                var c: [(String, JSONValue)] = [("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)), ("model", .string(name))]
+                if let i {
+                    c.append(("choices", .array([.object([("index", .int(i)), ("text", .string(text)), ("logprobs", logprobs ?? .null),
+                                                          ("finish_reason", finish.map { .string($0) } ?? .null)])])))
+                } else {
+                    c.append(("choices", .array([])))
+                }
+                if o.includeUsage { c.append(("usage", usage ?? .null)) }
+                return .object(c)
+            }
+            do {
+                var usage = (prompt.count, 0, 0)
+                for await e in stream.events {
+                    switch e {
+                    case .token(let i, let t):
+                        if firstToken == nil { firstToken = Date() }
+                        let d = states[i].consume(t)
+                        var text = d.content
+                        if !sentEcho[i] { text = echoText + text; sentEcho[i] = true }
+                        if !text.isEmpty || (o.logprobs != nil) {
+                            let lp = o.logprobs == nil ? nil : logprobsJSON([t], offset: 0)
+                            try await writer.write(Self.sse(chunk(i, text: text, logprobs: lp, finish: nil)))
+                        }
+                        if states[i].stoppedByString {
+                            stream.cancel(choice: i)
+                            try await writer.write(Self.sse(chunk(i, text: "", logprobs: nil, finish: states[i].finishReason)))
+                        }
+                    case .finished(let i, let reason):
+                        guard !states[i].stoppedByString else { continue }
+                        let d = states[i].finish(reason: reason == .length ? "length" : "stop")
+                        try await writer.write(Self.sse(chunk(i, text: d.content, logprobs: nil, finish: states[i].finishReason)))
+                    case .done(let p, _, let cached): usage = (p, states.reduce(0) { $0 + $1.tokens }, cached)
+                    case .failed(let m): try await writer.write(Self.sse(APIError(.internalServerError, m).json))
+                    }
+                }
+                if o.includeUsage { try await writer.write(Self.sse(chunk(nil, text: "", logprobs: nil, finish: nil, usage: Self.usageJSON(usage)))) }
+                try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+                try await writer.finish(nil)
+                metrics.requestFinished(started: started, firstToken: firstToken, completionTokens: usage.1)
+            } catch {
+                stream.cancel()
+                metrics.requestFinished(started: started, firstToken: firstToken, completionTokens: states.reduce(0) { $0 + $1.tokens }, cancelled: true)
+                throw error
+            }
+        })
+    }
+}

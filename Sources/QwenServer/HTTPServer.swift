@@ -1,0 +1,107 @@
+import Foundation
+import Hummingbird
+import Logging
+import QwenChat
+import QwenEngine
+
+/// The HTTP front: routes, body limits, and every error as OpenAI-style JSON.
+public struct HTTPServer {
+    public struct Config: Sendable {
+        public var host = "127.0.0.1"
+        public var port = 8080
+        public var maxBodyBytes = 8 << 20
+        public init() {}
+    }
+
+    let service: ModelService
+    let config: Config
+
+    public init(service: ModelService, config: Config) {
+        self.service = service
+        self.config = config
+    }
+
+    public func makeApplication(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> some ApplicationProtocol {
+        let router = Router()
+        router.middlewares.add(ErrorMiddleware(metrics: service.metrics))
+        let s = service
+        let limit = config.maxBodyBytes
+        router.post("/v1/chat/completions") { req, _ -> Response in
+            try await s.chatCompletions(try await Self.body(req, limit: limit))
+        }
+        router.post("/v1/completions") { req, _ -> Response in
+            try await s.completions(try await Self.body(req, limit: limit))
+        }
+        router.get("/v1/models") { _, _ -> Response in
+            ModelService.jsonResponse(.object([("object", .string("list")), ("data", .array([s.modelJSON]))]))
+        }
+        router.get("/v1/models/:id") { _, ctx -> Response in
+            guard ctx.parameters.get("id") == s.name else {
+                throw APIError(.notFound, "The model '\(ctx.parameters.get("id") ?? "")' does not exist", param: "model", code: "model_not_found")
+            }
+            return ModelService.jsonResponse(s.modelJSON)
+        }
+        for path in ["/health", "/healthz"] {
+            router.get(RouterPath(stringLiteral: path)) { _, _ -> Response in
+                ModelService.jsonResponse(.object([("status", .string("ok"))]))
+            }
+        }
+        router.get("/metrics") { _, _ -> Response in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                     body: ResponseBody(byteBuffer: ByteBuffer(string: s.metrics.render(engine: s.engine.snapshot))))
+        }
+        var logger = Logger(label: "qwen-serve.http")
+        logger.logLevel = .warning
+        return Application(router: router, configuration: .init(address: .hostname(config.host, port: config.port), serverName: "qwen-serve"),
+                           onServerRunning: { ch in await onRunning(ch.localAddress?.port ?? 0) }, logger: logger)
+    }
+
+    static func body(_ req: Request, limit: Int) async throws -> JSONValue {
+        var req = req
+        let buf: ByteBuffer
+        do { buf = try await req.collectBody(upTo: limit) } catch {
+            throw APIError(.contentTooLarge, "the request body is larger than \(limit) bytes", code: "request_too_large")
+        }
+        do { return try JSONValue.parse(Array(buf.readableBytesView)) } catch {
+            throw APIError(.badRequest, "the request body is not valid JSON: \(error)")
+        }
+    }
+}
+
+extension ModelService {
+    var modelJSON: JSONValue {
+        .object([("id", .string(name)), ("object", .string("model")), ("created", .int(created)), ("owned_by", .string("qwen-serve")),
+                 ("root", .string(name)), ("parent", .null), ("max_model_len", .int(contextLimit))])
+    }
+}
+
+/// Turns every thrown error, and every 404/405 from the router, into an OpenAI-style body.
+struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    let metrics: ServerMetrics
+
+    func handle(_ req: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/healthz", "/metrics"]
+            .first { req.uri.path == $0 } ?? (req.uri.path.hasPrefix("/v1/models/") ? "/v1/models/{id}" : "other")
+        do {
+            let r = try await next(req, context)
+            metrics.countRequest(endpoint: endpoint, status: Int(r.status.code))
+            return r
+        } catch let e as APIError {
+            metrics.countRequest(endpoint: endpoint, status: e.status.code)
+            return ModelService.jsonResponse(e.json, status: e.status, headers: e.headers)
+        } catch let e as HTTPError {
+            metrics.countRequest(endpoint: endpoint, status: e.status.code)
+            let msg: String
+            switch e.status {
+            case .notFound: msg = "no route for \(req.method) \(req.uri.path)"
+            case .methodNotAllowed: msg = "\(req.method) is not allowed on \(req.uri.path)"
+            case .contentTooLarge: msg = "the request body is too large"
+            default: msg = e.body ?? e.status.reasonPhrase
+            }
+            return ModelService.jsonResponse(APIError(e.status, msg).json, status: e.status)
+        } catch {
+            metrics.countRequest(endpoint: endpoint, status: 500)
+            return ModelService.jsonResponse(APIError(.internalServerError, "\(error)").json, status: .internalServerError)
+        }
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+import QwenChat
+import QwenEngine
+import QwenModel
+import QwenTokenizer
+
+/// One served model: its engine, tokenizer and chat template, and the logic that turns
+/// OpenAI requests into engine requests and engine events back into OpenAI responses.
+public final class ModelService: @unchecked Sendable {
+    public let name: String
+    public let engine: Engine
+    public let tokenizer: Tokenizer
+    let template: ChatTemplate?
+    let templateDefaults: [(String, JSONValue)]
+    let thinkingModel: Bool
+    let created = Int(Date().timeIntervalSince1970)
+    public let metrics = ServerMetrics()
+
+    public init(name: String, engine: Engine, tokenizer: Tokenizer, chatTemplateArgs: [(String, JSONValue)] = []) throws {
+        self.name = name
+        self.engine = engine
+        self.tokenizer = tokenizer
+        // Parse the template now: an unsupported construct stops start-up, not a request.
+        template = try tokenizer.chatTemplate.map(ChatTemplate.init)
+        templateDefaults = chatTemplateArgs
+        thinkingModel = tokenizer.chatTemplate?.contains("<think>") ?? false
+        engine.onStep = { [metrics] stats in if let stats { metrics.observeStep(stats) } }
+    }
+
+    var contextLimit: Int { engine.maxSequenceTokens }
+
+    func checkModel(_ f: RequestFields) throws {
+        if let m = try f.string("model"), m != name {
+            throw APIError(.notFound, "The model '\(m)' does not exist; this server serves '\(name)'", param: "model", code: "model_not_found")
+        }
+    }
+
+    // MARK: Prompts
+
+    /// The chat prompt, rendered with the model's template.
+    func chatPrompt(_ f: RequestFields) throws -> (text: String, tools: Bool) {
+        guard let msgs = f.body["messages"]?.array, !msgs.isEmpty else {
+            throw APIError.badParam("messages", "'messages' must be a non-empty list")
+        }
+        var messages: [JSONValue] = []
+        for (i, m) in msgs.enumerated() {
+            guard var pairs = m.object else { throw APIError.badParam("messages", "messages[\(i)] must be an object") }
+            guard let role = m["role"]?.string, ["system", "user", "assistant", "tool", "developer"].contains(role) else {
+                throw APIError.badParam("messages", "messages[\(i)].role must be one of system, user, assistant, tool")
+            }
+            func set(_ k: String, _ v: JSONValue) {
+                if let j = pairs.firstIndex(where: { $0.0 == k }) { pairs[j].1 = v } else { pairs.append((k, v)) }
+            }
+            if role == "developer" { set("role", .string("system")) }
+            switch m["content"] {
+            case nil, .null?:
+                if role != "assistant" { throw APIError.badParam("messages", "messages[\(i)].content is required") }
+            case .string?: break
+            case .array(let parts)?:
+                var text = ""
+                for p in parts {
+                    guard p["type"]?.string == "text", let t = p["text"]?.string else {
+                        throw APIError.badParam("messages", "messages[\(i)].content: only text parts are supported by this model")
+                    }
+                    text += text.isEmpty ? t : "\n" + t
+                }
+                set("content", .string(text))
+            default: throw APIError.badParam("messages", "messages[\(i)].content must be a string or a list of text parts")
+            }
+            // Tool-call arguments arrive as JSON strings; templates expect objects.
+            if let calls = m["tool_calls"]?.array {
+                let fixed: [JSONValue] = calls.map { c in
+                    guard var cp = c.object, let fn = c["function"], var fp = fn.object,
+                          let args = fn["arguments"]?.string, let parsed = try? JSONValue.parse(args), parsed.object != nil else { return c }
+                    if let j = fp.firstIndex(where: { $0.0 == "arguments" }) { fp[j].1 = parsed }
+                    if let j = cp.firstIndex(where: { $0.0 == "function" }) { cp[j].1 = .object(fp) }
+                    return .object(cp)
+                }
+                set("tool_calls", .array(fixed))
+            }
+            messages.append(.object(pairs))
+        }
+        var tools: [JSONValue]? = nil
+        if let t = f.body["tools"], !t.isNull {
+            guard let arr = t.array, arr.allSatisfy({ $0["function"]?["name"]?.string != nil }) else {
+                throw APIError.badParam("tools", "'tools' must be a list of {\"type\": \"function\", \"function\": {\"name\", ...}}")
+            }
+            if !arr.isEmpty { tools = arr }
+        }
+        if let choice = f.body["tool_choice"], choice.string == "none" { tools = nil }
+        var extra = templateDefaults
+        if let kw = f.body["chat_template_kwargs"], !kw.isNull {
+            guard let pairs = kw.object else { throw APIError.badParam("chat_template_kwargs", "'chat_template_kwargs' must be an object") }
+            for (k, v) in pairs {
+                extra.removeAll { $0.0 == k }
+                extra.append((k, v))
+            }
+        }
+        let text: String
+        if let template {
+            var special: [String: String] = [:]
+            if let e = tokenizer.eosTokenIds.sorted().first { special["eos_token"] = tokenizer.decode([e]) }
+            if let b = tokenizer.bosTokenId { special["bos_token"] = tokenizer.decode([b]) }
+            do {
+                text = try template.render(messages: messages, tools: tools, addGenerationPrompt: true, extra: extra, specialTokens: special)
+            } catch {
+                throw APIError(.badRequest, "the chat template could not render these messages: \(error)", param: "messages")
+            }
+        } else {
+            text = messages.map { "<|im_start|>\($0["role"]?.string ?? "user")\n\($0["content"]?.string ?? "")<|im_end|>\n" }.joined() + "<|im_start|>assistant\n"
+        }
+        return (text, tools != nil)
+    }
+
+    func engineRequest(prompt: [Int32], _ o: GenerationOptions) throws -> EngineRequest {
+        let limit = contextLimit
+        guard prompt.count < limit else {
+            throw APIError(.badRequest, "This model's maximum context length is \(limit) tokens, but the prompt has \(prompt.count) tokens.",
+                           param: "messages", code: "context_length_exceeded")
+        }
+        if let m = o.maxTokens, prompt.count + m > limit {
+            throw APIError(.badRequest, "This model's maximum context length is \(limit) tokens. However, you requested \(prompt.count + m) tokens (\(prompt.count) in the prompt, \(m) for the completion).",
+                           param: "max_tokens", code: "context_length_exceeded")
+        }
+        var r = EngineRequest(prompt: prompt, params: o.params, maxTokens: o.maxTokens ?? (limit - prompt.count))
+        r.n = o.n
+        r.ignoreEOS = o.ignoreEOS
+        r.logprobs = o.logprobs
+        return r
+    }
+
+    func submit(_ r: EngineRequest) throws -> Engine.Stream {
+        do { return try engine.submit(r) } catch let e as EngineError {
+            switch e {
+            case .queueFull:
+                var err = APIError(.tooManyRequests, e.description, type: "rate_limit_error", code: "server_busy")
+                err.headers[.retryAfter] = "1"
+                throw err
+            case .promptTooLong: throw APIError(.badRequest, e.description, code: "context_length_exceeded")
+            case .invalidRequest(let m): throw APIError(.badRequest, m)
+            case .shuttingDown: throw APIError(.serviceUnavailable, e.description, type: "server_error", code: "shutting_down")
+            }
+        }
+    }
+}
