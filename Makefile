@@ -2,10 +2,11 @@
 SWIFT       ?= swift
 CONFIG      ?= release
 BIN         := .build/$(CONFIG)/qwen-serve
-APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev pkg-config python3-pip
+APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev pkg-config python3-pip python3-venv
+VENV        := .venv-test
 PYTHON      ?= python3
 
-.PHONY: all deps build model run test bench fixtures fixture-deps clean
+.PHONY: all deps build model run test bench bench-serve fixtures fixture-deps clean
 
 all: build
 
@@ -29,8 +30,18 @@ run: model
 	$(BIN) generate --model default --chat --prompt "Write a haiku about CPUs." --max-tokens 64 --verbose
 
 # Tests run on release builds: the real-model tests are far too slow unoptimised.
-test: model
+# Then the HTTP API tests (pytest, the official openai client, schemathesis) in a venv.
+test: model $(VENV)/ok
 	$(SWIFT) test -c $(CONFIG)
+	QWEN_SERVE_BIN=$(BIN) $(VENV)/bin/pytest -q Tests/api
+
+$(VENV)/ok: Tests/api/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r Tests/api/requirements.txt
+	touch $@
+
+bench-serve: model
+	$(PYTHON) scripts/bench_serve.py --binary $(BIN)
 
 bench: model
 	$(PYTHON) scripts/bench.py --binary $(BIN)

@@ -6,6 +6,10 @@ public struct OutputParser {
         public let name: String
         /// The arguments as a JSON string, as OpenAI returns them.
         public let arguments: String
+        public init(name: String, arguments: String) {
+            self.name = name
+            self.arguments = arguments
+        }
     }
 
     public enum Event: Equatable {
@@ -14,18 +18,23 @@ public struct OutputParser {
         case toolCall(ToolCall)
     }
 
-    enum Mode { case reasoning, content, toolCall }
+    enum Mode { case reasoning, content, toolCall, bareJSON }
 
     let parseReasoning: Bool
     let parseTools: Bool
+    /// Declared tool names. Small Qwen models sometimes answer with the bare JSON of a
+    /// call, without the <tool_call> tags; a whole reply that is exactly such a call of a
+    /// declared tool counts as one.
+    let toolNames: Set<String>
     private var mode: Mode
     private var buffer = ""
     private var sawContent = false
 
     /// - startInReasoning: the prompt already opened `<think>` (the model continues inside it).
-    public init(reasoning: Bool, tools: Bool, startInReasoning: Bool = false) {
+    public init(reasoning: Bool, tools: Bool, toolNames: Set<String> = [], startInReasoning: Bool = false) {
         parseReasoning = reasoning
         parseTools = tools
+        self.toolNames = toolNames
         mode = reasoning && startInReasoning ? .reasoning : .content
     }
 
@@ -82,6 +91,10 @@ public struct OutputParser {
                     mode = tag == "<think>" ? .reasoning : .toolCall
                     continue
                 }
+                if parseTools && !toolNames.isEmpty && !sawContent && buffer.first(where: { !$0.isWhitespace }) == "{" {
+                    mode = .bareJSON
+                    continue
+                }
                 var keep = 0
                 if !final { for t in tags { keep = max(keep, Self.partialSuffix(buffer, t)) } }
                 // Leading white space before a possible <think> waits too.
@@ -89,6 +102,15 @@ public struct OutputParser {
                 emitContent(String(buffer.dropLast(keep)), &out)
                 buffer = String(buffer.suffix(keep))
                 return out
+            case .bareJSON:
+                guard final else { return out }
+                if let call = Self.parseCall(buffer), toolNames.contains(call.name) {
+                    out.append(.toolCall(call))
+                } else {
+                    emitContent(buffer, &out)
+                }
+                buffer = ""
+                mode = .content
             case .toolCall:
                 guard let r = buffer.range(of: "</tool_call>") else {
                     if final {

@@ -15,7 +15,8 @@ extension ModelService {
         let stream = try submit(try engineRequest(prompt: prompt, o))
         let startInReasoning = thinkingModel && promptText.hasSuffix("<think>\n")
         let states = (0..<o.n).map { _ in
-            ChoiceState(tokenizer: tokenizer, stops: o.stops, reasoning: thinkingModel, tools: tools, startInReasoning: startInReasoning)
+            ChoiceState(tokenizer: tokenizer, stops: o.stops, reasoning: thinkingModel, tools: tools != nil, toolNames: tools ?? [],
+                        startInReasoning: startInReasoning)
         }
         let id = IDs.make("chatcmpl-")
         let created = Int(Date().timeIntervalSince1970)

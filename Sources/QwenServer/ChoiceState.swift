@@ -22,11 +22,11 @@ struct ChoiceState {
     var rawLogprobs: [TokenOutput] = []
     var finishReason: String?
 
-    init(tokenizer: Tokenizer, stops: [String], reasoning: Bool, tools: Bool, startInReasoning: Bool) {
+    init(tokenizer: Tokenizer, stops: [String], reasoning: Bool, tools: Bool, toolNames: Set<String> = [], startInReasoning: Bool) {
         self.tokenizer = tokenizer
         decoder = StreamingDecoder(tokenizer: tokenizer, skipSpecial: true)
         stop = StopMatcher(stops: stops)
-        parser = OutputParser(reasoning: reasoning, tools: tools, startInReasoning: startInReasoning)
+        parser = OutputParser(reasoning: reasoning, tools: tools, toolNames: toolNames, startInReasoning: startInReasoning)
     }
 
     struct Delta {

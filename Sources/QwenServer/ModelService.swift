@@ -38,7 +38,7 @@ public final class ModelService: @unchecked Sendable {
     // MARK: Prompts
 
     /// The chat prompt, rendered with the model's template.
-    func chatPrompt(_ f: RequestFields) throws -> (text: String, tools: Bool) {
+    func chatPrompt(_ f: RequestFields) throws -> (text: String, tools: Set<String>?) {
         guard let msgs = f.body["messages"]?.array, !msgs.isEmpty else {
             throw APIError.badParam("messages", "'messages' must be a non-empty list")
         }
@@ -109,7 +109,7 @@ public final class ModelService: @unchecked Sendable {
         } else {
             text = messages.map { "<|im_start|>\($0["role"]?.string ?? "user")\n\($0["content"]?.string ?? "")<|im_end|>\n" }.joined() + "<|im_start|>assistant\n"
         }
-        return (text, tools != nil)
+        return (text, tools.map { Set($0.compactMap { $0["function"]?["name"]?.string }) })
     }
 
     func engineRequest(prompt: [Int32], _ o: GenerationOptions) throws -> EngineRequest {

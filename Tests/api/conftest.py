@@ -1,0 +1,132 @@
+"""Starts real qwen-serve processes on loopback ports for the API tests."""
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("QWEN_SERVE_BIN", os.path.join(REPO, ".build", "release", "qwen-serve"))
+FIXTURES = os.path.join(REPO, "Tests", "Fixtures")
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+
+
+class Server:
+    def __init__(self, model, *extra, name=None):
+        self.log = []
+        self.proc = subprocess.Popen([BIN, "serve", "--model", model, "--port", "0", *extra],
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        deadline = time.time() + 300
+        self.port = None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            m = re.search(r"serving (\S+) on http://[^:]+:(\d+)", line)
+            if m:
+                self.name, self.port = m.group(1), int(m.group(2))
+                break
+            if time.time() > deadline:
+                break
+        if self.port is None:
+            self.proc.kill()
+            raise RuntimeError("server did not start:\n" + "".join(self.log))
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def request(self, method, path, body=None, raw=None, headers=None, timeout=120):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    def json(self, method, path, body=None, **kw):
+        status, headers, data = self.request(method, path, body, **kw)
+        return status, json.loads(data) if data else None
+
+    def stream(self, path, body, disconnect_after=None):
+        """POSTs and parses the SSE stream as a client would; returns the decoded events."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=120)
+        data = json.dumps(body).encode()
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                  f"Connection: close\r\n\r\n".encode() + data)
+        f = s.makefile("rb")
+        status = int(f.readline().split()[1])
+        chunked = False
+        while True:
+            line = f.readline()
+            if line in (b"\r\n", b""):
+                break
+            if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():
+                chunked = True
+        assert status == 200, f.read()
+        events, buf = [], b""
+        while True:
+            if chunked:
+                size = int(f.readline().strip() or b"0", 16)
+                if size == 0:
+                    break
+                buf += f.read(size)
+                f.read(2)
+            else:
+                piece = f.read(4096)
+                if not piece:
+                    break
+                buf += piece
+            while b"\n\n" in buf:
+                ev, buf = buf.split(b"\n\n", 1)
+                assert ev.startswith(b"data: "), ev
+                payload = ev[6:].decode()
+                events.append(payload if payload == "[DONE]" else json.loads(payload))
+                if disconnect_after is not None and len(events) >= disconnect_after:
+                    s.close()
+                    return events
+        s.close()
+        return events
+
+    def metric(self, name):
+        _, _, data = self.request("GET", "/metrics")
+        m = re.search(rf"^{name} (\S+)$", data.decode(), re.M)
+        return float(m.group(1)) if m else None
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    s = Server(os.path.join(FIXTURES, "qwen3-tiny-f32"), "--kv-cache-gb", "0.05", "--max-waiting", "64")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def real():
+    path = subprocess.run([BIN, "fetch", "default"], capture_output=True, text=True).stdout.strip()
+    if not path or not os.path.exists(path):
+        pytest.skip("the default model is not available (make model fetches it)")
+    s = Server(path)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(os.path.join(FIXTURES, "qwen3-tiny-f32", "tokenizer.json"))

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""make bench-serve: qwen-serve under concurrent load over HTTP, like `evalscope perf`
+(random 128-token prompts, 128 output tokens with ignore_eos, concurrency 1, 10 and 50),
+then 200 clients that disconnect at random while /health is polled. Concurrency 1 is
+the baseline: scaling is reported as a ratio to it, measured in the same run.
+Writes the table, with the command line, into BENCHMARKS.md.
+"""
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import loadgen  # noqa: E402
+
+
+def start_server(binary, model, port, extra):
+    p = subprocess.Popen([binary, "serve", "--model", model, "--port", str(port)] + extra,
+                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    for line in p.stderr:
+        sys.stderr.write(line)
+        m = re.search(r"on http://[^:]+:(\d+)", line)
+        if m:
+            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+            return p, int(m.group(1))
+    raise SystemExit("server did not start")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default=".build/release/qwen-serve")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--levels", default="1:4,10:20,50:100", help="concurrency:requests,...")
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--storm", type=int, default=200)
+    ap.add_argument("--write", default="BENCHMARKS.md")
+    a = ap.parse_args()
+    proc, port = start_server(a.binary, a.model, 0, ["--max-running", "64"])
+    host = "127.0.0.1"
+    rows = []
+    try:
+        for level in a.levels.split(","):
+            c, n = map(int, level.split(":"))
+            r = asyncio.run(loadgen.run_level(host, port, c, n, a.prompt_tokens, a.max_tokens, seed=c))
+            rows.append(r)
+            print(r, flush=True)
+        storm = None
+        if a.storm:
+            health = {"ok": 0, "bad": 0, "max_s": 0.0}
+            stop = threading.Event()
+
+            def poll():
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    try:
+                        s, _ = loadgen.get(host, port, "/health")
+                        health["ok" if s == 200 else "bad"] += 1
+                    except OSError:
+                        health["bad"] += 1
+                    health["max_s"] = max(health["max_s"], time.perf_counter() - t0)
+                    time.sleep(0.2)
+            t = threading.Thread(target=poll)
+            t.start()
+            t0 = time.perf_counter()
+            asyncio.run(loadgen.disconnect_storm(host, port, a.storm, a.prompt_tokens, a.max_tokens))
+            # The pool must drain back to empty.
+            used = None
+            for _ in range(300):
+                s, body = loadgen.get(host, port, "/metrics")
+                m = dict(re.findall(r"^(qwen_kv_blocks_used|qwen_running_sequences|qwen_waiting_requests) (\d+)$", body.decode(), re.M))
+                used = {k: int(v) for k, v in m.items()}
+                if used.get("qwen_kv_blocks_used") == 0 and used.get("qwen_running_sequences") == 0:
+                    break
+                time.sleep(0.1)
+            stop.set()
+            t.join()
+            storm = {"clients": a.storm, "seconds": time.perf_counter() - t0, "health": health, "after": used,
+                     "alive": proc.poll() is None}
+            print(storm, flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+    base = rows[0]["output_tok_s"]
+    cmd = f"make bench-serve  # python3 scripts/bench_serve.py --levels {a.levels} --prompt-tokens {a.prompt_tokens} --max-tokens {a.max_tokens} --storm {a.storm}"
+    lines = [f"## Concurrent load ({time.strftime('%Y-%m-%d')}, default model, {os.cpu_count()} cores)", "", f"Command: `{cmd}`", "",
+             f"Random prompts of {a.prompt_tokens} tokens, {a.max_tokens} output tokens each with ignore_eos, streamed over HTTP "
+             "(the `evalscope perf` random workload). Baseline: concurrency 1 in the same run.", "",
+             "| concurrency | requests | output tok/s | × concurrency 1 | requests/s | TTFT mean s | TTFT p50 s | TTFT p99 s | TPOT mean s | latency mean s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['concurrency']} | {r['succeeded']}/{r['requests']} | {r['output_tok_s']:.1f} | {r['output_tok_s'] / base:.2f}× | "
+                     f"{r['requests_s']:.3f} | {r['ttft_mean_s']:.2f} | {r['ttft_p50_s']:.2f} | {r['ttft_p99_s']:.2f} | "
+                     f"{r['tpot_mean_s']:.3f} | {r['e2e_mean_s']:.1f} |")
+    if storm:
+        lines += ["", f"Disconnect storm: {storm['clients']} clients hanging up at random; server alive: {storm['alive']}; "
+                  f"/health answered {storm['health']['ok']} times, failed {storm['health']['bad']}, slowest {storm['health']['max_s']:.3f} s; "
+                  f"afterwards {storm['after']}."]
+    section = "\n".join(lines) + "\n"
+    print(section)
+    if a.write:
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), a.write)
+        text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
+        start = text.find("## Concurrent load")
+        if start >= 0:
+            end = text.find("\n## ", start + 1)
+            text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""A small asyncio HTTP/1.1 load generator for qwen-serve (no third-party packages).
+
+The workload is the one `evalscope perf` is usually run with for models of this size:
+random prompts of --prompt-tokens tokens (sent as token ids to /v1/completions, so the
+length is exact), --max-tokens output tokens with ignore_eos, streamed, at a given
+concurrency. Reports output tokens/s, requests/s, time to first token, time per
+output token and end-to-end latency.
+"""
+import asyncio
+import json
+import random
+import statistics
+import time
+
+
+async def _request(host, port, path, body, disconnect_after=None):
+    """POSTs JSON and reads the SSE stream. Returns (ttft, token_times, tokens, status)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    data = json.dumps(body).encode()
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+    await writer.drain()
+    start = time.perf_counter()
+    status_line = await reader.readline()
+    status = int(status_line.split()[1])
+    chunked = False
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():
+            chunked = True
+    times, tokens, buf = [], 0, b""
+    try:
+        while True:
+            if chunked:
+                size_line = await reader.readline()
+                if not size_line:
+                    break
+                size = int(size_line.strip() or b"0", 16)
+                if size == 0:
+                    break
+                piece = await reader.readexactly(size + 2)
+                buf += piece[:-2]
+            else:
+                piece = await reader.read(65536)
+                if not piece:
+                    break
+                buf += piece
+            while b"\n\n" in buf:
+                event, buf = buf.split(b"\n\n", 1)
+                if not event.startswith(b"data: ") or event == b"data: [DONE]":
+                    continue
+                obj = json.loads(event[6:])
+                for c in obj.get("choices", []):
+                    if c.get("text") or c.get("delta", {}).get("content"):
+                        times.append(time.perf_counter() - start)
+                        tokens += 1
+                if disconnect_after is not None and tokens >= disconnect_after:
+                    writer.close()
+                    return (times[0] if times else None), times, tokens, status
+    finally:
+        writer.close()
+    return (times[0] if times else None), times, tokens, status
+
+
+async def run_level(host, port, concurrency, requests, prompt_tokens, max_tokens, vocab=150000, seed=0):
+    rng = random.Random(seed)
+    queue = list(range(requests))
+    results = []
+
+    async def worker():
+        while queue:
+            queue.pop()
+            prompt = [rng.randrange(100, vocab) for _ in range(prompt_tokens)]
+            body = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": True, "temperature": 0}
+            t0 = time.perf_counter()
+            ttft, times, tokens, status = await _request(host, port, "/v1/completions", body)
+            results.append((ttft, times, tokens, time.perf_counter() - t0, status))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    wall = time.perf_counter() - t0
+    ok = [r for r in results if r[4] == 200 and r[0] is not None]
+    ttfts = sorted(r[0] for r in ok)
+    tpots = [(r[1][-1] - r[1][0]) / (len(r[1]) - 1) for r in ok if len(r[1]) > 1]
+    e2e = [r[3] for r in ok]
+    out = sum(r[2] for r in ok)
+
+    def pct(a, p):
+        return a[min(len(a) - 1, int(round(p / 100 * (len(a) - 1))))] if a else float("nan")
+    return {"concurrency": concurrency, "requests": requests, "succeeded": len(ok), "wall_s": wall,
+            "output_tok_s": out / wall, "requests_s": len(ok) / wall,
+            "ttft_mean_s": statistics.mean(ttfts) if ttfts else float("nan"), "ttft_p50_s": pct(ttfts, 50),
+            "ttft_p99_s": pct(ttfts, 99), "tpot_mean_s": statistics.mean(tpots) if tpots else float("nan"),
+            "e2e_mean_s": statistics.mean(e2e) if e2e else float("nan")}
+
+
+async def disconnect_storm(host, port, clients, prompt_tokens, max_tokens, seed=1):
+    """Clients that hang up at random points (some before the first token)."""
+    rng = random.Random(seed)
+
+    async def one():
+        prompt = [rng.randrange(100, 150000) for _ in range(prompt_tokens)]
+        body = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
+        try:
+            await asyncio.wait_for(_request(host, port, "/v1/completions", body, disconnect_after=rng.randrange(0, 8)),
+                                   timeout=rng.uniform(0.05, 30))
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            pass
+    await asyncio.gather(*[one() for _ in range(clients)])
+
+
+def get(host, port, path):
+    async def go():
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        data = await reader.read()
+        writer.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body
+    return asyncio.run(go())
