@@ -99,6 +99,13 @@ void qwen_blas_set_num_threads(int n) { if (p_set_threads) p_set_threads(n); }
 
 void qwen_sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
                 int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    if (__builtin_expect(p_sgemm == NULL, 0)) {
+        pthread_once(&once, do_load);
+        if (p_sgemm == NULL) {
+            fprintf(stderr, "qwen-serve: %s\n", load_error);
+            abort();
+        }
+    }
     p_sgemm(RowMajor, transA ? Trans : NoTrans, transB ? Trans : NoTrans, M, N, K, alpha, A, lda,
             B, ldb, beta, C, ldc);
 }

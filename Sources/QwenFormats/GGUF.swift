@@ -128,6 +128,11 @@ public final class GGUFFile: TensorSource {
         return t.dims.reversed()
     }
 
+    public func compactStorage(_ name: String) -> (Int32, UnsafeRawPointer, AnyObject)? {
+        guard let t = tensors[name], t.dims.count == 2 else { return nil }
+        return (Int32(t.type.rawValue), file.base + t.offset, file)
+    }
+
     public func floats(_ name: String) throws -> FloatBuffer {
         guard let t = tensors[name] else { throw ModelFileError(origin, "missing tensor \(name)") }
         let out = FloatBuffer(count: t.elementCount)

@@ -82,6 +82,15 @@ public final class SafetensorsFile: TensorSource {
     public var tensorNames: [String] { Array(entries.keys) }
     public func shape(of name: String) -> [Int]? { entries[name]?.shape }
 
+    public func compactStorage(_ name: String) -> (Int32, UnsafeRawPointer, AnyObject)? {
+        guard let e = entries[name], e.shape.count == 2, (e.shape[1] % 32) == 0 else { return nil }
+        switch e.dtype {
+        case .bf16: return (30, file.base + e.offset, file)
+        case .f16: return (1, file.base + e.offset, file)
+        case .f32: return nil
+        }
+    }
+
     public func floats(_ name: String) throws -> FloatBuffer {
         guard let e = entries[name] else { throw ModelFileError(origin, "missing tensor \(name)") }
         let n = e.length / e.dtype.size
@@ -135,6 +144,9 @@ public final class SafetensorsDirectory: TensorSource {
 
     public var tensorNames: [String] { Array(owner.keys) }
     public func shape(of name: String) -> [Int]? { owner[name].flatMap { files[$0]?.shape(of: name) } }
+    public func compactStorage(_ name: String) -> (Int32, UnsafeRawPointer, AnyObject)? {
+        owner[name].flatMap { files[$0]?.compactStorage(name) }
+    }
     public func floats(_ name: String) throws -> FloatBuffer {
         guard let f = owner[name].flatMap({ files[$0] }) else { throw ModelFileError(origin, "missing tensor \(name)") }
         return try f.floats(name)

@@ -19,7 +19,7 @@ public final class QwenWeights: @unchecked Sendable {
 
     public init(config c: QwenConfig, source: TensorSource) throws {
         func matrix(_ name: String, _ rows: Int, _ cols: Int) throws -> WeightMatrix {
-            F32Matrix(rows: rows, cols: cols, data: try source.floats(name, shape: [rows, cols]))
+            try source.matrix(name, rows: rows, cols: cols)
         }
         func vector(_ name: String, _ n: Int) throws -> FloatBuffer { try source.floats(name, shape: [n]) }
 

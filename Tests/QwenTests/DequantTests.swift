@@ -1,5 +1,7 @@
 import Foundation
 import QwenFormats
+import QwenKernels
+import QwenRuntime
 import XCTest
 
 /// Block dequantization of every supported ggml type against gguf-py on random blocks.
@@ -27,5 +29,55 @@ final class DequantTests: XCTestCase {
             seen.insert(name)
         }
         XCTAssertEqual(seen, ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16", "BF16"])
+    }
+}
+
+/// The compact kernels (products straight from stored blocks) against f32 products of
+/// gguf-py's dequantized values, for every storage type.
+final class CompactMatrixTests: XCTestCase {
+    func testCompactProductsEqualF32Products() throws {
+        let cases = try XCTUnwrap(try Fixtures.json("expected/dequant.json") as? [[String: Any]])
+        var rng = SeededRandom(seed: 5)
+        for c in cases {
+            let name = c["type"] as! String
+            let type = GGMLType(rawValue: UInt32(c["ggml_type"] as! Int))!
+            let hex = Array((c["bytes"] as! String).utf8)
+            var bytes = [UInt8]()
+            for i in stride(from: 0, to: hex.count, by: 2) { bytes.append(UInt8(String(decoding: hex[i..<i + 2], as: UTF8.self), radix: 16)!) }
+            var values = floats(c["values"])
+            if type == .f16 || type == .bf16 {
+                // The fixture's 16-bit cases are tiny; make a 4×64 matrix of exact 16-bit values.
+                values = (0..<256).map { _ in rng.unit() * 4 - 2 }
+                bytes = []
+                for v in values {
+                    let bits: UInt16 = type == .bf16 ? UInt16(v.bitPattern >> 16) : Float16(v).bitPattern
+                    bytes += [UInt8(bits & 0xFF), UInt8(bits >> 8)]
+                }
+                values = (0..<256).map { i in
+                    let bits = UInt16(bytes[2 * i]) | UInt16(bytes[2 * i + 1]) << 8
+                    return type == .bf16 ? HalfFloat.bf16ToFloat(bits) : HalfFloat.f16ToFloat(bits)
+                }
+            }
+            // One block per row: rows = blocks, cols = block size (at least 32).
+            let cols = type.blockSize == 1 ? 64 : type.blockSize, rows = values.count / cols
+            let storage = FloatBuffer(values)
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
+            defer { raw.deallocate() }
+            raw.copyMemory(from: bytes, byteCount: bytes.count)
+            let compact = CompactMatrix(rows: rows, cols: cols, storageType: Int32(type.rawValue), data: raw, owner: storage, dense: storage)
+            let dense = F32Matrix(rows: rows, cols: cols, data: storage)
+            for n in [1, 3, 8] {
+                let x = FloatBuffer((0..<(n * cols)).map { _ in rng.unit() * 2 - 1 })
+                let a = FloatBuffer(count: n * rows), b = FloatBuffer(count: n * rows)
+                compact.multiply(x.pointer, n: n, into: a.pointer, accumulate: false)
+                dense.multiply(x.pointer, n: n, into: b.pointer, accumulate: false)
+                for i in 0..<(n * rows) {
+                    XCTAssertEqual(a[i], b[i], accuracy: 1e-4 * max(1, abs(b[i])), "\(name) n=\(n) [\(i)]")
+                }
+                // Accumulating adds to what is there.
+                compact.multiply(x.pointer, n: n, into: a.pointer, accumulate: true)
+                for i in 0..<(n * rows) { XCTAssertEqual(a[i], 2 * b[i], accuracy: 2e-4 * max(1, abs(b[i])), "\(name) accumulate") }
+            }
+        }
     }
 }

@@ -1,0 +1,209 @@
+#include "qwen_quant.h"
+#include <stdint.h>
+#include <string.h>
+
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+static float f16_table[65536];
+
+__attribute__((constructor)) static void init_f16_table(void) {
+    for (uint32_t h = 0; h < 65536; h++) {
+        uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+        if (exp == 0) {
+            if (mant == 0) {
+                bits = sign;
+            } else {  // subnormal: normalise
+                int e = -1;
+                do { mant <<= 1; e++; } while ((mant & 0x400) == 0);
+                mant &= 0x3ff;
+                bits = sign | ((uint32_t)(127 - 15 - e) << 23) | (mant << 13);
+            }
+        } else if (exp == 31) {
+            bits = sign | 0x7f800000u | (mant << 13);
+        } else {
+            bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+        }
+        memcpy(&f16_table[h], &bits, 4);
+    }
+}
+
+static inline float f16(const uint8_t *p) { return f16_table[(uint16_t)(p[0] | (p[1] << 8))]; }
+
+static int block_size(int t) {
+    switch (t) {
+    case QWEN_Q4_K: case QWEN_Q5_K: case QWEN_Q6_K: return 256;
+    case QWEN_Q4_0: case QWEN_Q4_1: case QWEN_Q5_0: case QWEN_Q5_1: case QWEN_Q8_0: return 32;
+    default: return 32;  // f32/f16/bf16 are processed 32 at a time
+    }
+}
+
+static int block_bytes(int t) {
+    switch (t) {
+    case QWEN_F32: return 128;
+    case QWEN_F16: case QWEN_BF16: return 64;
+    case QWEN_Q4_0: return 18;
+    case QWEN_Q4_1: return 20;
+    case QWEN_Q5_0: return 22;
+    case QWEN_Q5_1: return 24;
+    case QWEN_Q8_0: return 34;
+    case QWEN_Q4_K: return 144;
+    case QWEN_Q5_K: return 176;
+    case QWEN_Q6_K: return 210;
+    default: return 0;
+    }
+}
+
+long qwen_quant_row_bytes(int type, int cols) { return (long)cols / block_size(type) * block_bytes(type); }
+
+static inline void scale_min_k4(int j, const uint8_t *q, float *sc, float *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+/// Expands one block into y (block_size(t) floats), with the reference's float operations.
+static inline void expand(int t, const uint8_t *b, float *y) {
+    switch (t) {
+    case QWEN_F32: memcpy(y, b, 128); break;
+    case QWEN_BF16:
+        for (int j = 0; j < 32; j++) {
+            uint32_t bits = (uint32_t)(b[2 * j] | (b[2 * j + 1] << 8)) << 16;
+            memcpy(&y[j], &bits, 4);
+        }
+        break;
+    case QWEN_F16: for (int j = 0; j < 32; j++) y[j] = f16(b + 2 * j); break;
+    case QWEN_Q4_0: {
+        const float d = f16(b);
+        for (int j = 0; j < 16; j++) {
+            y[j] = (float)((b[2 + j] & 0x0F) - 8) * d;
+            y[j + 16] = (float)((b[2 + j] >> 4) - 8) * d;
+        }
+        break;
+    }
+    case QWEN_Q4_1: {
+        const float d = f16(b), m = f16(b + 2);
+        for (int j = 0; j < 16; j++) {
+            y[j] = (float)(b[4 + j] & 0x0F) * d + m;
+            y[j + 16] = (float)(b[4 + j] >> 4) * d + m;
+        }
+        break;
+    }
+    case QWEN_Q5_0: {
+        const float d = f16(b);
+        uint32_t qh;
+        memcpy(&qh, b + 2, 4);
+        for (int j = 0; j < 16; j++) {
+            const int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
+            y[j] = (float)(((b[6 + j] & 0x0F) | h0) - 16) * d;
+            y[j + 16] = (float)(((b[6 + j] >> 4) | h1) - 16) * d;
+        }
+        break;
+    }
+    case QWEN_Q5_1: {
+        const float d = f16(b), m = f16(b + 2);
+        uint32_t qh;
+        memcpy(&qh, b + 4, 4);
+        for (int j = 0; j < 16; j++) {
+            const int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
+            y[j] = (float)((b[8 + j] & 0x0F) | h0) * d + m;
+            y[j + 16] = (float)((b[8 + j] >> 4) | h1) * d + m;
+        }
+        break;
+    }
+    case QWEN_Q8_0: {
+        const float d = f16(b);
+        for (int j = 0; j < 32; j++) y[j] = (float)(int8_t)b[2 + j] * d;
+        break;
+    }
+    case QWEN_Q4_K: {
+        const float d = f16(b), dmin = f16(b + 2);
+        const uint8_t *sc = b + 4, *q = b + 16;
+        for (int p = 0; p < 4; p++) {
+            float s1, m1, s2, m2;
+            scale_min_k4(2 * p, sc, &s1, &m1);
+            scale_min_k4(2 * p + 1, sc, &s2, &m2);
+            const float d1 = d * s1, mm1 = dmin * m1, d2 = d * s2, mm2 = dmin * m2;
+            for (int l = 0; l < 32; l++) y[64 * p + l] = d1 * (float)(q[l] & 0xF) - mm1;
+            for (int l = 0; l < 32; l++) y[64 * p + 32 + l] = d2 * (float)(q[l] >> 4) - mm2;
+            q += 32;
+        }
+        break;
+    }
+    case QWEN_Q5_K: {
+        const float d = f16(b), dmin = f16(b + 2);
+        const uint8_t *sc = b + 4, *qh = b + 16, *ql = b + 48;
+        uint8_t u1 = 1, u2 = 2;
+        for (int p = 0; p < 4; p++) {
+            float s1, m1, s2, m2;
+            scale_min_k4(2 * p, sc, &s1, &m1);
+            scale_min_k4(2 * p + 1, sc, &s2, &m2);
+            const float d1 = d * s1, mm1 = dmin * m1, d2 = d * s2, mm2 = dmin * m2;
+            for (int l = 0; l < 32; l++) y[64 * p + l] = d1 * (float)((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - mm1;
+            for (int l = 0; l < 32; l++) y[64 * p + 32 + l] = d2 * (float)((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - mm2;
+            ql += 32;
+            u1 <<= 2;
+            u2 <<= 2;
+        }
+        break;
+    }
+    case QWEN_Q6_K: {
+        const float d = f16(b + 208);
+        const uint8_t *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        for (int half = 0; half < 2; half++) {
+            for (int l = 0; l < 32; l++) {
+                const int is = l / 16;
+                const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[128 * half + l] = d * sc[is + 0] * q1;
+                y[128 * half + l + 32] = d * sc[is + 2] * q2;
+                y[128 * half + l + 64] = d * sc[is + 4] * q3;
+                y[128 * half + l + 96] = d * sc[is + 6] * q4;
+            }
+            ql += 64;
+            qh += 32;
+            sc += 8;
+        }
+        break;
+    }
+    }
+}
+
+#define MAXN 8
+
+CLONES
+void qwen_quant_matmul(int type, const void *w, int cols, int row0, int row1, const float *x, int n, int ldx,
+                       float *out, int ldo, int accumulate) {
+    const int bs = block_size(type), bb = block_bytes(type);
+    const int nb = cols / bs;
+    const long rb = (long)nb * bb;
+    float y[256] __attribute__((aligned(64)));
+    for (int i0 = 0; i0 < n; i0 += MAXN) {
+        const int ni = n - i0 < MAXN ? n - i0 : MAXN;
+        for (int r = row0; r < row1; r++) {
+            const uint8_t *row = (const uint8_t *)w + (long)r * rb;
+            float acc[MAXN][16] __attribute__((aligned(64)));
+            memset(acc, 0, sizeof acc);
+            for (int b = 0; b < nb; b++) {
+                expand(type, row + (long)b * bb, y);
+                for (int i = 0; i < ni; i++) {
+                    const float *xi = x + (long)(i0 + i) * ldx + (long)b * bs;
+                    for (int j = 0; j < bs; j += 16)
+                        for (int l = 0; l < 16; l++) acc[i][l] += y[j + l] * xi[j + l];
+                }
+            }
+            for (int i = 0; i < ni; i++) {
+                float s = 0;
+                for (int l = 0; l < 16; l++) s += acc[i][l];
+                float *o = out + (long)(i0 + i) * ldo + r;
+                *o = accumulate ? *o + s : s;
+            }
+        }
+    }
+}

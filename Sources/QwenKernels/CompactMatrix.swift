@@ -1,0 +1,48 @@
+import CQwenKernels
+import Dispatch
+import Foundation
+
+/// A weight matrix kept in its compact file storage (bf16, f16 or ggml quantized blocks)
+/// next to an f32 copy. Products with a few rows — decoding, where reading the weights is
+/// the whole cost — expand the compact blocks on the fly; wider products use the f32
+/// copy with sgemm, where compute is the cost. Both give the f32 result (up to the order
+/// of summation).
+public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
+    public let rows: Int
+    public let cols: Int
+    public let storageType: Int32
+    let data: UnsafeRawPointer
+    let owner: AnyObject
+    let dense: F32Matrix
+    /// Up to this many rows of input go through the compact kernel.
+    public static var compactRowLimit = 8
+    static let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
+
+    /// - data: `rows` rows of `cols` values stored as `storageType` (a ggml type number),
+    ///   kept alive by `owner`.
+    public init(rows: Int, cols: Int, storageType: Int32, data: UnsafeRawPointer, owner: AnyObject, dense: FloatBuffer) {
+        self.rows = rows
+        self.cols = cols
+        self.storageType = storageType
+        self.data = data
+        self.owner = owner
+        self.dense = F32Matrix(rows: rows, cols: cols, data: dense)
+    }
+
+    public func multiply(_ x: UnsafePointer<Float>, n: Int, into out: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        guard n <= Self.compactRowLimit else {
+            dense.multiply(x, n: n, into: out, accumulate: accumulate)
+            return
+        }
+        let w = Self.workers
+        let chunk = (rows + w - 1) / w
+        let (t, d, c, r) = (storageType, data, Int32(cols), rows)
+        DispatchQueue.concurrentPerform(iterations: w) { k in
+            let lo = k * chunk, hi = min(r, lo + chunk)
+            guard lo < hi else { return }
+            qwen_quant_matmul(t, d, c, Int32(lo), Int32(hi), x, Int32(n), c, out, Int32(r), accumulate ? 1 : 0)
+        }
+    }
+
+    public func copyRow(_ r: Int, into out: UnsafeMutablePointer<Float>) { dense.copyRow(r, into: out) }
+}
