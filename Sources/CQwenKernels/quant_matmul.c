@@ -29,7 +29,7 @@ __attribute__((constructor)) static void init_f16_table(void) {
 
 static inline float f16(const uint8_t *p) { return f16_table[(uint16_t)(p[0] | (p[1] << 8))]; }
 
-static int block_size(int t) {
+static inline __attribute__((always_inline)) int block_size(int t) {
     switch (t) {
     case QWEN_Q4_K: case QWEN_Q5_K: case QWEN_Q6_K: return 256;
     case QWEN_Q4_0: case QWEN_Q4_1: case QWEN_Q5_0: case QWEN_Q5_1: case QWEN_Q8_0: return 32;
@@ -37,7 +37,7 @@ static int block_size(int t) {
     }
 }
 
-static int block_bytes(int t) {
+static inline __attribute__((always_inline)) int block_bytes(int t) {
     switch (t) {
     case QWEN_F32: return 128;
     case QWEN_F16: case QWEN_BF16: return 64;
@@ -66,7 +66,7 @@ static inline void scale_min_k4(int j, const uint8_t *q, float *sc, float *m) {
 }
 
 /// Expands one block into y (block_size(t) floats), with the reference's float operations.
-static inline void expand(int t, const uint8_t *b, float *y) {
+static inline __attribute__((always_inline)) void expand(int t, const uint8_t *b, float *y) {
     switch (t) {
     case QWEN_F32: memcpy(y, b, 128); break;
     case QWEN_BF16:
@@ -177,9 +177,10 @@ static inline void expand(int t, const uint8_t *b, float *y) {
 
 #define MAXN 8
 
-CLONES
-void qwen_quant_matmul(int type, const void *w, int cols, int row0, int row1, const float *x, int n, int ldx,
-                       float *out, int ldo, int accumulate) {
+/// The product for one storage type; `type` is a constant in each instance below, so the
+/// block expansion inlines and vectorises.
+static inline __attribute__((always_inline)) void matmul_typed(const int type, const void *w, int cols, int row0, int row1,
+                                                               const float *x, int n, int ldx, float *out, int ldo, int accumulate) {
     const int bs = block_size(type), bb = block_bytes(type);
     const int nb = cols / bs;
     const long rb = (long)nb * bb;
@@ -205,5 +206,39 @@ void qwen_quant_matmul(int type, const void *w, int cols, int row0, int row1, co
                 *o = accumulate ? *o + s : s;
             }
         }
+    }
+}
+
+#define TYPED(NAME, TYPE)                                                                                     \
+    CLONES static void NAME(const void *w, int cols, int row0, int row1, const float *x, int n, int ldx,      \
+                            float *out, int ldo, int accumulate) {                                             \
+        matmul_typed(TYPE, w, cols, row0, row1, x, n, ldx, out, ldo, accumulate);                             \
+    }
+TYPED(mm_f32, QWEN_F32)
+TYPED(mm_f16, QWEN_F16)
+TYPED(mm_bf16, QWEN_BF16)
+TYPED(mm_q4_0, QWEN_Q4_0)
+TYPED(mm_q4_1, QWEN_Q4_1)
+TYPED(mm_q5_0, QWEN_Q5_0)
+TYPED(mm_q5_1, QWEN_Q5_1)
+TYPED(mm_q8_0, QWEN_Q8_0)
+TYPED(mm_q4_k, QWEN_Q4_K)
+TYPED(mm_q5_k, QWEN_Q5_K)
+TYPED(mm_q6_k, QWEN_Q6_K)
+
+void qwen_quant_matmul(int type, const void *w, int cols, int row0, int row1, const float *x, int n, int ldx,
+                       float *out, int ldo, int accumulate) {
+    switch (type) {
+    case QWEN_F32: mm_f32(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
+    case QWEN_F16: mm_f16(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
+    case QWEN_BF16: mm_bf16(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
+    case QWEN_Q4_0: mm_q4_0(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
+    case QWEN_Q4_1: mm_q4_1(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
+    case QWEN_Q5_0: mm_q5_0(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
+    case QWEN_Q5_1: mm_q5_1(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
+    case QWEN_Q8_0: mm_q8_0(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
+    case QWEN_Q4_K: mm_q4_k(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
+    case QWEN_Q5_K: mm_q5_k(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
+    case QWEN_Q6_K: mm_q6_k(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
     }
 }

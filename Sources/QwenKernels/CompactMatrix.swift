@@ -17,6 +17,11 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     /// Up to this many rows of input go through the compact kernel.
     public static var compactRowLimit = 8
     static let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// Types whose kernel beats sgemm on the f32 copy (measured, see BENCHMARKS.md): the
+    /// 32-value block formats. The K-quant kernels are correct but not yet faster.
+    static let fastTypes: Set<Int32> = [1, 2, 3, 6, 7, 8, 30]
+    /// Use the compact kernel for every type and row count up to the limit (tests).
+    public var alwaysCompact = false
 
     /// - data: `rows` rows of `cols` values stored as `storageType` (a ggml type number),
     ///   kept alive by `owner`.
@@ -30,7 +35,7 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     }
 
     public func multiply(_ x: UnsafePointer<Float>, n: Int, into out: UnsafeMutablePointer<Float>, accumulate: Bool) {
-        guard n <= Self.compactRowLimit else {
+        guard n <= Self.compactRowLimit, alwaysCompact || Self.fastTypes.contains(storageType) else {
             dense.multiply(x, n: n, into: out, accumulate: accumulate)
             return
         }

@@ -65,6 +65,7 @@ final class CompactMatrixTests: XCTestCase {
             defer { raw.deallocate() }
             raw.copyMemory(from: bytes, byteCount: bytes.count)
             let compact = CompactMatrix(rows: rows, cols: cols, storageType: Int32(type.rawValue), data: raw, owner: storage, dense: storage)
+            compact.alwaysCompact = true
             let dense = F32Matrix(rows: rows, cols: cols, data: storage)
             for n in [1, 3, 8] {
                 let x = FloatBuffer((0..<(n * cols)).map { _ in rng.unit() * 2 - 1 })
