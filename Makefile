@@ -26,8 +26,9 @@ build: deps
 model: build
 	$(BIN) fetch default
 
+# The OpenAI-compatible server on the default model, on http://127.0.0.1:8080.
 run: model
-	$(BIN) generate --model default --chat --prompt "Write a haiku about CPUs." --max-tokens 64 --verbose
+	$(BIN) serve --model default
 
 # Tests run on release builds: the real-model tests are far too slow unoptimised.
 # Then the HTTP API tests (pytest, the official openai client, schemathesis) in a venv.

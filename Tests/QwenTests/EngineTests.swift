@@ -117,6 +117,17 @@ final class EngineTests: XCTestCase {
             XCTAssertEqual($0 as? EngineError, .promptTooLong(tokens: 64, limit: 63))
         }
         XCTAssertThrowsError(try e.submit(EngineRequest(prompt: [100_000], params: .greedy, maxTokens: 1)))
+        // A bounded queue: with one running place and two waiting, rapid submissions are refused.
+        var refused = 0
+        var accepted: [Engine.Stream] = []
+        for _ in 0..<6 {
+            var r = EngineRequest(prompt: [1, 2, 3], params: .greedy, maxTokens: 40)
+            r.ignoreEOS = true
+            do { accepted.append(try e.submit(r)) } catch EngineError.queueFull { refused += 1 }
+        }
+        XCTAssertGreaterThan(refused, 0)
+        XCTAssertGreaterThan(accepted.count, 0)
+        accepted.forEach { $0.cancel() }
         XCTAssertThrowsError(try e.submit(EngineRequest(prompt: [], params: .greedy, maxTokens: 1)))
         e.shutdown(grace: 0)
         XCTAssertThrowsError(try e.submit(EngineRequest(prompt: [1], params: .greedy, maxTokens: 1))) {

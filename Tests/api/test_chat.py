@@ -211,3 +211,18 @@ def test_qwen3_template_thinking_switch(tmp_path):
         assert off - on == len(tok.encode("<think>\n\n</think>\n\n").ids)
     finally:
         s.stop()
+
+
+def test_full_queue_answers_429_with_retry_after():
+    s = Server(os.path.join(FIXTURES, "qwen3-tiny-f32"), "--max-running", "1", "--max-waiting", "1", "--kv-cache-gb", "0.05")
+    try:
+        body = {"messages": MSGS, "max_tokens": 400, "ignore_eos": True}
+        with concurrent.futures.ThreadPoolExecutor(8) as ex:
+            results = list(ex.map(lambda _: s.request("POST", "/v1/chat/completions", body), range(8)))
+        busy = [r for r in results if r[0] == 429]
+        assert busy and any(r[0] == 200 for r in results)
+        for status, headers, data in busy:
+            assert headers.get("Retry-After") == "1"
+            assert json.loads(data)["error"]["type"] == "rate_limit_error"
+    finally:
+        s.stop()
