@@ -23,6 +23,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
     ],
     targets: [
         .target(
@@ -48,7 +49,10 @@ let package = Package(
         ),
         .executableTarget(
             name: "qwen-serve",
-            dependencies: ["QwenRuntime", "QwenServer", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "QwenRuntime", "QwenServer", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: unsafeFlags
         ),
         .testTarget(

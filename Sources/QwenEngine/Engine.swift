@@ -178,8 +178,18 @@ public final class Engine: @unchecked Sendable {
                 return
             }
             let stats = step()
+            heartbeats()
             publishSnapshot()
             onStep?(stats)
+        }
+    }
+
+    /// Requests that have heard nothing for a second get a heartbeat.
+    private func heartbeats() {
+        let now = DispatchTime.now().uptimeNanoseconds
+        var seen = Set<ObjectIdentifier>()
+        for s in waiting + running where seen.insert(ObjectIdentifier(s.group)).inserted {
+            if now &- s.group.lastEmit > 1_000_000_000 { s.group.emit(.heartbeat) }
         }
     }
 
@@ -370,7 +380,13 @@ final class Group: @unchecked Sendable {
         lock.unlock()
     }
 
-    func emit(_ e: EngineEvent) { continuation.yield(e) }
+    /// When the client last got an event (engine thread only).
+    var lastEmit = DispatchTime.now().uptimeNanoseconds
+
+    func emit(_ e: EngineEvent) {
+        lastEmit = DispatchTime.now().uptimeNanoseconds
+        continuation.yield(e)
+    }
 
     func fail(_ message: String) { continuation.yield(.failed(message)) }
 

@@ -45,6 +45,9 @@ public enum EngineEvent: Sendable {
     /// Every choice ended. `cachedTokens` of the prompt came from the prefix cache.
     case done(promptTokens: Int, completionTokens: Int, cachedTokens: Int)
     case failed(String)
+    /// Nothing new for a while (queued, or a long prompt being computed): a streaming
+    /// response writes a keep-alive, which is also how a departed client is noticed.
+    case heartbeat
 }
 
 public enum EngineError: Error, CustomStringConvertible, Equatable {

@@ -35,6 +35,7 @@ extension ModelService {
                 case .finished(let i, let reason): _ = states[i].finish(reason: reason == .length ? "length" : "stop")
                 case .done(let p, _, let cached): usage = (p, states.reduce(0) { $0 + $1.tokens }, cached)
                 case .failed(let m): throw APIError(.internalServerError, m)
+                case .heartbeat: break
                 }
             }
             if Task.isCancelled { stream.cancel() }
@@ -110,6 +111,8 @@ extension ModelService {
                         usage = (p, states.reduce(0) { $0 + $1.tokens }, cached)
                     case .failed(let m):
                         try await writer.write(Self.sse(APIError(.internalServerError, m).json))
+                    case .heartbeat:
+                        try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
                     }
                 }
                 if o.includeUsage { try await writer.write(Self.sse(chunk(nil, delta: [], logprobs: nil, finish: nil, usage: Self.usageJSON(usage)))) }

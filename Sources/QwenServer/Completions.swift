@@ -70,6 +70,7 @@ extension ModelService {
                 case .finished(let i, let reason): _ = states[i].finish(reason: reason == .length ? "length" : "stop")
                 case .done(let p, _, let cached): usage = (p, states.reduce(0) { $0 + $1.tokens }, cached)
                 case .failed(let m): throw APIError(.internalServerError, m)
+                case .heartbeat: break
                 }
             }
             metrics.requestFinished(started: started, firstToken: firstToken, completionTokens: usage.1)
@@ -121,6 +122,7 @@ extension ModelService {
                         try await writer.write(Self.sse(chunk(i, text: d.content, logprobs: nil, finish: states[i].finishReason)))
                     case .done(let p, _, let cached): usage = (p, states.reduce(0) { $0 + $1.tokens }, cached)
                     case .failed(let m): try await writer.write(Self.sse(APIError(.internalServerError, m).json))
+                    case .heartbeat: try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
                     }
                 }
                 if o.includeUsage { try await writer.write(Self.sse(chunk(nil, text: "", logprobs: nil, finish: nil, usage: Self.usageJSON(usage)))) }

@@ -6,6 +6,7 @@ import QwenEngine
 import QwenKernels
 import QwenRuntime
 import QwenServer
+import ServiceLifecycle
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run the OpenAI-compatible HTTP server.")
@@ -67,9 +68,18 @@ struct Serve: AsyncParsableCommand {
             let app = HTTPServer(service: service, config: hc).makeApplication { port in
                 log("serving \(name) on http://\(listenHost):\(port) (KV cache: \(positions) positions)")
             }
-            try await app.runService()
-            log("stopping: letting in-flight requests finish")
-            engine.shutdown(grace: shutdownGrace)
+            // On SIGTERM/SIGINT the HTTP server stops accepting and waits for its handlers;
+            // the engine lets running requests finish for the grace period, then cancels the
+            // rest, which ends their responses.
+            let grace = shutdownGrace
+            try await withGracefulShutdownHandler {
+                try await app.runService()
+            } onGracefulShutdown: {
+                log("stopping: in-flight requests get \(grace) s to finish")
+                Thread.detachNewThread { engine.shutdown(grace: grace) }
+            }
+            engine.shutdown(grace: 0)
+            log("stopped")
         } catch {
             log("qwen-serve: \(error)")
             throw ExitCode(1)

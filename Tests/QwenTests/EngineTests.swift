@@ -21,6 +21,7 @@ final class EngineTests: XCTestCase {
             case .finished(let i, let reason): r.reasons[i] = reason
             case .done(let p, let c, let cached): r.usage = (p, c, cached)
             case .failed(let m): XCTFail(m)
+            case .heartbeat: break
             }
         }
         return r

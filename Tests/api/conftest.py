@@ -87,6 +87,8 @@ class Server:
                 buf += piece
             while b"\n\n" in buf:
                 ev, buf = buf.split(b"\n\n", 1)
+                if ev.startswith(b":"):
+                    continue  # an SSE comment: the server's keep-alive
                 assert ev.startswith(b"data: "), ev
                 payload = ev[6:].decode()
                 events.append(payload if payload == "[DONE]" else json.loads(payload))

@@ -226,3 +226,23 @@ def test_full_queue_answers_429_with_retry_after():
             assert json.loads(data)["error"]["type"] == "rate_limit_error"
     finally:
         s.stop()
+
+
+def test_sigterm_finishes_streams_and_exits_cleanly():
+    import signal
+    import threading
+    s = Server(os.path.join(FIXTURES, "qwen3-tiny-f32"), "--shutdown-grace", "1", "--kv-cache-gb", "0.05", "--max-running", "1")
+    results = []
+
+    def consume():
+        results.append(s.stream("/v1/completions", {"prompt": "x", "max_tokens": 400, "stream": True, "ignore_eos": True}))
+    threads = [threading.Thread(target=consume) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    s.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(timeout=60)
+    assert s.proc.wait(timeout=60) == 0
+    assert len(results) == 4 and all(r[-1] == "[DONE]" for r in results)
+    assert any("stopped" in line for line in s.log)
