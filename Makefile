@@ -6,7 +6,9 @@ APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev pkg-config python3-pip 
 VENV        := .venv-test
 PYTHON      ?= python3
 
-.PHONY: all deps build model run test bench bench-serve fixtures fixture-deps clean
+.PHONY: all deps build model run test bench bench-serve fixtures fixture-deps clean install uninstall
+PREFIX      ?= /usr/local
+UNITDIR     ?= /etc/systemd/system
 
 all: build
 
@@ -32,8 +34,11 @@ run: model
 
 # Tests run on release builds: the real-model tests are far too slow unoptimised.
 # Then the HTTP API tests (pytest, the official openai client, schemathesis) in a venv.
-test: model $(VENV)/ok
-	$(SWIFT) test -c $(CONFIG)
+# One build serves both: tests compiled with the same flags as the binary they start.
+test: deps $(VENV)/ok
+	$(SWIFT) build -c $(CONFIG) --build-tests
+	$(BIN) fetch default
+	$(SWIFT) test -c $(CONFIG) --skip-build
 	QWEN_SERVE_BIN=$(BIN) $(VENV)/bin/pytest -q Tests/api
 
 $(VENV)/ok: Tests/api/requirements.txt
@@ -53,6 +58,22 @@ fixture-deps:
 
 fixtures: fixture-deps model
 	$(PYTHON) scripts/make_fixtures.py --gguf $$($(BIN) fetch default) --out Tests/Fixtures
+
+# The binary, the systemd unit and an example config (kept if one is there already).
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/qwen-serve
+	install -D -m 0644 deploy/qwen-serve.service $(DESTDIR)$(UNITDIR)/qwen-serve.service
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/qwen-serve/README.md
+	[ -e $(DESTDIR)/etc/qwen-serve/config.yaml ] || install -D -m 0644 deploy/config.yaml $(DESTDIR)/etc/qwen-serve/config.yaml
+	[ -e $(DESTDIR)/etc/qwen-serve/env ] || install -D -m 0600 deploy/env $(DESTDIR)/etc/qwen-serve/env
+	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
+
+uninstall:
+	-systemctl disable --now qwen-serve 2>/dev/null || true
+	rm -f $(DESTDIR)$(PREFIX)/bin/qwen-serve $(DESTDIR)$(UNITDIR)/qwen-serve.service
+	rm -rf $(DESTDIR)$(PREFIX)/share/doc/qwen-serve
+	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
+	@echo "kept /etc/qwen-serve (your configuration)"
 
 clean:
 	rm -rf .build

@@ -11,6 +11,7 @@ import PackageDescription
 //   QwenRuntime  (model resolution and download, sampling, generation)
 //   QwenEngine   (continuous batching over the paged KV cache)
 //   QwenServer   (the OpenAI-compatible HTTP API on Hummingbird)
+//   QwenDaemon   (systemd notification, configuration)
 //   qwen-serve   (the command line)
 let unsafeFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
 
@@ -24,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
     ],
     targets: [
         .target(
@@ -47,11 +49,14 @@ let package = Package(
             dependencies: ["QwenChat", "QwenEngine", "QwenRuntime", "QwenTokenizer", .product(name: "Hummingbird", package: "hummingbird")],
             swiftSettings: unsafeFlags
         ),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .target(name: "QwenDaemon", dependencies: ["CSystemd"], swiftSettings: unsafeFlags),
         .executableTarget(
             name: "qwen-serve",
             dependencies: [
-                "QwenRuntime", "QwenServer", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "QwenRuntime", "QwenServer", "QwenDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: unsafeFlags
         ),

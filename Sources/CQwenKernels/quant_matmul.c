@@ -175,7 +175,7 @@ static inline __attribute__((always_inline)) void expand(int t, const uint8_t *b
     }
 }
 
-#define MAXN 8
+#define MAXN 16
 
 /// The product for one storage type; `type` is a constant in each instance below, so the
 /// block expansion inlines and vectorises.

@@ -2,87 +2,123 @@ import ArgumentParser
 import Foundation
 import Hummingbird
 import QwenChat
+import QwenDaemon
 import QwenEngine
 import QwenKernels
 import QwenRuntime
 import QwenServer
+import Logging
 import ServiceLifecycle
 
 struct Serve: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run the OpenAI-compatible HTTP server.")
+    static let configuration = CommandConfiguration(
+        abstract: "Run the OpenAI-compatible HTTP server.",
+        discussion: "Settings come from --config (flat YAML), then QWEN_SERVE_* environment variables, then these flags.")
 
-    @Option(help: "A model directory, a .gguf file, `default`, or a hub repo id.")
-    var model = "default"
-    @Option(help: "Address to listen on (loopback unless told otherwise).")
-    var host = "127.0.0.1"
-    @Option(help: "Port to listen on (0 picks a free one).")
-    var port = 8080
+    @Option(help: "A config file: `key: value` lines with the flag names as keys.") var config: String?
+    @Flag(name: .customLong("print-config"), help: "Print the effective settings and exit.") var printConfig = false
+    @Option(help: "A model directory, a .gguf file, `default`, or a hub repo id. [default: default]") var model: String?
+    @Option(help: "Address to listen on. [default: 127.0.0.1]") var host: String?
+    @Option(help: "Port to listen on (0 picks a free one). [default: 8080]") var port: String?
     @Option(name: .customLong("served-model-name"), help: "The model name clients use (default: from the model file).")
     var servedModelName: String?
-    @Option(name: .customLong("kv-cache-gb"), help: "Memory for the KV cache, in GiB.")
-    var kvCacheGB: Double = 2
-    @Option(name: .customLong("max-running"), help: "Sequences batched together at most.")
-    var maxRunning = 64
-    @Option(name: .customLong("max-waiting"), help: "Requests that may wait for a place; more get HTTP 429.")
-    var maxWaiting = 256
-    @Option(name: .customLong("step-tokens"), help: "Tokens per engine step (decode tokens plus prompt chunks).")
-    var stepTokens = 512
+    @Option(name: .customLong("kv-cache-gb"), help: "Memory for the KV cache, in GiB. [default: 2]") var kvCacheGB: String?
+    @Option(name: .customLong("max-running"), help: "Sequences batched together at most. [default: 64]") var maxRunning: String?
+    @Option(name: .customLong("max-waiting"), help: "Requests that may wait; more get HTTP 429. [default: 256]") var maxWaiting: String?
+    @Option(name: .customLong("step-tokens"), help: "Tokens per engine step. [default: 512]") var stepTokens: String?
     @Option(name: .customLong("chat-template-args"), help: #"Default chat template arguments as JSON, e.g. '{"enable_thinking":false}'."#)
     var chatTemplateArgs: String?
-    @Option(name: .customLong("max-body-mb"), help: "Largest request body, in MiB.")
-    var maxBodyMB = 8
-    @Option(name: .customLong("shutdown-grace"), help: "Seconds in-flight requests get to finish on SIGTERM.")
-    var shutdownGrace: Double = 30
+    @Option(name: .customLong("max-body-mb"), help: "Largest request body, in MiB. [default: 8]") var maxBodyMB: String?
+    @Option(name: .customLong("shutdown-grace"), help: "Seconds in-flight requests get on SIGTERM. [default: 30]") var shutdownGrace: String?
+    @Option(name: .customLong("api-key"), help: "Require this Bearer key on /v1 routes (repeatable).") var apiKey: [String] = []
+    @Option(name: .customLong("api-key-file"), help: "A file of API keys, one per line.") var apiKeyFile: String?
 
-    func validate() throws {
-        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0…65535") }
-        guard kvCacheGB > 0 else { throw ValidationError("--kv-cache-gb must be positive") }
-        guard maxRunning >= 1, maxWaiting >= 0, stepTokens >= 1, maxBodyMB >= 1 else {
-            throw ValidationError("--max-running, --step-tokens and --max-body-mb must be at least 1")
-        }
-        if let a = chatTemplateArgs, (try? JSONValue.parse(a))?.object == nil {
-            throw ValidationError("--chat-template-args must be a JSON object")
-        }
+    func settings() throws -> ServeSettings {
+        var s = ServeSettings()
+        if let config { try s.apply(file: config) }
+        try s.apply(environment: ProcessInfo.processInfo.environment)
+        let flags: [(String, String?)] = [
+            ("model", model), ("host", host), ("port", port), ("served-model-name", servedModelName), ("kv-cache-gb", kvCacheGB),
+            ("max-running", maxRunning), ("max-waiting", maxWaiting), ("step-tokens", stepTokens),
+            ("chat-template-args", chatTemplateArgs), ("max-body-mb", maxBodyMB), ("shutdown-grace", shutdownGrace),
+            ("api-key-file", apiKeyFile),
+        ]
+        for (k, v) in flags { if let v { try s.set(k, v, source: "--\(k)") } }
+        for k in apiKey { try s.set("api-key", k, source: "--api-key") }
+        return s
     }
 
     func run() async throws {
+        let notifier = SystemdNotifier()
         do {
+            var s = try settings()
+            if printConfig {
+                print(s.rendered, terminator: "")
+                return
+            }
+            try s.loadAPIKeys()
+            notifier.status("loading \(s.model)")
             let info = try BLAS.load()
             log("OpenBLAS kernels: \(info.coreName)\(info.chosenCoreType.map { " (OPENBLAS_CORETYPE=\($0) chosen for this CPU)" } ?? ""), \(info.threads) threads")
-            let path = try ModelLocator.resolve(model, log: log)
-            let loaded = try LoadedModel.load(path: path, name: servedModelName)
+            let path = try ModelLocator.resolve(s.model, log: log)
+            let loaded = try LoadedModel.load(path: path, name: s.servedModelName)
             var ec = Engine.Config()
-            ec.maxRunning = maxRunning
-            ec.maxWaiting = maxWaiting
-            ec.stepTokens = stepTokens
-            ec.kvBlocks = Engine.blocks(forBytes: Int(kvCacheGB * Double(1 << 30)), config: loaded.model.config)
+            ec.maxRunning = s.maxRunning
+            ec.maxWaiting = s.maxWaiting
+            ec.stepTokens = s.stepTokens
+            ec.kvBlocks = Engine.blocks(forBytes: Int(s.kvCacheGB * Double(1 << 30)), config: loaded.model.config)
             let engine = Engine(model: loaded.model, tokenizer: loaded.tokenizer, config: ec)
-            let args = try chatTemplateArgs.map { try JSONValue.parse($0).object ?? [] } ?? []
+            let args = try s.chatTemplateArgs.map { try JSONValue.parse($0).object ?? [] } ?? []
             let service = try ModelService(name: loaded.name, engine: engine, tokenizer: loaded.tokenizer, chatTemplateArgs: args)
+            // The engine loop pets the watchdog (a hung engine gets the service restarted) and reports status.
+            let metricsStep = engine.onStep
+            engine.onStep = { stats in
+                metricsStep?(stats)
+                notifier.watchdog()
+                let snap = engine.snapshot
+                notifier.status("serving \(loaded.name): \(snap.running) running, \(snap.waiting) waiting")
+            }
             engine.start()
             var hc = HTTPServer.Config()
-            hc.host = host
-            hc.port = port
-            hc.maxBodyBytes = maxBodyMB << 20
-            let name = loaded.name, listenHost = host, positions = ec.kvBlocks * ec.blockSize
+            hc.host = s.host
+            hc.port = s.port
+            hc.maxBodyBytes = s.maxBodyMB << 20
+            hc.apiKeys = s.apiKeys
+            let name = loaded.name, listenHost = s.host, positions = ec.kvBlocks * ec.blockSize
             let app = HTTPServer(service: service, config: hc).makeApplication { port in
                 log("serving \(name) on http://\(listenHost):\(port) (KV cache: \(positions) positions)")
+                notifier.ready(status: "serving \(name) on \(listenHost):\(port)")
             }
-            // On SIGTERM/SIGINT the HTTP server stops accepting and waits for its handlers;
-            // the engine lets running requests finish for the grace period, then cancels the
-            // rest, which ends their responses.
-            let grace = shutdownGrace
-            try await withGracefulShutdownHandler {
-                try await app.runService()
-            } onGracefulShutdown: {
-                log("stopping: in-flight requests get \(grace) s to finish")
-                Thread.detachNewThread { engine.shutdown(grace: grace) }
-            }
+            // On SIGTERM/SIGINT the drain service (shut down first) tells systemd, lets the
+            // engine give running requests the grace period and then cancel the rest; the
+            // HTTP server meanwhile stops accepting and waits for its handlers, which end
+            // as their requests do.
+            let drain = DrainService(engine: engine, notifier: notifier, grace: s.shutdownGrace)
+            var logger = Logger(label: "qwen-serve")
+            logger.logLevel = .warning
+            let group = ServiceGroup(configuration: .init(services: [.init(service: app), .init(service: drain)],
+                                                          gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
             engine.shutdown(grace: 0)
             log("stopped")
         } catch {
             log("qwen-serve: \(error)")
             throw ExitCode(1)
         }
+    }
+}
+
+/// Waits for the graceful-shutdown signal, then drains the engine in the background.
+struct DrainService: Service {
+    let engine: Engine
+    let notifier: SystemdNotifier
+    let grace: Double
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        log("stopping: in-flight requests get \(grace) s to finish")
+        notifier.stopping(status: "draining")
+        let (engine, grace) = (engine, grace)
+        Thread.detachNewThread { engine.shutdown(grace: grace) }
     }
 }

@@ -18,10 +18,11 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared")
 
 
 class Server:
-    def __init__(self, model, *extra, name=None):
+    def __init__(self, model, *extra, env=None):
         self.log = []
         self.proc = subprocess.Popen([BIN, "serve", "--model", model, "--port", "0", *extra],
-                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                     env={**os.environ, **(env or {})})
         deadline = time.time() + 300
         self.port = None
         for line in self.proc.stderr:

@@ -231,12 +231,13 @@ def test_full_queue_answers_429_with_retry_after():
 def test_sigterm_finishes_streams_and_exits_cleanly():
     import signal
     import threading
-    s = Server(os.path.join(FIXTURES, "qwen3-tiny-f32"), "--shutdown-grace", "1", "--kv-cache-gb", "0.05", "--max-running", "1")
+    s = Server(os.path.join(FIXTURES, "qwen3-tiny-f32"), "--shutdown-grace", "0.3", "--kv-cache-gb", "0.05", "--max-running", "1")
     results = []
 
     def consume():
-        results.append(s.stream("/v1/completions", {"prompt": "x", "max_tokens": 400, "stream": True, "ignore_eos": True}))
-    threads = [threading.Thread(target=consume) for _ in range(4)]
+        results.append(s.stream("/v1/completions", {"prompt": "x", "max_tokens": 500, "stream": True, "ignore_eos": True,
+                                                    "stream_options": {"include_usage": True}}))
+    threads = [threading.Thread(target=consume) for _ in range(24)]
     for t in threads:
         t.start()
     time.sleep(0.3)
@@ -244,5 +245,8 @@ def test_sigterm_finishes_streams_and_exits_cleanly():
     for t in threads:
         t.join(timeout=60)
     assert s.proc.wait(timeout=60) == 0
-    assert len(results) == 4 and all(r[-1] == "[DONE]" for r in results)
+    assert len(results) == 24 and all(r[-1] == "[DONE]" for r in results)
+    # Queued requests were cut short after the grace period rather than run to the end.
+    generated = [r[-2]["usage"]["completion_tokens"] for r in results]
+    assert sum(generated) < 24 * 500, generated
     assert any("stopped" in line for line in s.log)

@@ -46,9 +46,17 @@ def test_schemathesis_finds_no_server_errors(tiny):
     st = os.path.join(os.path.dirname(sys.executable), "st")
     if not os.path.exists(st):
         pytest.skip("schemathesis is not installed")
-    r = subprocess.run([st, "run", os.path.join(REPO, "openapi.yaml"), "--url", tiny.url, "--checks", "not_a_server_error",
-                        "--max-time", "90", "--workers", "2", "--request-timeout", "60", "--exclude-path", "/metrics",
-                        "--generation-deterministic"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    for attempt in range(2):
+        r = subprocess.run([st, "run", os.path.join(REPO, "openapi.yaml"), "--url", tiny.url, "--checks", "not_a_server_error",
+                            "--max-time", "90", "--workers", "2", "--request-timeout", "60", "--exclude-path", "/metrics",
+                            "--generation-deterministic"],
+                           capture_output=True, text=True, timeout=600)
+        out = r.stdout + r.stderr
+        found_5xx = "Server error" in out or "not_a_server_error" in out.split("FAILURES")[-1] and r.returncode != 0 and "FAILURES" in out
+        assert not found_5xx, out[-6000:]
+        if r.returncode == 0:
+            break
+        # Anything else is schemathesis itself failing (its hypothesis engine has crashed
+        # here on Python internals); one more run decides.
+    assert r.returncode == 0, out[-6000:]
     assert tiny.proc.poll() is None

@@ -1,0 +1,128 @@
+import Foundation
+
+/// Everything `qwen-serve serve` can be told, from three places in rising precedence:
+/// a config file (flat YAML, one `key: value` per line), `QWEN_SERVE_*` environment
+/// variables, and command-line flags. Keys are the flag names (`kv-cache-gb`); the
+/// environment spells them `QWEN_SERVE_KV_CACHE_GB`.
+public struct ServeSettings: Equatable, Sendable {
+    public var model = "default"
+    public var host = "127.0.0.1"
+    public var port = 8080
+    public var servedModelName: String?
+    public var kvCacheGB = 2.0
+    public var maxRunning = 64
+    public var maxWaiting = 256
+    public var stepTokens = 512
+    public var chatTemplateArgs: String?
+    public var maxBodyMB = 8
+    public var shutdownGrace = 30.0
+    public var apiKeyFile: String?
+    public var apiKeys: [String] = []
+
+    public init() {}
+
+    public struct SettingError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public static let keys = ["model", "host", "port", "served-model-name", "kv-cache-gb", "max-running", "max-waiting",
+                              "step-tokens", "chat-template-args", "max-body-mb", "shutdown-grace", "api-key-file", "api-key"]
+
+    /// Applies one setting given as text; `source` names where it came from for errors.
+    public mutating func set(_ key: String, _ raw: String, source: String) throws {
+        let value = raw.trimmingCharacters(in: .whitespaces)
+        func bad(_ what: String) -> SettingError { SettingError(description: "\(source): \(key) must be \(what), not '\(value)'") }
+        func int(_ range: ClosedRange<Int>) throws -> Int {
+            guard let i = Int(value), range.contains(i) else { throw bad("an integer in \(range.lowerBound)…\(range.upperBound)") }
+            return i
+        }
+        func double() throws -> Double {
+            guard let d = Double(value), d.isFinite, d > 0 else { throw bad("a positive number") }
+            return d
+        }
+        switch key {
+        case "model": model = value
+        case "host": host = value
+        case "port": port = try int(0...65535)
+        case "served-model-name": servedModelName = value
+        case "kv-cache-gb": kvCacheGB = try double()
+        case "max-running": maxRunning = try int(1...4096)
+        case "max-waiting": maxWaiting = try int(0...1_000_000)
+        case "step-tokens": stepTokens = try int(1...1_000_000)
+        case "chat-template-args":
+            guard let d = value.data(using: .utf8), (try? JSONSerialization.jsonObject(with: d)) is [String: Any] else {
+                throw bad("a JSON object")
+            }
+            chatTemplateArgs = value
+        case "max-body-mb": maxBodyMB = try int(1...4096)
+        case "shutdown-grace":
+            guard let d = Double(value), d >= 0 else { throw bad("0 or more seconds") }
+            shutdownGrace = d
+        case "api-key-file": apiKeyFile = value
+        case "api-key": apiKeys.append(value)
+        default:
+            throw SettingError(description: "\(source): unknown setting '\(key)' (known: \(Self.keys.joined(separator: ", ")))")
+        }
+    }
+
+    /// Reads a flat YAML file: `key: value` lines, `#` comments, optional quotes.
+    public mutating func apply(file path: String) throws {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw SettingError(description: "\(path): cannot read the config file")
+        }
+        for (n, line) in String(decoding: data, as: UTF8.self).components(separatedBy: "\n").enumerated() {
+            let t = line.trimmingCharacters(in: .whitespaces)
+            if t.isEmpty || t.hasPrefix("#") { continue }
+            guard let colon = t.firstIndex(of: ":") else {
+                throw SettingError(description: "\(path):\(n + 1): expected 'key: value'")
+            }
+            let key = String(t[..<colon]).trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "_", with: "-")
+            var value = String(t[t.index(after: colon)...]).trimmingCharacters(in: .whitespaces)
+            if !value.hasPrefix("{"), let hash = value.range(of: " #") { value = String(value[..<hash.lowerBound]).trimmingCharacters(in: .whitespaces) }
+            if value.count >= 2, (value.hasPrefix("\"") && value.hasSuffix("\"")) || (value.hasPrefix("'") && value.hasSuffix("'")) {
+                value = String(value.dropFirst().dropLast())
+            }
+            try set(key, value, source: "\(path):\(n + 1)")
+        }
+    }
+
+    /// Applies `QWEN_SERVE_*` variables.
+    public mutating func apply(environment env: [String: String]) throws {
+        for key in Self.keys {
+            let name = "QWEN_SERVE_" + key.uppercased().replacingOccurrences(of: "-", with: "_")
+            if let v = env[name] { try set(key, v, source: "environment variable \(name)") }
+        }
+    }
+
+    /// Reads the API keys file (one key per line, # comments) into `apiKeys`.
+    public mutating func loadAPIKeys() throws {
+        guard let path = apiKeyFile else { return }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw SettingError(description: "api-key-file: cannot read \(path)")
+        }
+        let keys = String(decoding: data, as: UTF8.self).components(separatedBy: .newlines)
+            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+        guard !keys.isEmpty else { throw SettingError(description: "api-key-file: \(path) holds no keys") }
+        apiKeys += keys
+    }
+
+    /// The effective settings as a config file (API keys are not printed).
+    public var rendered: String {
+        var lines: [String] = []
+        func q(_ s: String) -> String { s.contains(":") || s.contains("#") || s.hasPrefix("{") ? "'\(s)'" : s }
+        lines.append("model: \(q(model))")
+        lines.append("host: \(host)")
+        lines.append("port: \(port)")
+        if let s = servedModelName { lines.append("served-model-name: \(q(s))") }
+        lines.append("kv-cache-gb: \(kvCacheGB)")
+        lines.append("max-running: \(maxRunning)")
+        lines.append("max-waiting: \(maxWaiting)")
+        lines.append("step-tokens: \(stepTokens)")
+        if let a = chatTemplateArgs { lines.append("chat-template-args: \(a)") }
+        lines.append("max-body-mb: \(maxBodyMB)")
+        lines.append("shutdown-grace: \(shutdownGrace)")
+        if let f = apiKeyFile { lines.append("api-key-file: \(q(f))") }
+        if !apiKeys.isEmpty { lines.append("# \(apiKeys.count) API key(s) set") }
+        return lines.joined(separator: "\n") + "\n"
+    }
+}

@@ -1,0 +1,109 @@
+"""The daemon side: the sd_notify protocol against a real NOTIFY_SOCKET, the systemd
+unit, API keys, and configuration precedence."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import openai
+import pytest
+
+from conftest import BIN, FIXTURES, REPO, Server
+
+TINY = os.path.join(FIXTURES, "qwen3-tiny-f32")
+
+
+def test_notify_protocol(tmp_path):
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(30)
+    s = Server(TINY, "--kv-cache-gb", "0.05", env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
+    try:
+        messages = []
+        while not any("READY=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        # READY comes once the port answers.
+        assert s.json("GET", "/health")[0] == 200
+        ready = next(m for m in messages if "READY=1" in m)
+        assert "STATUS=serving" in ready and str(s.port) in ready
+        assert any(m.startswith("STATUS=loading") for m in messages)
+        # The engine loop keeps petting the watchdog while idle and while busy.
+        watchdogs = 0
+        deadline = time.time() + 6
+        s.json("POST", "/v1/completions", {"prompt": "x", "max_tokens": 50})
+        while time.time() < deadline and watchdogs < 3:
+            if "WATCHDOG=1" in sock.recv(4096).decode():
+                watchdogs += 1
+        assert watchdogs >= 3
+        s.proc.send_signal(signal.SIGTERM)
+        while True:
+            m = sock.recv(4096).decode()
+            if "STOPPING=1" in m:
+                break
+        assert s.proc.wait(timeout=60) == 0
+    finally:
+        s.stop()
+        sock.close()
+
+
+def test_without_systemd_notify_is_a_no_op():
+    s = Server(TINY, "--kv-cache-gb", "0.05", env={"NOTIFY_SOCKET": "", "WATCHDOG_USEC": ""})
+    try:
+        assert s.json("GET", "/health")[0] == 200
+    finally:
+        s.stop()
+
+
+def test_systemd_unit_verifies(tmp_path):
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    unit = open(os.path.join(REPO, "deploy", "qwen-serve.service")).read().replace("/usr/local/bin/qwen-serve", os.path.abspath(BIN))
+    (tmp_path / "qwen-serve.service").write_text(unit)
+    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "qwen-serve.service")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "Type=notify" in unit and "WatchdogSec=" in unit
+
+
+def test_api_keys(tmp_path):
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("# team keys\nsecond-key\n")
+    s = Server(TINY, "--kv-cache-gb", "0.05", "--api-key", "first-key", "--api-key-file", str(keyfile))
+    try:
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic Zmlyc3Qta2V5"}]:
+            st, h, data = s.request("POST", "/v1/chat/completions", body, headers=headers)
+            assert st == 401 and b'"invalid_api_key"' in data and h.get("WWW-Authenticate") == "Bearer"
+        for key in ["first-key", "second-key"]:
+            assert s.request("POST", "/v1/chat/completions", body, headers={"Authorization": f"Bearer {key}"})[0] == 200
+        assert s.request("GET", "/health")[0] == 200  # load balancers' probes need no key
+        cl = openai.OpenAI(base_url=s.url + "/v1", api_key="second-key", max_retries=0)
+        assert cl.models.list().data[0].id == s.name
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=s.url + "/v1", api_key="nope", max_retries=0).models.list()
+    finally:
+        s.stop()
+
+
+def test_config_precedence_and_bad_settings(tmp_path):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("# a config\nport: 9001\nmax-running: 7\nkv_cache_gb: 1.5\nchat-template-args: {\"enable_thinking\": false}\n")
+    env = {**os.environ, "QWEN_SERVE_PORT": "9002", "QWEN_SERVE_MAX_WAITING": "11"}
+    out = subprocess.run([BIN, "serve", "--config", str(cfg), "--max-running", "9", "--print-config"], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    got = dict(line.split(": ", 1) for line in out.stdout.splitlines() if not line.startswith("#"))
+    assert got["port"] == "9002"          # environment over file
+    assert got["max-running"] == "9"      # flag over file
+    assert got["max-waiting"] == "11"     # environment over default
+    assert got["kv-cache-gb"] == "1.5"    # file over default
+    assert got["chat-template-args"] == '{"enable_thinking": false}'
+    for bad, word in [("port: 70000", "port"), ("max-running: zero", "max-running"), ("colour: blue", "colour"),
+                      ("chat-template-args: [1]", "chat-template-args")]:
+        cfg.write_text(bad + "\n")
+        r = subprocess.run([BIN, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and word in r.stderr and str(cfg) in r.stderr, r.stderr
+    r = subprocess.run([BIN, "serve", "--port", "99999"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "--port" in r.stderr
