@@ -175,7 +175,7 @@ static inline __attribute__((always_inline)) void expand(int t, const uint8_t *b
     }
 }
 
-#define MAXN 16
+#define MAXN 8
 
 /// The product for one storage type; `type` is a constant in each instance below, so the
 /// block expansion inlines and vectorises.
@@ -190,7 +190,7 @@ static inline __attribute__((always_inline)) void matmul_typed(const int type, c
         for (int r = row0; r < row1; r++) {
             const uint8_t *row = (const uint8_t *)w + (long)r * rb;
             float acc[MAXN][16] __attribute__((aligned(64)));
-            memset(acc, 0, sizeof acc);
+            memset(acc, 0, sizeof(acc[0]) * (size_t)ni);
             for (int b = 0; b < nb; b++) {
                 expand(type, row + (long)b * bb, y);
                 for (int i = 0; i < ni; i++) {

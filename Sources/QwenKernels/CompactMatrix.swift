@@ -15,7 +15,7 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     let owner: AnyObject
     let dense: F32Matrix
     /// Up to this many rows of input go through the compact kernel.
-    public static var compactRowLimit = 16
+    public static var compactRowLimit = 8
     static let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
     /// Types whose kernel beats sgemm on the f32 copy (measured, see BENCHMARKS.md): the
     /// 32-value block formats. The K-quant kernels are correct but not yet faster.

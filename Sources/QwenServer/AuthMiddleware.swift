@@ -4,24 +4,21 @@ import QwenRuntime
 
 /// Optional API keys: `Authorization: Bearer <key>` on every /v1 route. Keys are compared
 /// by their SHA-256 digests in constant time, so timing says nothing about a key.
+func apiKeyDigest(_ s: String) -> [UInt8] {
+    var h = SHA256()
+    h.update(Array(s.utf8))
+    return h.finalize()
+}
+
 struct AuthMiddleware<Context: RequestContext>: RouterMiddleware {
-    let digests: [[UInt8]]
-
-    init(keys: [String]) {
-        digests = keys.map { AuthMiddleware.digest($0) }
-    }
-
-    static func digest(_ s: String) -> [UInt8] {
-        var h = SHA256()
-        h.update(Array(s.utf8))
-        return h.finalize()
-    }
+    let live: LiveSettings
 
     func handle(_ req: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let digests = live.apiKeyDigests
         guard !digests.isEmpty, req.uri.path.hasPrefix("/v1/") else { return try await next(req, context) }
         var given: [UInt8]? = nil
         if let h = req.headers[.authorization], h.hasPrefix("Bearer ") {
-            given = Self.digest(String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces))
+            given = apiKeyDigest(String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces))
         }
         var ok: UInt8 = 0
         if let g = given {

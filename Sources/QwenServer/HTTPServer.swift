@@ -10,8 +10,6 @@ public struct HTTPServer {
         public var host = "127.0.0.1"
         public var port = 8080
         public var maxBodyBytes = 8 << 20
-        /// When not empty, /v1 routes need one of these as a Bearer token.
-        public var apiKeys: [String] = []
         public init() {}
     }
 
@@ -26,7 +24,7 @@ public struct HTTPServer {
     public func makeApplication(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> some ApplicationProtocol {
         let router = Router()
         router.middlewares.add(ErrorMiddleware(metrics: service.metrics))
-        router.middlewares.add(AuthMiddleware(keys: config.apiKeys))
+        router.middlewares.add(AuthMiddleware(live: service.live))
         let s = service
         let limit = config.maxBodyBytes
         router.post("/v1/chat/completions") { req, _ -> Response in

@@ -11,18 +11,19 @@ public final class ModelService: @unchecked Sendable {
     public let engine: Engine
     public let tokenizer: Tokenizer
     let template: ChatTemplate?
-    let templateDefaults: [(String, JSONValue)]
+    /// API keys and default template arguments, which SIGHUP may replace.
+    public let live: LiveSettings
     let thinkingModel: Bool
     let created = Int(Date().timeIntervalSince1970)
     public let metrics = ServerMetrics()
 
-    public init(name: String, engine: Engine, tokenizer: Tokenizer, chatTemplateArgs: [(String, JSONValue)] = []) throws {
+    public init(name: String, engine: Engine, tokenizer: Tokenizer, live: LiveSettings = LiveSettings()) throws {
         self.name = name
         self.engine = engine
         self.tokenizer = tokenizer
         // Parse the template now: an unsupported construct stops start-up, not a request.
         template = try tokenizer.chatTemplate.map(ChatTemplate.init)
-        templateDefaults = chatTemplateArgs
+        self.live = live
         thinkingModel = tokenizer.chatTemplate?.contains("<think>") ?? false
         engine.onStep = { [metrics] stats in if let stats { metrics.observeStep(stats) } }
     }
@@ -88,7 +89,7 @@ public final class ModelService: @unchecked Sendable {
             if !arr.isEmpty { tools = arr }
         }
         if let choice = f.body["tool_choice"], choice.string == "none" { tools = nil }
-        var extra = templateDefaults
+        var extra = live.chatTemplateArgs
         if let kw = f.body["chat_template_kwargs"], !kw.isNull {
             guard let pairs = kw.object else { throw APIError.badParam("chat_template_kwargs", "'chat_template_kwargs' must be an object") }
             for (k, v) in pairs {

@@ -68,8 +68,9 @@ struct Serve: AsyncParsableCommand {
             ec.stepTokens = s.stepTokens
             ec.kvBlocks = Engine.blocks(forBytes: Int(s.kvCacheGB * Double(1 << 30)), config: loaded.model.config)
             let engine = Engine(model: loaded.model, tokenizer: loaded.tokenizer, config: ec)
-            let args = try s.chatTemplateArgs.map { try JSONValue.parse($0).object ?? [] } ?? []
-            let service = try ModelService(name: loaded.name, engine: engine, tokenizer: loaded.tokenizer, chatTemplateArgs: args)
+            let live = LiveSettings(apiKeys: s.apiKeys, chatTemplateArgs: try Self.templateArgs(s))
+            let service = try ModelService(name: loaded.name, engine: engine, tokenizer: loaded.tokenizer, live: live)
+            let hangup = reloadOnHangup(live: live, notifier: notifier, status: "serving \(loaded.name)")
             // The engine loop pets the watchdog (a hung engine gets the service restarted) and reports status.
             let metricsStep = engine.onStep
             engine.onStep = { stats in
@@ -83,7 +84,6 @@ struct Serve: AsyncParsableCommand {
             hc.host = s.host
             hc.port = s.port
             hc.maxBodyBytes = s.maxBodyMB << 20
-            hc.apiKeys = s.apiKeys
             let name = loaded.name, listenHost = s.host, positions = ec.kvBlocks * ec.blockSize
             let app = HTTPServer(service: service, config: hc).makeApplication { port in
                 log("serving \(name) on http://\(listenHost):\(port) (KV cache: \(positions) positions)")
@@ -99,12 +99,41 @@ struct Serve: AsyncParsableCommand {
             let group = ServiceGroup(configuration: .init(services: [.init(service: app), .init(service: drain)],
                                                           gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
+            hangup.cancel()
             engine.shutdown(grace: 0)
             log("stopped")
         } catch {
             log("qwen-serve: \(error)")
             throw ExitCode(1)
         }
+    }
+}
+
+extension Serve {
+    static func templateArgs(_ s: ServeSettings) throws -> [(String, JSONValue)] {
+        try s.chatTemplateArgs.map { try JSONValue.parse($0).object ?? [] } ?? []
+    }
+
+    /// SIGHUP re-reads the settings (file, environment, flags) and applies what can change
+    /// live: the API keys and the default chat-template arguments. A bad file keeps the
+    /// old settings and says why.
+    func reloadOnHangup(live: LiveSettings, notifier: SystemdNotifier, status: String) -> DispatchSourceSignal {
+        signal(SIGHUP, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        source.setEventHandler {
+            notifier.reloading()
+            do {
+                var s = try settings()
+                try s.loadAPIKeys()
+                live.update(apiKeys: s.apiKeys, chatTemplateArgs: try Self.templateArgs(s))
+                log("reloaded: \(s.apiKeys.count) API key(s)")
+            } catch {
+                log("reload failed, keeping the previous settings: \(error)")
+            }
+            notifier.reloaded(status: status)
+        }
+        source.resume()
+        return source
     }
 }
 

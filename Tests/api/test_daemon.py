@@ -107,3 +107,36 @@ def test_config_precedence_and_bad_settings(tmp_path):
         assert r.returncode == 1 and word in r.stderr and str(cfg) in r.stderr, r.stderr
     r = subprocess.run([BIN, "serve", "--port", "99999"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "--port" in r.stderr
+
+
+def test_sighup_reloads_api_keys(tmp_path):
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("old-key\n")
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(30)
+    s = Server(TINY, "--kv-cache-gb", "0.05", "--api-key-file", str(keyfile), env={"NOTIFY_SOCKET": path})
+    try:
+        auth = lambda k: s.request("GET", "/v1/models", headers={"Authorization": f"Bearer {k}"})[0]
+        assert auth("old-key") == 200 and auth("new-key") == 401
+        keyfile.write_text("new-key\n")
+        s.proc.send_signal(signal.SIGHUP)
+        reloading = ready_after = False
+        while not ready_after:
+            m = sock.recv(4096).decode()
+            reloading = reloading or "RELOADING=1" in m
+            ready_after = reloading and "READY=1" in m
+        assert auth("new-key") == 200 and auth("old-key") == 401
+        # A broken file keeps the previous keys.
+        keyfile.write_text("# nothing\n")
+        s.proc.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if any("reload failed" in line for line in s.log):
+                break
+            time.sleep(0.05)
+        assert auth("new-key") == 200
+        assert s.proc.poll() is None
+    finally:
+        s.stop()
+        sock.close()
