@@ -17,6 +17,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchmarks_md  # noqa: E402
+
 QWEN3_06B = {
     "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 1024, "intermediate_size": 3072,
     "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
@@ -160,17 +163,7 @@ def main():
     section = "\n".join(lines) + "\n"
     print(section)
     if a.write:
-        path = os.path.join(repo, a.write)
-        text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-        start = text.find("## Single stream")
-        if start >= 0:
-            end = text.find("\n## ", start + 1)
-            text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        benchmarks_md.write_section(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Single stream", section, a.write)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loadgen  # noqa: E402
+import benchmarks_md  # noqa: E402
 
 
 def start_server(binary, model, port, extra):
@@ -104,17 +105,7 @@ def main():
     section = "\n".join(lines) + "\n"
     print(section)
     if a.write:
-        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), a.write)
-        text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-        start = text.find("## Concurrent load")
-        if start >= 0:
-            end = text.find("\n## ", start + 1)
-            text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        benchmarks_md.write_section(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Concurrent load", section, a.write)
 
 
 if __name__ == "__main__":

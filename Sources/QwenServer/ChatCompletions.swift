@@ -24,20 +24,7 @@ extension ModelService {
 
         if !o.stream {
             var states = states
-            var usage = (prompt.count, 0, 0)
-            var firstToken: Date?
-            for await e in stream.events {
-                switch e {
-                case .token(let i, let t):
-                    if firstToken == nil { firstToken = Date() }
-                    _ = states[i].consume(t)
-                    if states[i].stoppedByString { stream.cancel(choice: i) }
-                case .finished(let i, let reason): _ = states[i].finish(reason: reason == .length ? "length" : "stop")
-                case .done(let p, _, let cached): usage = (p, states.reduce(0) { $0 + $1.tokens }, cached)
-                case .failed(let m): throw APIError(.internalServerError, m)
-                case .heartbeat: break
-                }
-            }
+            let (usage, firstToken) = try await Self.collect(stream, &states, promptTokens: prompt.count)
             if Task.isCancelled { stream.cancel() }
             metrics.requestFinished(started: started, firstToken: firstToken, completionTokens: usage.1)
             let choices: [JSONValue] = states.enumerated().map { i, s in
@@ -126,6 +113,27 @@ extension ModelService {
                 throw error
             }
         })
+    }
+
+    /// Runs a request that is not streamed to its end: fills every choice's state and
+    /// returns the usage (prompt, completion, cached tokens) and when the first token came.
+    static func collect(_ stream: Engine.Stream, _ states: inout [ChoiceState], promptTokens: Int) async throws
+        -> (usage: (Int, Int, Int), firstToken: Date?) {
+        var usage = (promptTokens, 0, 0)
+        var firstToken: Date?
+        for await e in stream.events {
+            switch e {
+            case .token(let i, let t):
+                if firstToken == nil { firstToken = Date() }
+                _ = states[i].consume(t)
+                if states[i].stoppedByString { stream.cancel(choice: i) }
+            case .finished(let i, let reason): _ = states[i].finish(reason: reason == .length ? "length" : "stop")
+            case .done(let p, _, let cached): usage = (p, states.reduce(0) { $0 + $1.tokens }, cached)
+            case .failed(let m): throw APIError(.internalServerError, m)
+            case .heartbeat: break
+            }
+        }
+        return (usage, firstToken)
     }
 
     static func toolCallJSON(_ c: OutputParser.ToolCall, index: Int?) -> JSONValue {

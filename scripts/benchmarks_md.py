@@ -1,0 +1,16 @@
+"""Replaces (or appends) one `## ` section of BENCHMARKS.md, atomically."""
+import os
+
+
+def write_section(repo, name, section, file="BENCHMARKS.md"):
+    path = os.path.join(repo, file)
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
+    start = text.find("## " + name)
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
