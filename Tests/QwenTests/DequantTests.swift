@@ -67,7 +67,7 @@ final class CompactMatrixTests: XCTestCase {
             let compact = CompactMatrix(rows: rows, cols: cols, storageType: Int32(type.rawValue), data: raw, owner: storage, dense: storage)
             compact.alwaysCompact = true
             let dense = F32Matrix(rows: rows, cols: cols, data: storage)
-            for n in [1, 3, 8] {
+            for n in [1, 3, 8, 12] {
                 let x = FloatBuffer((0..<(n * cols)).map { _ in rng.unit() * 2 - 1 })
                 let a = FloatBuffer(count: n * rows), b = FloatBuffer(count: n * rows)
                 compact.multiply(x.pointer, n: n, into: a.pointer, accumulate: false)
