@@ -251,6 +251,14 @@ AVX512 static inline void block_q8_0(const uint8_t *b, __m512 *lo, __m512 *hi) {
     *hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 18)))), d);
 }
 
+AVX512 static inline void block_bf16(const uint8_t *b, __m512 *lo, __m512 *hi) {
+    // bf16 is the top half of an f32: widen and shift, exactly.
+    const __m512i a = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)b)), 16);
+    const __m512i c = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(b + 32))), 16);
+    *lo = _mm512_castsi512_ps(a);
+    *hi = _mm512_castsi512_ps(c);
+}
+
 #define AVX512_KERNEL(NAME, BLOCK, BYTES)                                                                      \
     AVX512 static void NAME(const void *w, int cols, int row0, int row1, const float *x, int n, int ldx,       \
                             float *out, int ldo, int accumulate) {                                              \
@@ -281,6 +289,7 @@ AVX512 static inline void block_q8_0(const uint8_t *b, __m512 *lo, __m512 *hi) {
     }
 AVX512_KERNEL(mm_q5_0_avx512, block_q5_0, 22)
 AVX512_KERNEL(mm_q8_0_avx512, block_q8_0, 34)
+AVX512_KERNEL(mm_bf16_avx512, block_bf16, 64)
 
 static int has_avx512 = -1;
 
@@ -293,6 +302,7 @@ void qwen_quant_matmul(int type, const void *w, int cols, int row0, int row1, co
     }
     if (has_avx512 && type == QWEN_Q5_0) { mm_q5_0_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
     if (has_avx512 && type == QWEN_Q8_0) { mm_q8_0_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
+    if (has_avx512 && type == QWEN_BF16) { mm_bf16_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
     switch (type) {
     case QWEN_F32: mm_f32(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
     case QWEN_F16: mm_f16(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
