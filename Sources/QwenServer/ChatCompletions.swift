@@ -102,9 +102,7 @@ extension ModelService {
                         try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
                     }
                 }
-                if o.includeUsage { try await writer.write(Self.sse(chunk(nil, delta: [], logprobs: nil, finish: nil, usage: Self.usageJSON(usage)))) }
-                try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
-                try await writer.finish(nil)
+                try await Self.endStream(&writer, usage: o.includeUsage ? chunk(nil, delta: [], logprobs: nil, finish: nil, usage: Self.usageJSON(usage)) : nil)
                 metrics.requestFinished(started: started, firstToken: firstToken, completionTokens: usage.1)
             } catch {
                 // The client went away: free the sequence now.
@@ -134,6 +132,13 @@ extension ModelService {
             }
         }
         return (usage, firstToken)
+    }
+
+    /// The end of an event stream: the usage chunk when asked for, then [DONE].
+    static func endStream(_ writer: inout any ResponseBodyWriter, usage: JSONValue?) async throws {
+        if let usage { try await writer.write(sse(usage)) }
+        try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+        try await writer.finish(nil)
     }
 
     static func toolCallJSON(_ c: OutputParser.ToolCall, index: Int?) -> JSONValue {

@@ -112,9 +112,7 @@ extension ModelService {
                     case .heartbeat: try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
                     }
                 }
-                if o.includeUsage { try await writer.write(Self.sse(chunk(nil, text: "", logprobs: nil, finish: nil, usage: Self.usageJSON(usage)))) }
-                try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
-                try await writer.finish(nil)
+                try await Self.endStream(&writer, usage: o.includeUsage ? chunk(nil, text: "", logprobs: nil, finish: nil, usage: Self.usageJSON(usage)) : nil)
                 metrics.requestFinished(started: started, firstToken: firstToken, completionTokens: usage.1)
             } catch {
                 stream.cancel()
