@@ -10,6 +10,7 @@ Writes into --out:
   qwen3-tiny-{f32,bf16,f16}/ one random Qwen3 checkpoint in three dtypes (same values)
   qwen2-tiny/                a random Qwen2 checkpoint, tied head, sharded safetensors
   qwen3-tiny.gguf            the Qwen3 checkpoint as GGUF, some tensors Q8_0/Q4_0
+  adapters/                  random LoRA adapters for the tiny models (PEFT and mlx-lm formats)
   expected/*.json            logits, greedy tokens, tokenizations, dequantized blocks
 """
 import argparse
@@ -429,11 +430,89 @@ def make_templates(out, gguf_path, qwen3_template_path):
     dump(os.path.join(out, "expected", "chat_templates.json"), cases)
 
 
+# ---------------------------------------------------------------- LoRA adapters
+
+ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def peft_adapter(base_dir, out_dir, seed, **lora):
+    """A PEFT LoRA on the checkpoint in base_dir with random (non-zero) A and B."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    pm = get_peft_model(model, LoraConfig(lora_dropout=0.0, **lora))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.15 * torch.randn(p.shape, generator=g))
+    pm.save_pretrained(out_dir)
+    pm.eval()
+    return pm
+
+
+def adapter_reference(model, prompts, greedy_tokens):
+    out = []
+    with torch.no_grad():
+        for ids in prompts:
+            x = torch.tensor([ids])
+            logits = model(input_ids=x).logits[0].float()
+            gen = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=greedy_tokens,
+                                 do_sample=False, pad_token_id=0, eos_token_id=None)
+            out.append({"prompt": ids, "logits": [[round(float(v), 6) for v in row] for row in logits],
+                        "greedy": gen[0, len(ids):].tolist()})
+    return out
+
+
+def mlx_from_peft(peft_dir, out_dir, layers):
+    """The same adapter in mlx-lm's layout: lora_a [in × r] and lora_b [r × out] (the
+    transposes of PEFT's A and B) and one `scale` (PEFT's alpha / r)."""
+    from safetensors.torch import load_file, save_file
+    cfg = json.load(open(os.path.join(peft_dir, "adapter_config.json")))
+    src = load_file(os.path.join(peft_dir, "adapter_model.safetensors"))
+    out = {}
+    for k, v in src.items():
+        name = k.removeprefix("base_model.model.")
+        name = name.replace(".lora_A.weight", ".lora_a").replace(".lora_B.weight", ".lora_b")
+        out[name] = v.t().contiguous()
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(out, os.path.join(out_dir, "adapters.safetensors"), metadata={"format": "mlx"})
+    keys = sorted({"self_attn." + m if m[0] in "qkvo" else "mlp." + m for m in cfg["target_modules"]})
+    dump(os.path.join(out_dir, "adapter_config.json"), {
+        "fine_tune_type": "lora", "num_layers": layers,
+        "lora_parameters": {"rank": cfg["r"], "scale": cfg["lora_alpha"] / cfg["r"], "dropout": 0.0, "keys": keys}})
+
+
+def make_adapters(out, tok, prompts_text):
+    prompts = [tok.encode(p).ids for p in prompts_text[:2]]
+    d = os.path.join(out, "adapters")
+    expected = {}
+    q3 = os.path.join(out, "qwen3-tiny-f32")
+    m = peft_adapter(q3, os.path.join(d, "qwen3-all"), 11, r=4, lora_alpha=8, target_modules=ALL_PROJ)
+    expected["qwen3-all"] = adapter_reference(m, prompts, 12)
+    mlx_from_peft(os.path.join(d, "qwen3-all"), os.path.join(d, "qwen3-all-mlx"), 3)
+    m = peft_adapter(q3, os.path.join(d, "qwen3-qv-rslora"), 12, r=2, lora_alpha=6, use_rslora=True,
+                     target_modules=["q_proj", "v_proj"])
+    expected["qwen3-qv-rslora"] = adapter_reference(m, prompts, 12)
+    m = peft_adapter(q3, os.path.join(d, "qwen3-mlp-last"), 13, r=3, lora_alpha=3, target_modules=["down_proj", "up_proj"],
+                     layers_to_transform=[2])
+    expected["qwen3-mlp-last"] = adapter_reference(m, prompts, 12)
+    m = peft_adapter(os.path.join(out, "qwen2-tiny"), os.path.join(d, "qwen2-attn"), 14, r=4, lora_alpha=16,
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    expected["qwen2-attn"] = adapter_reference(m, prompts, 12)
+    for sub in os.listdir(d):  # PEFT writes a README model card; the fixtures need only the weights
+        readme = os.path.join(d, sub, "README.md")
+        if os.path.exists(readme):
+            os.remove(readme)
+    dump(os.path.join(out, "expected", "adapters.json"), expected)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--gguf", required=True, help="the default model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M)")
     ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--only-adapters", action="store_true", help="rebuild only adapters/ from the committed models")
     ap.add_argument("--qwen3-template", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                                                              "templates", "qwen3.jinja"))
     a = ap.parse_args()
@@ -443,7 +522,11 @@ def main():
     tok = build_tiny_tokenizer(os.path.join(a.out, "tokenizer"), rng)
     prompts = ["Hello, world! It's a test.", "<|im_start|>user\n你好 😀 def f(x): return 42<|im_end|>\n",
                "a", "The number 1234567 and    spaces\n\n\tend"]
+    if a.only_adapters:
+        make_adapters(a.out, tok, prompts)
+        return
     make_models(a.out, tok, prompts)
+    make_adapters(a.out, tok, prompts)
     make_dequant(a.out)
     make_templates(a.out, a.gguf, a.qwen3_template)
     if not a.skip_real:

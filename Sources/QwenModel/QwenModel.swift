@@ -17,10 +17,13 @@ public final class QwenModel {
         public let tokens: [Int32]
         /// Which of this item's rows need logits: all of them, only the last, or none.
         public let logits: LogitsRows
-        public init(cache: KVCache, tokens: [Int32], logits: LogitsRows = .last) {
+        /// The LoRA adapter for this item's rows, or nil for the base model.
+        public let adapter: LoRAAdapter?
+        public init(cache: KVCache, tokens: [Int32], logits: LogitsRows = .last, adapter: LoRAAdapter? = nil) {
             self.cache = cache
             self.tokens = tokens
             self.logits = logits
+            self.adapter = adapter
         }
     }
 
@@ -86,6 +89,28 @@ public final class QwenModel {
             }
         }
         let maxCtx = (rowPos.max() ?? 0) + 1
+        // Adapters: the base projections run once over all rows; each adapter then adds its
+        // low-rank update to its own rows (consecutive items with one adapter form one run).
+        var runs: [(adapter: LoRAAdapter, start: Int, count: Int)] = []
+        var start = 0
+        for it in items {
+            let n = it.tokens.count
+            if let a = it.adapter, n > 0 {
+                if let last = runs.last, last.adapter === a, last.start + last.count == start {
+                    runs[runs.count - 1].count += n
+                } else {
+                    runs.append((a, start, n))
+                }
+            }
+            start += n
+        }
+        let loraTmp = s.loraScratch(t * (runs.map(\.adapter.maxRank).max() ?? 0))
+        func lora(_ p: Projection, _ l: Int, _ x: UnsafeMutablePointer<Float>, _ inDim: Int, _ out: UnsafeMutablePointer<Float>, _ outDim: Int) {
+            for run in runs {
+                guard let u = run.adapter.update(layer: l, p) else { continue }
+                u.apply(x + run.start * inDim, n: run.count, inDim: inDim, out: out + run.start * outDim, outDim: outDim, tmp: loraTmp)
+            }
+        }
         let group = c.heads / c.kvHeads
         let workers = t >= 2 ? Attention.workers : 1
         let scoreBuffer = s.scores(workers * group * maxCtx)
@@ -96,6 +121,11 @@ public final class QwenModel {
             w.q.multiply(s.xn.pointer, n: t, into: s.q.pointer, accumulate: false)
             w.k.multiply(s.xn.pointer, n: t, into: s.k.pointer, accumulate: false)
             w.v.multiply(s.xn.pointer, n: t, into: s.v.pointer, accumulate: false)
+            if !runs.isEmpty {
+                lora(.q, l, s.xn.pointer, h, s.q.pointer, qw)
+                lora(.k, l, s.xn.pointer, h, s.k.pointer, kvw)
+                lora(.v, l, s.xn.pointer, h, s.v.pointer, kvw)
+            }
             if let b = w.qBias { Ops.addBias(s.q.pointer, b.pointer, rows: t, dim: qw) }
             if let b = w.kBias { Ops.addBias(s.k.pointer, b.pointer, rows: t, dim: kvw) }
             if let b = w.vBias { Ops.addBias(s.v.pointer, b.pointer, rows: t, dim: kvw) }
@@ -116,13 +146,19 @@ public final class QwenModel {
             Attention.rows(q: s.q.pointer, out: s.attn.pointer, rows: t, rowItem: rowItem, rowPos: rowPos, items: items,
                            layer: l, config: c, scratch: scoreBuffer, scratchPerWorker: group * maxCtx, workers: workers)
             w.o.multiply(s.attn.pointer, n: t, into: s.x.pointer, accumulate: true)
+            if !runs.isEmpty { lora(.o, l, s.attn.pointer, qw, s.x.pointer, h) }
 
             // Feed-forward block.
             Ops.rmsNorm(s.x.pointer, weight: w.postNorm.pointer, out: s.xn.pointer, rows: t, dim: h, eps: c.rmsNormEps)
             w.gate.multiply(s.xn.pointer, n: t, into: s.gate.pointer, accumulate: false)
             w.up.multiply(s.xn.pointer, n: t, into: s.up.pointer, accumulate: false)
+            if !runs.isEmpty {
+                lora(.gate, l, s.xn.pointer, h, s.gate.pointer, c.intermediateSize)
+                lora(.up, l, s.xn.pointer, h, s.up.pointer, c.intermediateSize)
+            }
             Ops.siluMul(s.gate.pointer, s.up.pointer, count: t * c.intermediateSize)
             w.down.multiply(s.gate.pointer, n: t, into: s.x.pointer, accumulate: true)
+            if !runs.isEmpty { lora(.down, l, s.gate.pointer, c.intermediateSize, s.x.pointer, h) }
         }
         for it in items { it.cache.advance(it.tokens) }
 
@@ -157,6 +193,7 @@ public final class QwenModel {
         var k = FloatBuffer(count: 0), v = FloatBuffer(count: 0), attn = FloatBuffer(count: 0)
         var gate = FloatBuffer(count: 0), up = FloatBuffer(count: 0)
         private var scoreBuffer = FloatBuffer(count: 0)
+        private var loraBuffer = FloatBuffer(count: 0)
 
         func ensure(tokens t: Int, config c: QwenConfig) -> Scratch {
             if t > capacity {
@@ -177,6 +214,11 @@ public final class QwenModel {
         func scores(_ n: Int) -> UnsafeMutablePointer<Float> {
             if scoreBuffer.count < n { scoreBuffer = FloatBuffer(count: max(n, scoreBuffer.count * 2)) }
             return scoreBuffer.pointer
+        }
+
+        func loraScratch(_ n: Int) -> UnsafeMutablePointer<Float> {
+            if loraBuffer.count < n { loraBuffer = FloatBuffer(count: max(n, loraBuffer.count * 2)) }
+            return loraBuffer.pointer
         }
     }
 }

@@ -17,6 +17,13 @@ public final class QwenWeights: @unchecked Sendable {
     public let norm: FloatBuffer
     public let lmHead: WeightMatrix
 
+    public init(embed: WeightMatrix, layers: [Layer], norm: FloatBuffer, lmHead: WeightMatrix) {
+        self.embed = embed
+        self.layers = layers
+        self.norm = norm
+        self.lmHead = lmHead
+    }
+
     public init(config c: QwenConfig, source: TensorSource) throws {
         func matrix(_ name: String, _ rows: Int, _ cols: Int) throws -> WeightMatrix {
             try source.matrix(name, rows: rows, cols: cols)

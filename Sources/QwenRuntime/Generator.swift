@@ -6,10 +6,13 @@ import QwenTokenizer
 public struct Generator {
     public let model: QwenModel
     public let tokenizer: Tokenizer
+    /// A LoRA adapter applied to every step, or nil for the base model.
+    public let adapter: LoRAAdapter?
 
-    public init(model: QwenModel, tokenizer: Tokenizer) {
+    public init(model: QwenModel, tokenizer: Tokenizer, adapter: LoRAAdapter? = nil) {
         self.model = model
         self.tokenizer = tokenizer
+        self.adapter = adapter
     }
 
     public enum FinishReason: String, Sendable { case stop, length }
@@ -39,7 +42,8 @@ public struct Generator {
         var start = 0
         while start < prompt.count {
             let end = min(start + prefillChunk, prompt.count)
-            logits = try model.forward([.init(cache: cache, tokens: Array(prompt[start..<end]), logits: end == prompt.count ? .last : .none)])[0]
+            logits = try model.forward([.init(cache: cache, tokens: Array(prompt[start..<end]), logits: end == prompt.count ? .last : .none,
+                                             adapter: adapter)])[0]
             start = end
         }
         result.prefillSeconds = Self.seconds(clock.now - t0)
@@ -59,7 +63,7 @@ public struct Generator {
                 break
             }
             if result.tokens.count == maxTokens { break }
-            logits = try model.forward([.init(cache: cache, tokens: [next])])[0]
+            logits = try model.forward([.init(cache: cache, tokens: [next], adapter: adapter)])[0]
         }
         let tail = decoder.flush()
         if !tail.isEmpty {
