@@ -18,6 +18,17 @@ public struct ServeSettings: Equatable, Sendable {
     public var shutdownGrace = 30.0
     public var apiKeyFile: String?
     public var apiKeys: [String] = []
+    public var adminKeyFile: String?
+    public var adminKeys: [String] = []
+    /// LoRA adapters served from the start, as (name, directory); SIGHUP re-reads them.
+    public var adapters: [NamedPath] = []
+    /// An adapter applied to the base model name itself (mlx_lm.server's --adapter-path).
+    public var adapterPath: String?
+
+    public struct NamedPath: Equatable, Sendable {
+        public let name: String
+        public let path: String
+    }
 
     public init() {}
 
@@ -26,7 +37,8 @@ public struct ServeSettings: Equatable, Sendable {
     }
 
     public static let keys = ["model", "host", "port", "served-model-name", "kv-cache-gb", "max-running", "max-waiting",
-                              "step-tokens", "chat-template-args", "max-body-mb", "shutdown-grace", "api-key-file", "api-key"]
+                              "step-tokens", "chat-template-args", "max-body-mb", "shutdown-grace", "api-key-file", "api-key",
+                              "admin-api-key-file", "admin-api-key", "adapter", "adapter-path"]
 
     /// Applies one setting given as text; `source` names where it came from for errors.
     public mutating func set(_ key: String, _ raw: String, source: String) throws {
@@ -60,6 +72,19 @@ public struct ServeSettings: Equatable, Sendable {
             shutdownGrace = d
         case "api-key-file": apiKeyFile = value
         case "api-key": apiKeys.append(value)
+        case "admin-api-key-file": adminKeyFile = value
+        case "admin-api-key": adminKeys.append(value)
+        case "adapter":
+            // NAME=PATH; several may be given at once separated by commas (handy in one variable).
+            for item in value.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !item.isEmpty {
+                guard let eq = item.firstIndex(of: "="), eq != item.startIndex, item.index(after: eq) != item.endIndex else {
+                    throw SettingError(description: "\(source): adapter must be NAME=PATH, not '\(item)'")
+                }
+                let entry = NamedPath(name: String(item[..<eq]), path: String(item[item.index(after: eq)...]))
+                adapters.removeAll { $0.name == entry.name }
+                adapters.append(entry)
+            }
+        case "adapter-path": adapterPath = value
         default:
             throw SettingError(description: "\(source): unknown setting '\(key)' (known: \(Self.keys.joined(separator: ", ")))")
         }
@@ -94,16 +119,20 @@ public struct ServeSettings: Equatable, Sendable {
         }
     }
 
-    /// Reads the API keys file (one key per line, # comments) into `apiKeys`.
+    /// Reads the key files (one key per line, # comments) into `apiKeys` and `adminKeys`.
     public mutating func loadAPIKeys() throws {
-        guard let path = apiKeyFile else { return }
+        if let path = apiKeyFile { apiKeys += try Self.keys(file: path, setting: "api-key-file") }
+        if let path = adminKeyFile { adminKeys += try Self.keys(file: path, setting: "admin-api-key-file") }
+    }
+
+    static func keys(file path: String, setting: String) throws -> [String] {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw SettingError(description: "api-key-file: cannot read \(path)")
+            throw SettingError(description: "\(setting): cannot read \(path)")
         }
         let keys = String(decoding: data, as: UTF8.self).components(separatedBy: .newlines)
             .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
-        guard !keys.isEmpty else { throw SettingError(description: "api-key-file: \(path) holds no keys") }
-        apiKeys += keys
+        guard !keys.isEmpty else { throw SettingError(description: "\(setting): \(path) holds no keys") }
+        return keys
     }
 
     /// The effective settings as a config file (API keys are not printed).
@@ -123,6 +152,10 @@ public struct ServeSettings: Equatable, Sendable {
         lines.append("shutdown-grace: \(shutdownGrace)")
         if let f = apiKeyFile { lines.append("api-key-file: \(q(f))") }
         if !apiKeys.isEmpty { lines.append("# \(apiKeys.count) API key(s) set") }
+        if let f = adminKeyFile { lines.append("admin-api-key-file: \(q(f))") }
+        if !adminKeys.isEmpty { lines.append("# \(adminKeys.count) admin key(s) set") }
+        for a in adapters { lines.append("adapter: \(q(a.name + "=" + a.path))") }
+        if let p = adapterPath { lines.append("adapter-path: \(q(p))") }
         return lines.joined(separator: "\n") + "\n"
     }
 }

@@ -242,11 +242,17 @@ public final class Engine: @unchecked Sendable {
         }
         running.removeAll { $0.finished || $0.cache == nil }
         guard !batch.isEmpty else { return nil }
+        // Rows of one adapter side by side, so each adapter's update is one product per projection.
+        batch = batch.enumerated().sorted {
+            let a = $0.element.0.group.request.adapter?.id ?? 0, b = $1.element.0.group.request.adapter?.id ?? 0
+            return a != b ? a < b : $0.offset < $1.offset
+        }.map(\.element)
 
         let items = batch.map { (s, n) -> QwenModel.Item in
             let from = s.cache!.length
             let completes = from + n == s.tokens.count
-            return QwenModel.Item(cache: s.cache!, tokens: Array(s.tokens[from..<(from + n)]), logits: completes ? .last : .none)
+            return QwenModel.Item(cache: s.cache!, tokens: Array(s.tokens[from..<(from + n)]), logits: completes ? .last : .none,
+                                  adapter: s.group.request.adapter)
         }
         let logits: [[Float]]
         do {
@@ -280,7 +286,7 @@ public final class Engine: @unchecked Sendable {
     private func admit() {
         while let s = waiting.first, running.count < config.maxRunning {
             if s.cache == nil {
-                let c = KVCache(pool: pool, salt: s.group.request.cacheSalt)
+                let c = KVCache(pool: pool, salt: s.group.request.effectiveSalt)
                 if s.tokens.count == s.group.request.prompt.count && s.index == 0 {
                     s.group.cachedTokens = c.adoptPrefix(of: s.tokens)
                 }

@@ -1,3 +1,4 @@
+import QwenModel
 import QwenRuntime
 
 /// What a client asks the engine for: token ids in, `n` sampled continuations out.
@@ -11,8 +12,14 @@ public struct EngineRequest: Sendable {
     public var stopTokenIds: Set<Int32> = []
     /// nil: no log-probabilities; k ≥ 0: the chosen token's plus the k most likely.
     public var logprobs: Int?
-    /// Separates prefix-cache entries (e.g. per adapter); 0 for the base model.
+    /// Separates prefix-cache entries; the adapter's id is mixed in as well.
     public var cacheSalt: UInt64 = 0
+    /// The LoRA adapter to run this request with, or nil for the base model.
+    public var adapter: LoRAAdapter?
+
+    /// The salt its KV blocks are hashed with: keys and values computed under one adapter
+    /// are never reused under another (or under the base model).
+    var effectiveSalt: UInt64 { cacheSalt ^ (adapter.map { $0.id &* 0x9E37_79B9_7F4A_7C15 } ?? 0) }
 
     public init(prompt: [Int32], params: SamplingParams, maxTokens: Int) {
         self.prompt = prompt

@@ -42,6 +42,12 @@ public final class GGUFFile: TensorSource {
     public let version: Int
     public private(set) var metadata: [String: Value] = [:]
     public private(set) var tensors: [String: TensorInfo] = [:]  // by Hugging Face name
+    /// The metadata section's bytes in the file, its entry count, the tensors' Hugging
+    /// Face names in file order, and the data alignment: what a rewrite copies.
+    public private(set) var metadataBytes: Range<Int> = 0..<0
+    public private(set) var metadataCount = 0
+    public private(set) var tensorOrder: [String] = []
+    public private(set) var alignment = 32
     public var origin: String { file.path }
 
     public init(path: String) throws {
@@ -54,11 +60,14 @@ public final class GGUFFile: TensorSource {
         version = Int(v)
         let tensorCount = try r.count("tensor count", max: 1 << 20)
         let kvCount = try r.count("metadata count", max: 1 << 20)
+        metadataCount = kvCount
+        let metaStart = r.offset
         for _ in 0..<kvCount {
             let key = try r.string("metadata key")
             let type = try r.u32("type of \(key)")
             metadata[key] = try r.value(type: type, key: key, depth: 0)
         }
+        metadataBytes = metaStart..<r.offset
         var infos: [(String, GGMLType, [Int], Int)] = []
         for i in 0..<tensorCount {
             let name = try r.string("name of tensor \(i)")
@@ -73,7 +82,6 @@ public final class GGUFFile: TensorSource {
             let off = try r.count("offset of \(name)", max: Int(Int32.max) * 1024)
             infos.append((name, type, dims, off))
         }
-        var alignment = 32
         if let a = metadata["general.alignment"] {
             guard let ai = a.int, ai > 0, ai & (ai - 1) == 0 else { throw ModelFileError(path, "general.alignment is not a power of two") }
             alignment = ai
@@ -92,6 +100,7 @@ public final class GGUFFile: TensorSource {
             let bytes = n / type.blockSize * type.blockBytes
             _ = try file.slice(dataStart + off, bytes, what: "data of tensor \(name)")
             let hf = Self.huggingFaceName(name)
+            tensorOrder.append(hf)
             tensors[hf] = TensorInfo(ggufName: name, type: type, dims: dims, offset: dataStart + off, byteCount: bytes)
         }
     }

@@ -8,11 +8,11 @@ extension ModelService {
     func chatCompletions(_ body: JSONValue) async throws -> Response {
         let started = Date()
         let f = try RequestFields(body)
-        try checkModel(f)
+        let target = try resolveModel(f)
         let o = try GenerationOptions.parse(f, chat: true, vocabSize: tokenizer.vocabularySize)
         let (promptText, tools) = try chatPrompt(f)
         let prompt = tokenizer.encode(promptText)
-        let stream = try submit(try engineRequest(prompt: prompt, o))
+        let stream = try submit(try engineRequest(prompt: prompt, o, adapter: target.adapter))
         let startInReasoning = thinkingModel && promptText.hasSuffix("<think>\n")
         let states = (0..<o.n).map { _ in
             ChoiceState(tokenizer: tokenizer, stops: o.stops, reasoning: thinkingModel, tools: tools != nil, toolNames: tools ?? [],
@@ -43,7 +43,7 @@ extension ModelService {
         }
 
         let metrics = self.metrics
-        let name = self.name
+        let name = target.name
         return Response(status: .ok, headers: Self.sseHeaders, body: ResponseBody { writer in
             var states = states
             var firstToken: Date?

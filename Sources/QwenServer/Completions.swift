@@ -8,7 +8,7 @@ extension ModelService {
     func completions(_ body: JSONValue) async throws -> Response {
         let started = Date()
         let f = try RequestFields(body)
-        try checkModel(f)
+        let target = try resolveModel(f)
         let tokenizer = self.tokenizer
         let o = try GenerationOptions.parse(f, chat: false, vocabSize: tokenizer.vocabularySize)
         let prompt: [Int32]
@@ -35,7 +35,7 @@ extension ModelService {
         if o.echo && o.logprobs != nil {
             throw APIError.badParam("echo", "'echo' together with 'logprobs' is not supported (prompt log-probabilities are not computed)")
         }
-        let stream = try submit(try engineRequest(prompt: prompt, o))
+        let stream = try submit(try engineRequest(prompt: prompt, o, adapter: target.adapter))
         let states = (0..<o.n).map { _ in ChoiceState(tokenizer: tokenizer, stops: o.stops, reasoning: false, tools: false, startInReasoning: false) }
         let id = IDs.make("cmpl-")
         let created = Int(Date().timeIntervalSince1970)
@@ -67,10 +67,10 @@ extension ModelService {
                          ("finish_reason", .string(s.finishReason ?? "stop"))])
             }
             return Self.jsonResponse(.object([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)),
-                                              ("model", .string(name)), ("choices", .array(choices)), ("usage", Self.usageJSON(usage))]))
+                                              ("model", .string(target.name)), ("choices", .array(choices)), ("usage", Self.usageJSON(usage))]))
         }
 
-        let metrics = self.metrics, name = self.name
+        let metrics = self.metrics, name = target.name
         return Response(status: .ok, headers: Self.sseHeaders, body: ResponseBody { writer in
             var states = states
             var firstToken: Date?

@@ -34,13 +34,30 @@ public struct HTTPServer {
             try await s.completions(try await Self.body(req, limit: limit))
         }
         router.get("/v1/models") { _, _ -> Response in
-            ModelService.jsonResponse(.object([("object", .string("list")), ("data", .array([s.modelJSON]))]))
+            let models = [s.modelJSON] + s.adapters.all.map(s.adapterModelJSON)
+            return ModelService.jsonResponse(.object([("object", .string("list")), ("data", .array(models))]))
         }
         router.get("/v1/models/:id") { _, ctx -> Response in
-            guard ctx.parameters.get("id") == s.name else {
-                throw APIError(.notFound, "The model '\(ctx.parameters.get("id") ?? "")' does not exist", param: "model", code: "model_not_found")
-            }
-            return ModelService.jsonResponse(s.modelJSON)
+            let id = ctx.parameters.get("id") ?? ""
+            if id == s.name { return ModelService.jsonResponse(s.modelJSON) }
+            if let e = s.adapters.get(id) { return ModelService.jsonResponse(s.adapterModelJSON(e)) }
+            throw APIError(.notFound, "The model '\(id)' does not exist", param: "model", code: "model_not_found")
+        }
+        // LoRA adapters (admin routes when admin keys are configured).
+        router.get("/v1/adapters") { _, _ -> Response in s.listAdapters() }
+        router.post("/v1/adapters") { req, _ -> Response in
+            try await s.loadAdapter(try await Self.body(req, limit: limit), vllm: false)
+        }
+        router.delete("/v1/adapters/:name") { _, ctx -> Response in
+            try await s.unloadAdapter(name: ctx.parameters.get("name") ?? "", vllm: false)
+        }
+        router.post("/v1/load_lora_adapter") { req, _ -> Response in
+            try await s.loadAdapter(try await Self.body(req, limit: limit), vllm: true)
+        }
+        router.post("/v1/unload_lora_adapter") { req, _ -> Response in
+            let f = try RequestFields(try await Self.body(req, limit: limit))
+            guard let n = try f.string("lora_name") else { throw APIError.badParam("lora_name", "'lora_name' is required") }
+            return try await s.unloadAdapter(name: n, vllm: true)
         }
         for path in ["/health", "/healthz"] {
             router.get(RouterPath(stringLiteral: path)) { _, _ -> Response in
@@ -49,7 +66,7 @@ public struct HTTPServer {
         }
         router.get("/metrics") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-                     body: ResponseBody(byteBuffer: ByteBuffer(string: s.metrics.render(engine: s.engine.snapshot))))
+                     body: ResponseBody(byteBuffer: ByteBuffer(string: s.metrics.render(engine: s.engine.snapshot, adapters: s.adapters.all.count))))
         }
         var logger = Logger(label: "qwen-serve.http")
         logger.logLevel = .warning
@@ -80,9 +97,17 @@ extension ModelService {
 struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     let metrics: ServerMetrics
 
+    /// The endpoint label for a path with a parameter, or one of the vLLM adapter routes.
+    static func routeName(_ path: String) -> String {
+        if path.hasPrefix("/v1/models/") { return "/v1/models/{id}" }
+        if path == "/v1/adapters" || path == "/v1/load_lora_adapter" || path == "/v1/unload_lora_adapter" { return path }
+        if path.hasPrefix("/v1/adapters/") { return "/v1/adapters/{name}" }
+        return "other"
+    }
+
     func handle(_ req: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/healthz", "/metrics"]
-            .first { req.uri.path == $0 } ?? (req.uri.path.hasPrefix("/v1/models/") ? "/v1/models/{id}" : "other")
+            .first { req.uri.path == $0 } ?? Self.routeName(req.uri.path)
         do {
             let r = try await next(req, context)
             metrics.countRequest(endpoint: endpoint, status: Int(r.status.code))

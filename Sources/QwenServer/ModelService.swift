@@ -16,9 +16,16 @@ public final class ModelService: @unchecked Sendable {
     let thinkingModel: Bool
     let created = Int(Date().timeIntervalSince1970)
     public let metrics = ServerMetrics()
+    /// LoRA adapters served by name beside the base model.
+    public let adapters: AdapterRegistry
+    /// Applied when a request names the base model (mlx_lm.server's --adapter-path).
+    public let defaultAdapter: LoRAAdapter?
 
-    public init(name: String, engine: Engine, tokenizer: Tokenizer, live: LiveSettings = LiveSettings()) throws {
+    public init(name: String, engine: Engine, tokenizer: Tokenizer, live: LiveSettings = LiveSettings(),
+                defaultAdapter: LoRAAdapter? = nil) throws {
         self.name = name
+        self.defaultAdapter = defaultAdapter
+        adapters = AdapterRegistry(config: engine.model.config, baseName: name)
         self.engine = engine
         self.tokenizer = tokenizer
         // Parse the template now: an unsupported construct stops start-up, not a request.
@@ -30,10 +37,14 @@ public final class ModelService: @unchecked Sendable {
 
     var contextLimit: Int { engine.maxSequenceTokens }
 
-    func checkModel(_ f: RequestFields) throws {
-        if let m = try f.string("model"), m != name {
-            throw APIError(.notFound, "The model '\(m)' does not exist; this server serves '\(name)'", param: "model", code: "model_not_found")
-        }
+    /// The model a request names: the base model (with the --adapter-path adapter, if one
+    /// was given) or a loaded adapter. Unknown names are a 404.
+    func resolveModel(_ f: RequestFields) throws -> (name: String, adapter: LoRAAdapter?) {
+        guard let m = try f.string("model"), m != name else { return (name, defaultAdapter) }
+        if let e = adapters.get(m) { return (m, e.adapter) }
+        let known = [name] + adapters.all.map(\.name)
+        throw APIError(.notFound, "The model '\(m)' does not exist; this server serves \(known.map { "'\($0)'" }.joined(separator: ", "))",
+                       param: "model", code: "model_not_found")
     }
 
     // MARK: Prompts
@@ -113,7 +124,7 @@ public final class ModelService: @unchecked Sendable {
         return (text, tools.map { Set($0.compactMap { $0["function"]?["name"]?.string }) })
     }
 
-    func engineRequest(prompt: [Int32], _ o: GenerationOptions) throws -> EngineRequest {
+    func engineRequest(prompt: [Int32], _ o: GenerationOptions, adapter: LoRAAdapter? = nil) throws -> EngineRequest {
         let limit = contextLimit
         guard prompt.count < limit else {
             throw APIError(.badRequest, "This model's maximum context length is \(limit) tokens, but the prompt has \(prompt.count) tokens.",
@@ -127,6 +138,7 @@ public final class ModelService: @unchecked Sendable {
         r.n = o.n
         r.ignoreEOS = o.ignoreEOS
         r.logprobs = o.logprobs
+        r.adapter = adapter
         return r
     }
 

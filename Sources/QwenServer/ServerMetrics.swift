@@ -72,7 +72,7 @@ public final class ServerMetrics: @unchecked Sendable {
         lock.unlock()
     }
 
-    public func render(engine: Engine.Snapshot) -> String {
+    public func render(engine: Engine.Snapshot, adapters: Int = 0) -> String {
         lock.lock()
         defer { lock.unlock() }
         var s = "# HELP qwen_requests_total HTTP requests by endpoint and status.\n# TYPE qwen_requests_total counter\n"
@@ -96,6 +96,7 @@ public final class ServerMetrics: @unchecked Sendable {
             ("qwen_kv_blocks_free", "KV cache blocks free.", engine.kvBlocksFree),
             ("qwen_kv_blocks_cached", "KV cache blocks holding reusable prefixes, free to evict.", engine.kvBlocksCached),
             ("qwen_kv_blocks_total", "KV cache blocks in all.", engine.kvBlocksTotal),
+            ("qwen_adapters_loaded", "LoRA adapters being served.", adapters),
         ]
         for (n, h, v) in gauges { s += "# HELP \(n) \(h)\n# TYPE \(n) gauge\n\(n) \(v)\n" }
         return s

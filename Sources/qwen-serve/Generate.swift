@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import QwenKernels
+import QwenModel
 import QwenRuntime
 
 struct Generate: ParsableCommand {
@@ -8,6 +9,8 @@ struct Generate: ParsableCommand {
 
     @Option(help: "A model directory, a .gguf file, `default`, or a hub repo id.")
     var model = "default"
+    @Option(name: .customLong("adapter-path"), help: "A LoRA adapter directory (PEFT or mlx-lm) to apply.")
+    var adapterPath: String?
     @Option(help: "The prompt text.")
     var prompt: String
     @Flag(help: "Wrap the prompt as a user message in the chat format.")
@@ -46,7 +49,8 @@ struct Generate: ParsableCommand {
             let ids = loaded.tokenizer.encode(text)
             var params = SamplingParams(temperature: temperature, topK: topK, topP: topP, minP: minP, seed: seed)
             if temperature == 0 { params = .greedy }
-            let result = try Generator(model: loaded.model, tokenizer: loaded.tokenizer)
+            let adapter = try adapterPath.map { try LoRAAdapter.load(path: $0, config: loaded.model.config) }
+            let result = try Generator(model: loaded.model, tokenizer: loaded.tokenizer, adapter: adapter)
                 .generate(prompt: ids, maxTokens: maxTokens, params: params, ignoreEOS: ignoreEOS) { piece in
                     FileHandle.standardOutput.write(Data(piece.utf8))
                     return true

@@ -8,7 +8,7 @@ struct QwenServe: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "qwen-serve",
         abstract: "Qwen3 / Qwen2.5 inference on the CPU.",
-        subcommands: [Serve.self, Generate.self, Fetch.self, Bench.self])
+        subcommands: [Serve.self, Generate.self, Fetch.self, Bench.self, FuseCommand.self])
 }
 
 /// Prints to stderr, so that stdout carries only generated text.

@@ -5,6 +5,7 @@ import QwenChat
 import QwenDaemon
 import QwenEngine
 import QwenKernels
+import QwenModel
 import QwenRuntime
 import QwenServer
 import Logging
@@ -32,6 +33,13 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("shutdown-grace"), help: "Seconds in-flight requests get on SIGTERM. [default: 30]") var shutdownGrace: String?
     @Option(name: .customLong("api-key"), help: "Require this Bearer key on /v1 routes (repeatable).") var apiKey: [String] = []
     @Option(name: .customLong("api-key-file"), help: "A file of API keys, one per line.") var apiKeyFile: String?
+    @Option(name: .customLong("admin-api-key"), help: "A key for the admin routes (adapters, fine-tuning); repeatable. With one set, only admin keys open them.")
+    var adminAPIKey: [String] = []
+    @Option(name: .customLong("admin-api-key-file"), help: "A file of admin keys, one per line.") var adminAPIKeyFile: String?
+    @Option(name: .customLong("adapter"), help: "Serve a LoRA adapter directory (PEFT or mlx-lm) as model NAME: NAME=PATH (repeatable).")
+    var adapter: [String] = []
+    @Option(name: .customLong("adapter-path"), help: "A LoRA adapter applied to the base model name itself (as mlx_lm.server).")
+    var adapterPath: String?
 
     func settings() throws -> ServeSettings {
         var s = ServeSettings()
@@ -41,10 +49,12 @@ struct Serve: AsyncParsableCommand {
             ("model", model), ("host", host), ("port", port), ("served-model-name", servedModelName), ("kv-cache-gb", kvCacheGB),
             ("max-running", maxRunning), ("max-waiting", maxWaiting), ("step-tokens", stepTokens),
             ("chat-template-args", chatTemplateArgs), ("max-body-mb", maxBodyMB), ("shutdown-grace", shutdownGrace),
-            ("api-key-file", apiKeyFile),
+            ("api-key-file", apiKeyFile), ("admin-api-key-file", adminAPIKeyFile), ("adapter-path", adapterPath),
         ]
         for (k, v) in flags { if let v { try s.set(k, v, source: "--\(k)") } }
         for k in apiKey { try s.set("api-key", k, source: "--api-key") }
+        for k in adminAPIKey { try s.set("admin-api-key", k, source: "--admin-api-key") }
+        for a in adapter { try s.set("adapter", a, source: "--adapter") }
         return s
     }
 
@@ -68,9 +78,14 @@ struct Serve: AsyncParsableCommand {
             ec.stepTokens = s.stepTokens
             ec.kvBlocks = Engine.blocks(forBytes: Int(s.kvCacheGB * Double(1 << 30)), config: loaded.model.config)
             let engine = Engine(model: loaded.model, tokenizer: loaded.tokenizer, config: ec)
-            let live = LiveSettings(apiKeys: s.apiKeys, chatTemplateArgs: try Self.templateArgs(s))
-            let service = try ModelService(name: loaded.name, engine: engine, tokenizer: loaded.tokenizer, live: live)
-            let hangup = reloadOnHangup(live: live, notifier: notifier, status: "serving \(loaded.name)")
+            let live = LiveSettings(apiKeys: s.apiKeys, adminKeys: s.adminKeys, chatTemplateArgs: try Self.templateArgs(s))
+            let baseAdapter = try s.adapterPath.map { try LoRAAdapter.load(path: $0, config: loaded.model.config) }
+            let service = try ModelService(name: loaded.name, engine: engine, tokenizer: loaded.tokenizer, live: live,
+                                           defaultAdapter: baseAdapter)
+            let problems = await service.adapters.reconcileStartup(s.adapters.map { ($0.name, $0.path) })
+            if let first = problems.first { throw StartupError(description: first) }
+            if !s.adapters.isEmpty { log("adapters: \(s.adapters.map(\.name).joined(separator: ", "))") }
+            let hangup = reloadOnHangup(live: live, adapters: service.adapters, notifier: notifier, status: "serving \(loaded.name)")
             // The engine loop pets the watchdog (a hung engine gets the service restarted) and reports status.
             let metricsStep = engine.onStep
             engine.onStep = { stats in
@@ -117,24 +132,33 @@ extension Serve {
     /// SIGHUP re-reads the settings (file, environment, flags) and applies what can change
     /// live: the API keys and the default chat-template arguments. A bad file keeps the
     /// old settings and says why.
-    func reloadOnHangup(live: LiveSettings, notifier: SystemdNotifier, status: String) -> DispatchSourceSignal {
+    func reloadOnHangup(live: LiveSettings, adapters: AdapterRegistry, notifier: SystemdNotifier, status: String) -> DispatchSourceSignal {
         signal(SIGHUP, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        let command = self
         source.setEventHandler {
             notifier.reloading()
-            do {
-                var s = try settings()
-                try s.loadAPIKeys()
-                live.update(apiKeys: s.apiKeys, chatTemplateArgs: try Self.templateArgs(s))
-                log("reloaded: \(s.apiKeys.count) API key(s)")
-            } catch {
-                log("reload failed, keeping the previous settings: \(error)")
+            Task {
+                do {
+                    var s = try command.settings()
+                    try s.loadAPIKeys()
+                    live.update(apiKeys: s.apiKeys, adminKeys: s.adminKeys, chatTemplateArgs: try Self.templateArgs(s))
+                    let problems = await adapters.reconcileStartup(s.adapters.map { ($0.name, $0.path) })
+                    for p in problems { log("reload: \(p) (left as it was)") }
+                    log("reloaded: \(s.apiKeys.count) API key(s), \(s.adminKeys.count) admin key(s), adapters: \(adapters.all.map(\.name).joined(separator: ", "))")
+                } catch {
+                    log("reload failed, keeping the previous settings: \(error)")
+                }
+                notifier.reloaded(status: status)
             }
-            notifier.reloaded(status: status)
         }
         source.resume()
         return source
     }
+}
+
+struct StartupError: Error, CustomStringConvertible {
+    let description: String
 }
 
 /// Waits for the graceful-shutdown signal, then drains the engine in the background.

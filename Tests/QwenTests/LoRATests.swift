@@ -109,6 +109,40 @@ final class LoRATests: XCTestCase {
         XCTAssertLessThanOrEqual(zip(x, y).map { abs($0 - $1) }.max()!, 1e-4)
     }
 
+    // MARK: fuse
+
+    func assertFusedMatches(base: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let out = try temporaryDirectory(self) + "/fused" + (base.hasSuffix(".gguf") ? ".gguf" : "")
+        let adapterDir = Fixtures.path("adapters/qwen3-all")
+        XCTAssertEqual(try Fuse.fuse(model: Fixtures.path(base), adapter: adapterDir, output: out), 21, file: file, line: line)
+        let original = try LoadedModel.load(path: Fixtures.path(base))
+        let fused = try LoadedModel.load(path: out)
+        let a = try LoRAAdapter.load(path: adapterDir, config: original.model.config)
+        let p: [Int32] = [10, 20, 30, 40, 50, 60, 5, 6]
+        let x = try original.model.forward([.init(cache: KVCache(config: original.model.config), tokens: p, logits: .all, adapter: a)])[0]
+        let y = try fused.model.forward([.init(cache: KVCache(config: fused.model.config), tokens: p, logits: .all)])[0]
+        XCTAssertLessThanOrEqual(zip(x, y).map { abs($0 - $1) }.max()!, 1e-4, "\(base): fused logits differ", file: file, line: line)
+        // The tokenizer and chat template came along.
+        XCTAssertEqual(fused.tokenizer.encode("Hello, world!"), original.tokenizer.encode("Hello, world!"), file: file, line: line)
+        XCTAssertEqual(fused.tokenizer.chatTemplate, original.tokenizer.chatTemplate, file: file, line: line)
+        XCTAssertThrowsError(try Fuse.fuse(model: Fixtures.path(base), adapter: adapterDir, output: out), file: file, line: line) {
+            XCTAssertTrue("\($0)".contains("already exists"), file: file, line: line)
+        }
+    }
+
+    func testFuseHuggingFaceDirectory() throws { try assertFusedMatches(base: "qwen3-tiny-bf16") }
+    func testFuseGGUF() throws { try assertFusedMatches(base: "qwen3-tiny.gguf") }
+
+    func testFuseCommandNamesTheBadFile() throws {
+        let out = try temporaryDirectory(self) + "/fused"
+        let (status, _, err) = try runProcess(Fixtures.binary, ["fuse", "--model", Fixtures.path("qwen3-tiny-f32"),
+                                                                "--adapter-path", Fixtures.path("adapters/qwen2-attn"), "--save-path", out])
+        XCTAssertEqual(status, 1)
+        XCTAssertTrue(err.contains("adapters/qwen2-attn/adapter_model.safetensors"), err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out), "a failed fuse left output behind")
+        XCTAssertTrue(try FileManager.default.contentsOfDirectory(atPath: (out as NSString).deletingLastPathComponent).isEmpty)
+    }
+
     // MARK: refusals
 
     func copyAdapter(_ name: String, edit: (String) throws -> Void) throws -> String {

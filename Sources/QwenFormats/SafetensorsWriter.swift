@@ -1,0 +1,93 @@
+import Foundation
+import QwenKernels
+
+/// Writes a `.safetensors` file: the 8-byte header length, the JSON header (padded with
+/// spaces to 8 bytes), then each tensor's bytes. Written beside the destination and
+/// renamed into place, so a reader never sees half a file.
+public enum SafetensorsWriter {
+    public enum DType: String, Sendable {
+        case f32 = "F32", bf16 = "BF16", f16 = "F16"
+        var size: Int { self == .f32 ? 4 : 2 }
+    }
+
+    public struct Tensor {
+        public let name: String
+        public let shape: [Int]
+        /// Produces the values when the writer reaches this tensor (so a whole model need not be in memory).
+        public let values: () throws -> FloatBuffer
+        public init(name: String, shape: [Int], values: @escaping () throws -> FloatBuffer) {
+            self.name = name
+            self.shape = shape
+            self.values = values
+        }
+    }
+
+    public static func write(_ tensors: [Tensor], dtype: DType, to path: String, metadata: [String: String] = ["format": "pt"]) throws {
+        let sorted = tensors.sorted { $0.name < $1.name }
+        var header: [String: Any] = ["__metadata__": metadata]
+        var offset = 0
+        for t in sorted {
+            let n = t.shape.reduce(1, *) * dtype.size
+            header[t.name] = ["dtype": dtype.rawValue, "shape": t.shape, "data_offsets": [offset, offset + n]] as [String: Any]
+            offset += n
+        }
+        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        while json.count % 8 != 0 { json.append(0x20) }
+        try AtomicFile.write(to: path) { out in
+            var len = UInt64(json.count).littleEndian
+            out.write(Data(bytes: &len, count: 8))
+            out.write(json)
+            for t in sorted {
+                let v = try t.values()
+                guard v.count == t.shape.reduce(1, *) else {
+                    throw ModelFileError(path, "tensor \(t.name) has \(v.count) values, not the \(t.shape) its header says")
+                }
+                out.write(encode(v, dtype))
+            }
+        }
+    }
+
+    static func encode(_ v: FloatBuffer, _ dtype: DType) -> Data {
+        switch dtype {
+        case .f32:
+            return Data(bytes: v.pointer, count: v.count * 4)
+        case .bf16:
+            var bits = [UInt16](repeating: 0, count: v.count)
+            for i in 0..<v.count { bits[i] = HalfFloat.floatToBF16(v[i]).littleEndian }
+            return bits.withUnsafeBytes { Data($0) }
+        case .f16:
+            var bits = [UInt16](repeating: 0, count: v.count)
+            for i in 0..<v.count { bits[i] = Float16(v[i]).bitPattern.littleEndian }
+            return bits.withUnsafeBytes { Data($0) }
+        }
+    }
+}
+
+/// Writes a file under a temporary name in the same directory, syncs it, then renames it
+/// over `path`: readers see the old file or the whole new one, never a part.
+public enum AtomicFile {
+    public static func write(to path: String, _ body: (FileHandle) throws -> Void) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        let tmp = (dir.isEmpty ? "." : dir) + "/.\((path as NSString).lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        guard FileManager.default.createFile(atPath: tmp, contents: nil) else { throw ModelFileError(path, "cannot create \(tmp)") }
+        do {
+            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: tmp))
+            do {
+                try body(h)
+                try h.synchronize()
+                try h.close()
+            } catch {
+                try? h.close()
+                throw error
+            }
+            guard rename(tmp, path) == 0 else { throw ModelFileError(path, "cannot rename into place: \(String(cString: strerror(errno)))") }
+        } catch {
+            try? FileManager.default.removeItem(atPath: tmp)
+            throw error
+        }
+    }
+
+    public static func write(_ data: Data, to path: String) throws {
+        try write(to: path) { $0.write(data) }
+    }
+}

@@ -1,0 +1,97 @@
+import Foundation
+import QwenModel
+
+/// The LoRA adapters being served, by name. Loading reads the files off the request
+/// threads and then swaps the name in at once; unloading removes the name at once (new
+/// requests for it get 404) and then waits until no running sequence holds the adapter.
+public final class AdapterRegistry: @unchecked Sendable {
+    public struct Entry: Sendable {
+        public let name: String
+        public let adapter: LoRAAdapter
+        /// "startup" (flags and config file, which SIGHUP re-reads) or "api".
+        public let origin: String
+        public let created: Int
+    }
+
+    public struct RegistryError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    let config: QwenConfig
+    let baseName: String
+    private let lock = NSLock()
+    private var entries: [String: Entry] = [:]
+
+    public init(config: QwenConfig, baseName: String) {
+        self.config = config
+        self.baseName = baseName
+    }
+
+    /// What a name may look like: it goes into URLs and metric labels.
+    public static func validName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 128
+            && name.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) && $0.isASCII || "._-:@+".unicodeScalars.contains($0) }
+    }
+
+    public func get(_ name: String) -> Entry? {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries[name]
+    }
+
+    public var all: [Entry] {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries.values.sorted { $0.name < $1.name }
+    }
+
+    /// Reads and checks the adapter (throws ModelFileError naming the file), then serves it
+    /// under `name`, replacing an adapter of that name in one step.
+    @discardableResult
+    public func load(name: String, path: String, origin: String = "api") async throws -> Entry {
+        guard Self.validName(name) else {
+            throw RegistryError(description: "adapter name '\(name)' must be 1–128 characters of letters, digits and . _ - : @ +")
+        }
+        guard name != baseName else { throw RegistryError(description: "'\(name)' is the base model's name") }
+        let config = self.config
+        let adapter = try await Task.detached(priority: .utility) { try LoRAAdapter.load(path: path, config: config) }.value
+        let entry = Entry(name: name, adapter: adapter, origin: origin, created: Int(Date().timeIntervalSince1970))
+        lock.withLock { entries[name] = entry }
+        return entry
+    }
+
+    /// Stops serving `name` and waits (up to `timeout` seconds) until every sequence that
+    /// uses it has ended. Returns nil when no such adapter is loaded, else whether it drained.
+    public func unload(name: String, timeout: Double = 600) async -> Bool? {
+        guard let held = remove(name) else { return nil }
+        let deadline = Date().addingTimeInterval(timeout)
+        while held.adapter != nil {
+            if Date() > deadline { return false }
+            try? await Task.sleep(nanoseconds: 20_000_000)
+        }
+        return true
+    }
+
+    private final class WeakAdapter {
+        weak var adapter: LoRAAdapter?
+        init(_ a: LoRAAdapter) { adapter = a }
+    }
+
+    private func remove(_ name: String) -> WeakAdapter? {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries.removeValue(forKey: name).map { WeakAdapter($0.adapter) }
+    }
+
+    /// Makes the startup adapters exactly `wanted` (name → path): loads or reloads each,
+    /// and unloads startup adapters no longer listed. Adapters loaded over the API stay.
+    public func reconcileStartup(_ wanted: [(String, String)]) async -> [String] {
+        var problems: [String] = []
+        for (name, path) in wanted {
+            do { try await load(name: name, path: path, origin: "startup") } catch { problems.append("adapter \(name): \(error)") }
+        }
+        let keep = Set(wanted.map(\.0))
+        for e in all where e.origin == "startup" && !keep.contains(e.name) { _ = remove(e.name) }
+        return problems
+    }
+}
