@@ -36,7 +36,7 @@ extension ModelService {
                                 ("finish_reason", .string(s.finishReason ?? "stop"))])
             }
             let json: JSONValue = .object([
-                ("id", .string(id)), ("object", .string("chat.completion")), ("created", .int(created)), ("model", .string(name)),
+                ("id", .string(id)), ("object", .string("chat.completion")), ("created", .int(created)), ("model", .string(target.name)),
                 ("choices", .array(choices)), ("usage", Self.usageJSON(usage)),
             ])
             return Self.jsonResponse(json)

@@ -68,7 +68,7 @@ extension LoRAAdapter {
             if parts[5] == "lora_A" { pairs[key, default: (nil, nil)].a = name } else { pairs[key, default: (nil, nil)].b = name }
         }
         var updates = emptyUpdates(c)
-        for (key, pair) in pairs {
+        for (key, pair) in pairs.sorted(by: { ($0.key.layer, $0.key.projection.rawValue) < ($1.key.layer, $1.key.projection.rawValue) }) {
             guard let an = pair.a, let bn = pair.b else {
                 throw ModelFileError(weights, "\(key.name) has only one of lora_A and lora_B")
             }
@@ -130,7 +130,7 @@ extension LoRAAdapter {
             if parts[5] == "lora_a" { pairs[key, default: (nil, nil)].a = name } else { pairs[key, default: (nil, nil)].b = name }
         }
         var updates = emptyUpdates(c)
-        for (key, pair) in pairs {
+        for (key, pair) in pairs.sorted(by: { ($0.key.layer, $0.key.projection.rawValue) < ($1.key.layer, $1.key.projection.rawValue) }) {
             guard let an = pair.a, let bn = pair.b else { throw ModelFileError(weights, "\(key.name) has only one of lora_a and lora_b") }
             let (outDim, inDim) = key.projection.shape(c)
             guard file.shape(of: an) == [inDim, rank] else {
