@@ -6,7 +6,7 @@ APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev pkg-config python3-pip 
 VENV        := .venv-test
 PYTHON      ?= python3
 
-.PHONY: all deps build model run test bench bench-serve fixtures fixture-deps clean install uninstall
+.PHONY: all deps build model run test bench bench-serve bench-adapters fixtures fixture-deps clean install uninstall
 PREFIX      ?= /usr/local
 UNITDIR     ?= /etc/systemd/system
 
@@ -48,6 +48,9 @@ $(VENV)/ok: Tests/api/requirements.txt
 
 bench-serve: model
 	$(PYTHON) scripts/bench_serve.py --binary $(BIN)
+
+bench-adapters: model
+	$(PYTHON) scripts/bench_adapters.py --binary $(BIN)
 
 bench: model
 	$(PYTHON) scripts/bench.py --binary $(BIN)

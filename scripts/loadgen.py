@@ -65,16 +65,19 @@ async def _request(host, port, path, body, disconnect_after=None):
     return (times[0] if times else None), times, tokens, status
 
 
-async def run_level(host, port, concurrency, requests, prompt_tokens, max_tokens, vocab=150000, seed=0):
+async def run_level(host, port, concurrency, requests, prompt_tokens, max_tokens, vocab=150000, seed=0, models=None):
+    """models: names to cycle through request by request (None: the server's base model)."""
     rng = random.Random(seed)
     queue = list(range(requests))
     results = []
 
     async def worker():
         while queue:
-            queue.pop()
+            i = queue.pop()
             prompt = [rng.randrange(100, vocab) for _ in range(prompt_tokens)]
             body = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": True, "temperature": 0}
+            if models:
+                body["model"] = models[i % len(models)]
             t0 = time.perf_counter()
             ttft, times, tokens, status = await _request(host, port, "/v1/completions", body)
             results.append((ttft, times, tokens, time.perf_counter() - t0, status))
