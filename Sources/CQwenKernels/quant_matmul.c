@@ -259,37 +259,173 @@ AVX512 static inline void block_bf16(const uint8_t *b, __m512 *lo, __m512 *hi) {
     *hi = _mm512_castsi512_ps(c);
 }
 
-#define AVX512_KERNEL(NAME, BLOCK, BYTES)                                                                      \
-    AVX512 static void NAME(const void *w, int cols, int row0, int row1, const float *x, int n, int ldx,       \
-                            float *out, int ldo, int accumulate) {                                              \
+// Q4_K and Q6_K (256-value super-blocks, the default model's ffn_down) expand into an L1
+// buffer, 16 floats at a time, with the reference's operations ((d·scale)·q, minus d_min·m).
+AVX512 static inline void expand_q4_k(const uint8_t *b, float *y) {
+    const float d = f16(b), dmin = f16(b + 2);
+    const uint8_t *sc = b + 4, *q = b + 16;
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    for (int p = 0; p < 4; p++) {
+        float s1, m1, s2, m2;
+        scale_min_k4(2 * p, sc, &s1, &m1);
+        scale_min_k4(2 * p + 1, sc, &s2, &m2);
+        const __m512 d1 = _mm512_set1_ps(d * s1), mm1 = _mm512_set1_ps(dmin * m1);
+        const __m512 d2 = _mm512_set1_ps(d * s2), mm2 = _mm512_set1_ps(dmin * m2);
+        for (int h = 0; h < 2; h++) {
+            const __m128i v = _mm_loadu_si128((const __m128i *)(q + 16 * h));
+            const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, m4)));
+            const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), m4)));
+            _mm512_store_ps(y + 64 * p + 16 * h, _mm512_sub_ps(_mm512_mul_ps(d1, lo), mm1));
+            _mm512_store_ps(y + 64 * p + 32 + 16 * h, _mm512_sub_ps(_mm512_mul_ps(d2, hi), mm2));
+        }
+        q += 32;
+    }
+}
+
+AVX512 static inline void expand_q6_k(const uint8_t *b, float *y) {
+    const float d = f16(b + 208);
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    const __m128i m4 = _mm_set1_epi8(0x0F), m3 = _mm_set1_epi8(3), c32 = _mm_set1_epi8(32);
+    for (int half = 0; half < 2; half++) {
+        for (int c = 0; c < 2; c++) {  // positions 16c..16c+15 of each quarter; scale index c
+            const __m128i a = _mm_loadu_si128((const __m128i *)(ql + 16 * c));
+            const __m128i e = _mm_loadu_si128((const __m128i *)(ql + 32 + 16 * c));
+            const __m128i h = _mm_loadu_si128((const __m128i *)(qh + 16 * c));
+            // The high bits of each byte of h, moved to bits 4-5 (shifts stay inside each byte after the masks).
+            const __m128i h0 = _mm_slli_epi16(_mm_and_si128(h, m3), 4);
+            const __m128i h1 = _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 2), m3), 4);
+            const __m128i h2 = _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 4), m3), 4);
+            const __m128i h3 = _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 6), m3), 4);
+            const __m128i q1 = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(a, m4), h0), c32);
+            const __m128i q2 = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(e, m4), h1), c32);
+            const __m128i q3 = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(a, 4), m4), h2), c32);
+            const __m128i q4 = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(e, 4), m4), h3), c32);
+            float *o = y + 128 * half + 16 * c;
+            _mm512_store_ps(o, _mm512_mul_ps(_mm512_set1_ps(d * sc[c + 0]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1))));
+            _mm512_store_ps(o + 32, _mm512_mul_ps(_mm512_set1_ps(d * sc[c + 2]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q2))));
+            _mm512_store_ps(o + 64, _mm512_mul_ps(_mm512_set1_ps(d * sc[c + 4]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q3))));
+            _mm512_store_ps(o + 96, _mm512_mul_ps(_mm512_set1_ps(d * sc[c + 6]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q4))));
+        }
+        ql += 64;
+        qh += 32;
+        sc += 8;
+    }
+}
+
+// The kernels keep one accumulator register per input row; NI (1…16) is a constant in each
+// instance, so the accumulators stay in registers and one pass over the weights serves up
+// to 16 rows (decoding batches of up to 16 sequences read every weight block once).
+#define MAXROWS 16
+
+#define AVX512_KERNEL32(NAME, BLOCK, BYTES)                                                                    \
+    AVX512 static inline __attribute__((always_inline)) void NAME##_rows(                                      \
+        const void *w, int cols, int row0, int row1, const float *x, int ldx, float *out, int ldo,             \
+        int accumulate, const int NI) {                                                                        \
         const int nb = cols / 32;                                                                              \
         const long rb = (long)nb * BYTES;                                                                      \
-        for (int i0 = 0; i0 < n; i0 += MAXN) {                                                                 \
-            const int ni = n - i0 < MAXN ? n - i0 : MAXN;                                                      \
-            for (int r = row0; r < row1; r++) {                                                                \
-                const uint8_t *row = (const uint8_t *)w + (long)r * rb;                                        \
-                __m512 acc[MAXN];                                                                              \
-                for (int i = 0; i < MAXN; i++) acc[i] = _mm512_setzero_ps();                                   \
+        int r = row0;                                                                                          \
+        /* Two weight rows at a time while the accumulators fit in registers: each x load feeds two FMAs. */   \
+        if (NI >= 2 && NI <= 12) {                                                                             \
+            for (; r + 1 < row1; r += 2) {                                                                     \
+                const uint8_t *ra = (const uint8_t *)w + (long)r * rb, *rc = ra + rb;                          \
+                __m512 acc[NI], acd[NI];                                                                       \
+                for (int i = 0; i < NI; i++) acc[i] = acd[i] = _mm512_setzero_ps();                            \
                 for (int b = 0; b < nb; b++) {                                                                 \
-                    __m512 lo, hi;                                                                             \
-                    BLOCK(row + (long)b * BYTES, &lo, &hi);                                                    \
-                    const float *xb = x + (long)i0 * ldx + (long)b * 32;                                       \
-                    for (int i = 0; i < ni; i++) {                                                             \
-                        acc[i] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb + (long)i * ldx), acc[i]);             \
-                        acc[i] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + (long)i * ldx + 16), acc[i]);        \
+                    __m512 lo, hi, lo2, hi2;                                                                   \
+                    BLOCK(ra + (long)b * BYTES, &lo, &hi);                                                     \
+                    BLOCK(rc + (long)b * BYTES, &lo2, &hi2);                                                   \
+                    const float *xb = x + (long)b * 32;                                                        \
+                    for (int i = 0; i < NI; i++) {                                                             \
+                        const __m512 x0 = _mm512_loadu_ps(xb + (long)i * ldx);                                 \
+                        const __m512 x1 = _mm512_loadu_ps(xb + (long)i * ldx + 16);                            \
+                        acc[i] = _mm512_fmadd_ps(hi, x1, _mm512_fmadd_ps(lo, x0, acc[i]));                     \
+                        acd[i] = _mm512_fmadd_ps(hi2, x1, _mm512_fmadd_ps(lo2, x0, acd[i]));                   \
                     }                                                                                          \
                 }                                                                                              \
-                for (int i = 0; i < ni; i++) {                                                                 \
-                    const float s = _mm512_reduce_add_ps(acc[i]);                                              \
-                    float *o = out + (long)(i0 + i) * ldo + r;                                                 \
-                    *o = accumulate ? *o + s : s;                                                              \
+                for (int i = 0; i < NI; i++) {                                                                 \
+                    const float s = _mm512_reduce_add_ps(acc[i]), t = _mm512_reduce_add_ps(acd[i]);            \
+                    float *o = out + (long)i * ldo + r;                                                        \
+                    o[0] = accumulate ? o[0] + s : s;                                                          \
+                    o[1] = accumulate ? o[1] + t : t;                                                          \
                 }                                                                                              \
             }                                                                                                  \
         }                                                                                                      \
+        for (; r < row1; r++) {                                                                                \
+            const uint8_t *row = (const uint8_t *)w + (long)r * rb;                                            \
+            __m512 acc[NI];                                                                                    \
+            for (int i = 0; i < NI; i++) acc[i] = _mm512_setzero_ps();                                         \
+            for (int b = 0; b < nb; b++) {                                                                     \
+                __m512 lo, hi;                                                                                 \
+                BLOCK(row + (long)b * BYTES, &lo, &hi);                                                        \
+                const float *xb = x + (long)b * 32;                                                            \
+                for (int i = 0; i < NI; i++) {                                                                 \
+                    acc[i] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb + (long)i * ldx), acc[i]);                 \
+                    acc[i] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + (long)i * ldx + 16), acc[i]);            \
+                }                                                                                              \
+            }                                                                                                  \
+            for (int i = 0; i < NI; i++) {                                                                     \
+                const float s = _mm512_reduce_add_ps(acc[i]);                                                  \
+                float *o = out + (long)i * ldo + r;                                                            \
+                *o = accumulate ? *o + s : s;                                                                  \
+            }                                                                                                  \
+        }                                                                                                      \
     }
-AVX512_KERNEL(mm_q5_0_avx512, block_q5_0, 22)
-AVX512_KERNEL(mm_q8_0_avx512, block_q8_0, 34)
-AVX512_KERNEL(mm_bf16_avx512, block_bf16, 64)
+
+#define AVX512_KERNEL256(NAME, EXPAND, BYTES)                                                                  \
+    AVX512 static inline __attribute__((always_inline)) void NAME##_rows(                                      \
+        const void *w, int cols, int row0, int row1, const float *x, int ldx, float *out, int ldo,             \
+        int accumulate, const int NI) {                                                                        \
+        const int nb = cols / 256;                                                                             \
+        const long rb = (long)nb * BYTES;                                                                      \
+        float y[256] __attribute__((aligned(64)));                                                             \
+        for (int r = row0; r < row1; r++) {                                                                    \
+            const uint8_t *row = (const uint8_t *)w + (long)r * rb;                                            \
+            __m512 acc[NI];                                                                                    \
+            for (int i = 0; i < NI; i++) acc[i] = _mm512_setzero_ps();                                         \
+            for (int b = 0; b < nb; b++) {                                                                     \
+                EXPAND(row + (long)b * BYTES, y);                                                              \
+                const float *xb = x + (long)b * 256;                                                           \
+                for (int v = 0; v < 16; v++) {                                                                 \
+                    const __m512 wv = _mm512_load_ps(y + 16 * v);                                              \
+                    for (int i = 0; i < NI; i++)                                                               \
+                        acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb + (long)i * ldx + 16 * v), acc[i]);    \
+                }                                                                                              \
+            }                                                                                                  \
+            for (int i = 0; i < NI; i++) {                                                                     \
+                const float s = _mm512_reduce_add_ps(acc[i]);                                                  \
+                float *o = out + (long)i * ldo + r;                                                            \
+                *o = accumulate ? *o + s : s;                                                                  \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+
+#define ROWS_CASE(NAME, K) case K: NAME##_rows(w, cols, row0, row1, xi, ldx, oi, ldo, accumulate, K); break;
+#define AVX512_DISPATCH(NAME)                                                                                  \
+    AVX512 static void NAME(const void *w, int cols, int row0, int row1, const float *x, int n, int ldx,       \
+                            float *out, int ldo, int accumulate) {                                              \
+        for (int i0 = 0; i0 < n; i0 += MAXROWS) {                                                              \
+            const float *xi = x + (long)i0 * ldx;                                                              \
+            float *oi = out + (long)i0 * ldo;                                                                  \
+            switch (n - i0 < MAXROWS ? n - i0 : MAXROWS) {                                                     \
+                ROWS_CASE(NAME, 1) ROWS_CASE(NAME, 2) ROWS_CASE(NAME, 3) ROWS_CASE(NAME, 4)                    \
+                ROWS_CASE(NAME, 5) ROWS_CASE(NAME, 6) ROWS_CASE(NAME, 7) ROWS_CASE(NAME, 8)                    \
+                ROWS_CASE(NAME, 9) ROWS_CASE(NAME, 10) ROWS_CASE(NAME, 11) ROWS_CASE(NAME, 12)                 \
+                ROWS_CASE(NAME, 13) ROWS_CASE(NAME, 14) ROWS_CASE(NAME, 15) ROWS_CASE(NAME, 16)                \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+
+AVX512_KERNEL32(mm_q5_0_avx512, block_q5_0, 22)
+AVX512_KERNEL32(mm_q8_0_avx512, block_q8_0, 34)
+AVX512_KERNEL32(mm_bf16_avx512, block_bf16, 64)
+AVX512_KERNEL256(mm_q4_k_avx512, expand_q4_k, 144)
+AVX512_KERNEL256(mm_q6_k_avx512, expand_q6_k, 210)
+AVX512_DISPATCH(mm_q5_0_avx512)
+AVX512_DISPATCH(mm_q8_0_avx512)
+AVX512_DISPATCH(mm_bf16_avx512)
+AVX512_DISPATCH(mm_q4_k_avx512)
+AVX512_DISPATCH(mm_q6_k_avx512)
 
 static int has_avx512 = -1;
 
@@ -303,6 +439,8 @@ void qwen_quant_matmul(int type, const void *w, int cols, int row0, int row1, co
     if (has_avx512 && type == QWEN_Q5_0) { mm_q5_0_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
     if (has_avx512 && type == QWEN_Q8_0) { mm_q8_0_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
     if (has_avx512 && type == QWEN_BF16) { mm_bf16_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
+    if (has_avx512 && type == QWEN_Q4_K) { mm_q4_k_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
+    if (has_avx512 && type == QWEN_Q6_K) { mm_q6_k_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
     switch (type) {
     case QWEN_F32: mm_f32(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
     case QWEN_F16: mm_f16(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;

@@ -14,13 +14,14 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     let data: UnsafeRawPointer
     let owner: AnyObject
     let dense: F32Matrix
-    /// Up to this many rows of input go through the compact kernel (in passes of 8; measured
-    /// faster than sgemm on the f32 copy up to 16 rows with the AVX-512 block kernels).
+    /// Up to this many rows of input go through the compact kernel (one pass over the weights
+    /// for up to 16 rows; measured faster than sgemm on the f32 copy up to there).
     public static var compactRowLimit = 16
     static let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
     /// Types whose kernel beats sgemm on the f32 copy (measured, see BENCHMARKS.md): the
-    /// 32-value block formats. The K-quant kernels are correct but not yet faster.
-    static let fastTypes: Set<Int32> = [1, 2, 3, 6, 7, 8, 30]
+    /// 32-value block formats, and Q4_K/Q6_K with their AVX-512 kernels. Q5_K's generic
+    /// kernel is correct but not faster.
+    static let fastTypes: Set<Int32> = CPUFeatures.hasAVX512 ? [1, 2, 3, 6, 7, 8, 12, 14, 30] : [1, 2, 3, 6, 7, 8, 30]
     /// Use the compact kernel for every type and row count up to the limit (tests).
     public var alwaysCompact = false
 

@@ -13,6 +13,8 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("prompt-tokens")) var promptTokens = 128
     @Option(name: .customLong("gen-tokens")) var genTokens = 64
     @Option(help: "Repetitions; medians are reported.") var reps = 3
+    @Option(help: "Also decode this many sequences in lockstep (one forward per step, as the engine batches them).")
+    var batch = 0
 
     func run() throws {
         try reportingErrors {
@@ -31,13 +33,29 @@ struct Bench: ParsableCommand {
                 // The first sampled token comes from the prefill; the rest are decode steps.
                 tg.append(Double(max(r.tokens.count - 1, 1)) / r.decodeSeconds)
             }
+            var batchTokS: Double? = nil
+            if batch > 0 {
+                // Each sequence gets its own prompt, then `genTokens` decode steps of all of them at once.
+                var times: [Double] = []
+                for _ in 0..<reps {
+                    let caches = (0..<batch).map { _ in KVCache(config: m.config) }
+                    let prompts = (0..<batch).map { _ in (0..<promptTokens).map { _ in Int32(truncatingIfNeeded: rng.next() % 150_000) } }
+                    _ = try m.forward(zip(caches, prompts).map { .init(cache: $0, tokens: $1, logits: .last) })
+                    let t = Date()
+                    for step in 0..<genTokens {
+                        _ = try m.forward(caches.map { .init(cache: $0, tokens: [Int32(100 + step)]) })
+                    }
+                    times.append(Double(batch * genTokens) / Date().timeIntervalSince(t))
+                }
+                batchTokS = median(times)
+            }
             var usage = rusage()
             getrusage(RUSAGE_SELF.rawValue, &usage)
             let out: [String: Any] = [
                 "model": loaded.name, "prompt_tokens": promptTokens, "gen_tokens": genTokens, "reps": reps,
                 "pp_tok_s": median(pp), "tg_tok_s": median(tg), "load_s": loadSeconds,
                 "peak_rss_mb": Double(usage.ru_maxrss) / 1024, "blas_core": info.coreName, "blas_threads": info.threads,
-            ]
+            ].merging(batchTokS.map { ["batch": batch, "batch_tg_tok_s": $0] } ?? [:]) { a, _ in a }
             let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         }

@@ -67,7 +67,7 @@ final class CompactMatrixTests: XCTestCase {
             let compact = CompactMatrix(rows: rows, cols: cols, storageType: Int32(type.rawValue), data: raw, owner: storage, dense: storage)
             compact.alwaysCompact = true
             let dense = F32Matrix(rows: rows, cols: cols, data: storage)
-            for n in [1, 3, 8, 12] {
+            for n in [1, 3, 8, 12, 16, 17] {
                 let x = FloatBuffer((0..<(n * cols)).map { _ in rng.unit() * 2 - 1 })
                 let a = FloatBuffer(count: n * rows), b = FloatBuffer(count: n * rows)
                 compact.multiply(x.pointer, n: n, into: a.pointer, accumulate: false)
@@ -78,6 +78,50 @@ final class CompactMatrixTests: XCTestCase {
                 // Accumulating adds to what is there.
                 compact.multiply(x.pointer, n: n, into: a.pointer, accumulate: true)
                 for i in 0..<(n * rows) { XCTAssertEqual(a[i], 2 * b[i], accuracy: 2e-4 * max(1, abs(b[i])), "\(name) accumulate") }
+            }
+        }
+    }
+
+    /// Random matrices of many blocks per row and odd row counts, through every kernel path
+    /// (one and two weight rows at a time, 1–17 input rows), against the dequantized matrix.
+    func testKernelsOnRandomMatrices() throws {
+        var rng = SeededRandom(seed: 9)
+        let half: UInt16 = Float16(0.01).bitPattern
+        for type in [GGMLType.q5_0, .q8_0, .q4_K, .q6_K, .bf16, .q4_0, .q5_1, .q5_K, .f16] {
+            let cols = type.blockSize == 256 ? 512 : 96, rows = 7
+            let perRow = type.blockSize == 1 ? cols * type.blockBytes : cols / type.blockSize * type.blockBytes
+            var bytes = (0..<(rows * perRow)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            // Keep the f16 scales (and 16-bit values) finite and modest.
+            func put(_ off: Int, _ bits: UInt16) { bytes[off] = UInt8(bits & 0xFF); bytes[off + 1] = UInt8(bits >> 8) }
+            let bb = type.blockBytes
+            for blk in 0..<(bytes.count / bb) {
+                let o = blk * bb
+                switch type {
+                case .q5_0, .q8_0, .q4_0: put(o, half)
+                case .q5_1, .q4_K, .q5_K: put(o, half); put(o + 2, half)
+                case .q6_K: put(o + 208, half)
+                case .bf16: put(o, UInt16(Float(rng.unit() - 0.5).bitPattern >> 16))
+                case .f16: put(o, Float16(rng.unit() - 0.5).bitPattern)
+                default: break
+                }
+            }
+            let dense = FloatBuffer(count: rows * cols)
+            bytes.withUnsafeBytes { GGMLDequant.dequantize(type: type, src: $0.baseAddress!, dst: dense.pointer, count: rows * cols) }
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
+            defer { raw.deallocate() }
+            raw.copyMemory(from: bytes, byteCount: bytes.count)
+            let compact = CompactMatrix(rows: rows, cols: cols, storageType: Int32(type.rawValue), data: raw, owner: dense, dense: dense)
+            compact.alwaysCompact = true
+            let reference = F32Matrix(rows: rows, cols: cols, data: dense)
+            for n in [1, 2, 5, 10, 12, 13, 16] {
+                let x = FloatBuffer((0..<(n * cols)).map { _ in rng.unit() * 2 - 1 })
+                let a = FloatBuffer(count: n * rows), b = FloatBuffer(count: n * rows)
+                compact.multiply(x.pointer, n: n, into: a.pointer, accumulate: false)
+                reference.multiply(x.pointer, n: n, into: b.pointer, accumulate: false)
+                let scale = (0..<(n * rows)).map { abs(b[$0]) }.max()! + 1e-3
+                for i in 0..<(n * rows) {
+                    XCTAssertEqual(a[i], b[i], accuracy: 1e-4 * scale, "\(type) n=\(n) [\(i)]")
+                }
             }
         }
     }
