@@ -46,11 +46,12 @@ let package = Package(
         .target(name: "QwenEngine", dependencies: ["QwenModel", "QwenTokenizer", "QwenRuntime"], swiftSettings: unsafeFlags),
         .target(
             name: "QwenServer",
-            dependencies: ["QwenChat", "QwenEngine", "QwenRuntime", "QwenTokenizer", .product(name: "Hummingbird", package: "hummingbird")],
+            dependencies: ["QwenChat", "QwenEngine", "QwenRuntime", "QwenTokenizer", .product(name: "Hummingbird", package: "hummingbird"),
+                           .product(name: "Logging", package: "swift-log")],
             swiftSettings: unsafeFlags
         ),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
-        .target(name: "QwenDaemon", dependencies: ["CSystemd"], swiftSettings: unsafeFlags),
+        .target(name: "QwenDaemon", dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")], swiftSettings: unsafeFlags),
         .executableTarget(
             name: "qwen-serve",
             dependencies: [

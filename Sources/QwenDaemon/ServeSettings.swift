@@ -24,6 +24,10 @@ public struct ServeSettings: Equatable, Sendable {
     public var adapters: [NamedPath] = []
     /// An adapter applied to the base model name itself (mlx_lm.server's --adapter-path).
     public var adapterPath: String?
+    /// swift-log level, line format (text = logfmt, or json) and whether request lines carry the prompt.
+    public var logLevel = "info"
+    public var logFormat = "text"
+    public var logPrompts = false
 
     public struct NamedPath: Equatable, Sendable {
         public let name: String
@@ -38,7 +42,8 @@ public struct ServeSettings: Equatable, Sendable {
 
     public static let keys = ["model", "host", "port", "served-model-name", "kv-cache-gb", "max-running", "max-waiting",
                               "step-tokens", "chat-template-args", "max-body-mb", "shutdown-grace", "api-key-file", "api-key",
-                              "admin-api-key-file", "admin-api-key", "adapter", "adapter-path"]
+                              "admin-api-key-file", "admin-api-key", "adapter", "adapter-path",
+                              "log-level", "log-format", "log-prompts"]
 
     /// Applies one setting given as text; `source` names where it came from for errors.
     public mutating func set(_ key: String, _ raw: String, source: String) throws {
@@ -85,6 +90,18 @@ public struct ServeSettings: Equatable, Sendable {
                 adapters.append(entry)
             }
         case "adapter-path": adapterPath = value
+        case "log-level":
+            let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+            guard levels.contains(value) else { throw bad("one of \(levels.joined(separator: ", "))") }
+            logLevel = value
+        case "log-format":
+            guard value == "text" || value == "json" else { throw bad("text or json") }
+            logFormat = value
+        case "log-prompts":
+            guard let b = ["true": true, "yes": true, "1": true, "false": false, "no": false, "0": false][value.lowercased()] else {
+                throw bad("true or false")
+            }
+            logPrompts = b
         default:
             throw SettingError(description: "\(source): unknown setting '\(key)' (known: \(Self.keys.joined(separator: ", ")))")
         }
@@ -156,6 +173,9 @@ public struct ServeSettings: Equatable, Sendable {
         if !adminKeys.isEmpty { lines.append("# \(adminKeys.count) admin key(s) set") }
         for a in adapters { lines.append("adapter: \(q(a.name + "=" + a.path))") }
         if let p = adapterPath { lines.append("adapter-path: \(q(p))") }
+        lines.append("log-level: \(logLevel)")
+        lines.append("log-format: \(logFormat)")
+        lines.append("log-prompts: \(logPrompts)")
         return lines.joined(separator: "\n") + "\n"
     }
 }

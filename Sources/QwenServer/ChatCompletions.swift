@@ -20,13 +20,13 @@ extension ModelService {
         }
         let id = IDs.make("chatcmpl-")
         let created = Int(Date().timeIntervalSince1970)
-        metrics.requestStarted(promptTokens: prompt.count)
+        let record = requests.record(id: id, endpoint: "/v1/chat/completions", model: target.name, promptTokens: prompt.count, prompt: promptText, started: started)
 
         if !o.stream {
             var states = states
             let (usage, firstToken) = try await Self.collect(stream, &states, promptTokens: prompt.count)
             if Task.isCancelled { stream.cancel() }
-            metrics.requestFinished(started: started, firstToken: firstToken, completionTokens: usage.1)
+            requests.finished(record, firstToken: firstToken, completionTokens: usage.1)
             let choices: [JSONValue] = states.enumerated().map { i, s in
                 var msg: [(String, JSONValue)] = [("role", .string("assistant")), ("content", s.content.isEmpty && !s.toolCalls.isEmpty ? .null : .string(s.content))]
                 if !s.reasoning.isEmpty { msg.append(("reasoning_content", .string(s.reasoning))) }
@@ -42,7 +42,7 @@ extension ModelService {
             return Self.jsonResponse(json)
         }
 
-        let metrics = self.metrics
+        let requests = self.requests
         let name = target.name
         return Response(status: .ok, headers: Self.sseHeaders, body: ResponseBody { writer in
             var states = states
@@ -103,11 +103,11 @@ extension ModelService {
                     }
                 }
                 try await Self.endStream(&writer, usage: o.includeUsage ? chunk(nil, delta: [], logprobs: nil, finish: nil, usage: Self.usageJSON(usage)) : nil)
-                metrics.requestFinished(started: started, firstToken: firstToken, completionTokens: usage.1)
+                requests.finished(record, firstToken: firstToken, completionTokens: usage.1)
             } catch {
                 // The client went away: free the sequence now.
                 stream.cancel()
-                metrics.requestFinished(started: started, firstToken: firstToken, completionTokens: states.reduce(0) { $0 + $1.tokens }, cancelled: true)
+                requests.finished(record, firstToken: firstToken, completionTokens: states.reduce(0) { $0 + $1.tokens }, cancelled: true)
                 throw error
             }
         })

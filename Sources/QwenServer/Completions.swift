@@ -39,7 +39,7 @@ extension ModelService {
         let states = (0..<o.n).map { _ in ChoiceState(tokenizer: tokenizer, stops: o.stops, reasoning: false, tools: false, startInReasoning: false) }
         let id = IDs.make("cmpl-")
         let created = Int(Date().timeIntervalSince1970)
-        metrics.requestStarted(promptTokens: prompt.count)
+        let record = requests.record(id: id, endpoint: "/v1/completions", model: target.name, promptTokens: prompt.count, prompt: promptText, started: started)
         let echoText = o.echo ? promptText : ""
 
 
@@ -60,7 +60,7 @@ extension ModelService {
         if !o.stream {
             var states = states
             let (usage, firstToken) = try await Self.collect(stream, &states, promptTokens: prompt.count)
-            metrics.requestFinished(started: started, firstToken: firstToken, completionTokens: usage.1)
+            requests.finished(record, firstToken: firstToken, completionTokens: usage.1)
             let choices: [JSONValue] = states.enumerated().map { i, s in
                 .object([("index", .int(i)), ("text", .string(echoText + s.content)),
                          ("logprobs", o.logprobs == nil ? .null : logprobsJSON(s.rawLogprobs, offset: echoText.count)),
@@ -70,7 +70,7 @@ extension ModelService {
                                               ("model", .string(target.name)), ("choices", .array(choices)), ("usage", Self.usageJSON(usage))]))
         }
 
-        let metrics = self.metrics, name = target.name
+        let requests = self.requests, name = target.name
         return Response(status: .ok, headers: Self.sseHeaders, body: ResponseBody { writer in
             var states = states
             var firstToken: Date?
@@ -113,10 +113,10 @@ extension ModelService {
                     }
                 }
                 try await Self.endStream(&writer, usage: o.includeUsage ? chunk(nil, text: "", logprobs: nil, finish: nil, usage: Self.usageJSON(usage)) : nil)
-                metrics.requestFinished(started: started, firstToken: firstToken, completionTokens: usage.1)
+                requests.finished(record, firstToken: firstToken, completionTokens: usage.1)
             } catch {
                 stream.cancel()
-                metrics.requestFinished(started: started, firstToken: firstToken, completionTokens: states.reduce(0) { $0 + $1.tokens }, cancelled: true)
+                requests.finished(record, firstToken: firstToken, completionTokens: states.reduce(0) { $0 + $1.tokens }, cancelled: true)
                 throw error
             }
         })

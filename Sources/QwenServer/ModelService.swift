@@ -15,15 +15,19 @@ public final class ModelService: @unchecked Sendable {
     public let live: LiveSettings
     let thinkingModel: Bool
     let created = Int(Date().timeIntervalSince1970)
-    public let metrics = ServerMetrics()
+    public let metrics: ServerMetrics
+    /// Metrics and the per-request log line.
+    public let requests: RequestLog
     /// LoRA adapters served by name beside the base model.
     public let adapters: AdapterRegistry
     /// Applied when a request names the base model (mlx_lm.server's --adapter-path).
     public let defaultAdapter: LoRAAdapter?
 
     public init(name: String, engine: Engine, tokenizer: Tokenizer, live: LiveSettings = LiveSettings(),
-                defaultAdapter: LoRAAdapter? = nil) throws {
+                defaultAdapter: LoRAAdapter? = nil, requestLog: RequestLog? = nil) throws {
         self.name = name
+        requests = requestLog ?? RequestLog(metrics: ServerMetrics())
+        metrics = requests.metrics
         self.defaultAdapter = defaultAdapter
         adapters = AdapterRegistry(config: engine.model.config, baseName: name)
         self.engine = engine

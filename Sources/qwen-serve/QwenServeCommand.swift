@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import QwenKernels
 import QwenRuntime
 
@@ -11,15 +12,32 @@ struct QwenServe: AsyncParsableCommand {
         subcommands: [Serve.self, Generate.self, Fetch.self, Bench.self, FuseCommand.self])
 }
 
-/// Prints to stderr, so that stdout carries only generated text.
-func log(_ s: String) {
-    FileHandle.standardError.write(Data((s + "\n").utf8))
+/// The server's structured logger once `serve` has set up logging; nil for the other commands.
+enum ProcessLog {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var current: Logger?
+    static var logger: Logger? {
+        get { lock.withLock { current } }
+        set { lock.withLock { current = newValue } }
+    }
+}
+
+/// Messages for the operator, on stderr (stdout carries only generated text): structured
+/// lines under `serve`, plain lines for the other commands.
+func log(_ s: String) { log(s, level: .info) }
+
+func log(_ s: String, level: Logger.Level) {
+    if let l = ProcessLog.logger {
+        l.log(level: level, "\(s)")
+    } else {
+        FileHandle.standardError.write(Data((s + "\n").utf8))
+    }
 }
 
 /// Runs `body`, turning any error into a one-line message and exit status 1.
 func reportingErrors(_ body: () throws -> Void) throws {
     do { try body() } catch let e as ExitCode { throw e } catch {
-        log("qwen-serve: \(error)")
+        log("qwen-serve: \(error)", level: .error)
         throw ExitCode(1)
     }
 }

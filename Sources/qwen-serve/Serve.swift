@@ -40,6 +40,9 @@ struct Serve: AsyncParsableCommand {
     var adapter: [String] = []
     @Option(name: .customLong("adapter-path"), help: "A LoRA adapter applied to the base model name itself (as mlx_lm.server).")
     var adapterPath: String?
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. [default: info]") var logLevel: String?
+    @Option(name: .customLong("log-format"), help: "text (logfmt) or json, one line per event on stderr. [default: text]") var logFormat: String?
+    @Option(name: .customLong("log-prompts"), help: "Put prompt text in request log lines (true/false). [default: false]") var logPrompts: String?
 
     func settings() throws -> ServeSettings {
         var s = ServeSettings()
@@ -50,6 +53,7 @@ struct Serve: AsyncParsableCommand {
             ("max-running", maxRunning), ("max-waiting", maxWaiting), ("step-tokens", stepTokens),
             ("chat-template-args", chatTemplateArgs), ("max-body-mb", maxBodyMB), ("shutdown-grace", shutdownGrace),
             ("api-key-file", apiKeyFile), ("admin-api-key-file", adminAPIKeyFile), ("adapter-path", adapterPath),
+            ("log-level", logLevel), ("log-format", logFormat), ("log-prompts", logPrompts),
         ]
         for (k, v) in flags { if let v { try s.set(k, v, source: "--\(k)") } }
         for k in apiKey { try s.set("api-key", k, source: "--api-key") }
@@ -67,6 +71,8 @@ struct Serve: AsyncParsableCommand {
                 return
             }
             try s.loadAPIKeys()
+            LogfmtHandler.bootstrap(level: Logger.Level(rawValue: s.logLevel) ?? .info, format: LogfmtHandler.Format(rawValue: s.logFormat) ?? .text)
+            ProcessLog.logger = Logger(label: "qwen-serve")
             notifier.status("loading \(s.model)")
             let info = try BLAS.load()
             log("OpenBLAS kernels: \(info.coreName)\(info.chosenCoreType.map { " (OPENBLAS_CORETYPE=\($0) chosen for this CPU)" } ?? ""), \(info.threads) threads")
@@ -80,8 +86,9 @@ struct Serve: AsyncParsableCommand {
             let engine = Engine(model: loaded.model, tokenizer: loaded.tokenizer, config: ec)
             let live = LiveSettings(apiKeys: s.apiKeys, adminKeys: s.adminKeys, chatTemplateArgs: try Self.templateArgs(s))
             let baseAdapter = try s.adapterPath.map { try LoRAAdapter.load(path: $0, config: loaded.model.config) }
+            let requestLog = RequestLog(metrics: ServerMetrics(), logPrompts: s.logPrompts)
             let service = try ModelService(name: loaded.name, engine: engine, tokenizer: loaded.tokenizer, live: live,
-                                           defaultAdapter: baseAdapter)
+                                           defaultAdapter: baseAdapter, requestLog: requestLog)
             let problems = await service.adapters.reconcileStartup(s.adapters.map { ($0.name, $0.path) })
             if let first = problems.first { throw StartupError(description: first) }
             if !s.adapters.isEmpty { log("adapters: \(s.adapters.map(\.name).joined(separator: ", "))") }
@@ -118,7 +125,7 @@ struct Serve: AsyncParsableCommand {
             engine.shutdown(grace: 0)
             log("stopped")
         } catch {
-            log("qwen-serve: \(error)")
+            log("qwen-serve: \(error)", level: .error)
             throw ExitCode(1)
         }
     }

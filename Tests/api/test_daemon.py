@@ -140,3 +140,32 @@ def test_sighup_reloads_api_keys(tmp_path):
     finally:
         s.stop()
         sock.close()
+
+
+def test_structured_logs_without_prompts_unless_asked():
+    secret = "my secret prompt text"
+    s = Server(TINY, "--kv-cache-gb", "0.05", "--log-format", "json")
+    try:
+        assert s.json("POST", "/v1/completions", {"prompt": secret, "max_tokens": 3})[0] == 200
+        deadline = time.time() + 10
+        while not any('"msg":"request"' in l for l in s.log) and time.time() < deadline:
+            time.sleep(0.05)
+        import json as _json
+        lines = [_json.loads(l) for l in s.log if l.startswith("{")]
+        assert lines and all({"ts", "level", "logger", "msg"} <= set(l) for l in lines)
+        req = next(l for l in lines if l["msg"] == "request")
+        assert req["endpoint"] == "/v1/completions" and req["completion_tokens"] == "3" and req["outcome"] == "ok"
+        assert int(req["prompt_tokens"]) > 0 and "ttft_seconds" in req
+        assert not any(secret in l for l in s.log)
+    finally:
+        s.stop()
+    s = Server(TINY, "--kv-cache-gb", "0.05", "--log-prompts", "true")
+    try:
+        assert s.json("POST", "/v1/completions", {"prompt": secret, "max_tokens": 1})[0] == 200
+        deadline = time.time() + 10
+        while not any("msg=request" in l for l in s.log) and time.time() < deadline:
+            time.sleep(0.05)
+        line = next(l for l in s.log if "msg=request" in l)
+        assert f'prompt="{secret}"' in line and "level=info" in line
+    finally:
+        s.stop()
