@@ -28,6 +28,9 @@ public struct ServeSettings: Equatable, Sendable {
     public var logLevel = "info"
     public var logFormat = "text"
     public var logPrompts = false
+    /// HTTPS: a PEM certificate chain and its private key (both or neither).
+    public var tlsCertFile: String?
+    public var tlsKeyFile: String?
 
     public struct NamedPath: Equatable, Sendable {
         public let name: String
@@ -43,7 +46,7 @@ public struct ServeSettings: Equatable, Sendable {
     public static let keys = ["model", "host", "port", "served-model-name", "kv-cache-gb", "max-running", "max-waiting",
                               "step-tokens", "chat-template-args", "max-body-mb", "shutdown-grace", "api-key-file", "api-key",
                               "admin-api-key-file", "admin-api-key", "adapter", "adapter-path",
-                              "log-level", "log-format", "log-prompts"]
+                              "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file"]
 
     /// Applies one setting given as text; `source` names where it came from for errors.
     public mutating func set(_ key: String, _ raw: String, source: String) throws {
@@ -94,6 +97,8 @@ public struct ServeSettings: Equatable, Sendable {
             let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
             guard levels.contains(value) else { throw bad("one of \(levels.joined(separator: ", "))") }
             logLevel = value
+        case "tls-cert-file": tlsCertFile = value
+        case "tls-key-file": tlsKeyFile = value
         case "log-format":
             guard value == "text" || value == "json" else { throw bad("text or json") }
             logFormat = value
@@ -136,6 +141,13 @@ public struct ServeSettings: Equatable, Sendable {
         }
     }
 
+    /// Checks settings that only make sense together.
+    public func validate() throws {
+        if (tlsCertFile == nil) != (tlsKeyFile == nil) {
+            throw SettingError(description: "tls-cert-file and tls-key-file must be given together")
+        }
+    }
+
     /// Reads the key files (one key per line, # comments) into `apiKeys` and `adminKeys`.
     public mutating func loadAPIKeys() throws {
         if let path = apiKeyFile { apiKeys += try Self.keys(file: path, setting: "api-key-file") }
@@ -173,6 +185,8 @@ public struct ServeSettings: Equatable, Sendable {
         if !adminKeys.isEmpty { lines.append("# \(adminKeys.count) admin key(s) set") }
         for a in adapters { lines.append("adapter: \(q(a.name + "=" + a.path))") }
         if let p = adapterPath { lines.append("adapter-path: \(q(p))") }
+        if let c = tlsCertFile { lines.append("tls-cert-file: \(q(c))") }
+        if let k = tlsKeyFile { lines.append("tls-key-file: \(q(k))") }
         lines.append("log-level: \(logLevel)")
         lines.append("log-format: \(logFormat)")
         lines.append("log-prompts: \(logPrompts)")

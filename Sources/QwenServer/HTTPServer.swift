@@ -1,5 +1,8 @@
 import Foundation
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
+import NIOSSL
 import Logging
 import QwenChat
 import QwenEngine
@@ -10,6 +13,9 @@ public struct HTTPServer {
         public var host = "127.0.0.1"
         public var port = 8080
         public var maxBodyBytes = 8 << 20
+        /// PEM files; with both set the server speaks HTTPS only.
+        public var tlsCertificateFile: String?
+        public var tlsKeyFile: String?
         public init() {}
     }
 
@@ -21,7 +27,29 @@ public struct HTTPServer {
         self.config = config
     }
 
-    public func makeApplication(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> some ApplicationProtocol {
+    public struct TLSError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// The HTTP/1.1 server, wrapped in TLS when certificate and key are configured.
+    func serverBuilder() throws -> HTTPServerBuilder {
+        guard let certFile = config.tlsCertificateFile, let keyFile = config.tlsKeyFile else { return .http1() }
+        let chain: [NIOSSLCertificate]
+        do { chain = try NIOSSLCertificate.fromPEMFile(certFile) } catch {
+            throw TLSError(description: "\(certFile): not a readable PEM certificate (\(error))")
+        }
+        guard !chain.isEmpty else { throw TLSError(description: "\(certFile): holds no certificate") }
+        let key: NIOSSLPrivateKey
+        do { key = try NIOSSLPrivateKey(file: keyFile, format: .pem) } catch {
+            throw TLSError(description: "\(keyFile): not a readable PEM private key (\(error))")
+        }
+        let tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        do { return try .tls(.http1(), tlsConfiguration: tls) } catch {
+            throw TLSError(description: "\(certFile), \(keyFile): the certificate and key cannot be used together (\(error))")
+        }
+    }
+
+    public func makeApplication(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol {
         let router = Router()
         router.middlewares.add(ErrorMiddleware(metrics: service.metrics))
         router.middlewares.add(AuthMiddleware(live: service.live))
@@ -70,7 +98,8 @@ public struct HTTPServer {
         }
         var logger = Logger(label: "qwen-serve.http")
         logger.logLevel = .warning
-        return Application(router: router, configuration: .init(address: .hostname(config.host, port: config.port), serverName: "qwen-serve"),
+        return Application(router: router, server: try serverBuilder(),
+                           configuration: .init(address: .hostname(config.host, port: config.port), serverName: "qwen-serve"),
                            onServerRunning: { ch in await onRunning(ch.localAddress?.port ?? 0) }, logger: logger)
     }
 

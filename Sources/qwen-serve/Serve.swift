@@ -40,6 +40,8 @@ struct Serve: AsyncParsableCommand {
     var adapter: [String] = []
     @Option(name: .customLong("adapter-path"), help: "A LoRA adapter applied to the base model name itself (as mlx_lm.server).")
     var adapterPath: String?
+    @Option(name: .customLong("tls-cert-file"), help: "Serve HTTPS with this PEM certificate chain (needs --tls-key-file).") var tlsCertFile: String?
+    @Option(name: .customLong("tls-key-file"), help: "The PEM private key of --tls-cert-file.") var tlsKeyFile: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. [default: info]") var logLevel: String?
     @Option(name: .customLong("log-format"), help: "text (logfmt) or json, one line per event on stderr. [default: text]") var logFormat: String?
     @Option(name: .customLong("log-prompts"), help: "Put prompt text in request log lines (true/false). [default: false]") var logPrompts: String?
@@ -54,6 +56,7 @@ struct Serve: AsyncParsableCommand {
             ("chat-template-args", chatTemplateArgs), ("max-body-mb", maxBodyMB), ("shutdown-grace", shutdownGrace),
             ("api-key-file", apiKeyFile), ("admin-api-key-file", adminAPIKeyFile), ("adapter-path", adapterPath),
             ("log-level", logLevel), ("log-format", logFormat), ("log-prompts", logPrompts),
+            ("tls-cert-file", tlsCertFile), ("tls-key-file", tlsKeyFile),
         ]
         for (k, v) in flags { if let v { try s.set(k, v, source: "--\(k)") } }
         for k in apiKey { try s.set("api-key", k, source: "--api-key") }
@@ -70,6 +73,7 @@ struct Serve: AsyncParsableCommand {
                 print(s.rendered, terminator: "")
                 return
             }
+            try s.validate()
             try s.loadAPIKeys()
             LogfmtHandler.bootstrap(level: Logger.Level(rawValue: s.logLevel) ?? .info, format: LogfmtHandler.Format(rawValue: s.logFormat) ?? .text)
             ProcessLog.logger = Logger(label: "qwen-serve")
@@ -106,9 +110,12 @@ struct Serve: AsyncParsableCommand {
             hc.host = s.host
             hc.port = s.port
             hc.maxBodyBytes = s.maxBodyMB << 20
+            hc.tlsCertificateFile = s.tlsCertFile
+            hc.tlsKeyFile = s.tlsKeyFile
+            let scheme = s.tlsCertFile == nil ? "http" : "https"
             let name = loaded.name, listenHost = s.host, positions = ec.kvBlocks * ec.blockSize
-            let app = HTTPServer(service: service, config: hc).makeApplication { port in
-                log("serving \(name) on http://\(listenHost):\(port) (KV cache: \(positions) positions)")
+            let app = try HTTPServer(service: service, config: hc).makeApplication { port in
+                log("serving \(name) on \(scheme)://\(listenHost):\(port) (KV cache: \(positions) positions)")
                 notifier.ready(status: "serving \(name) on \(listenHost):\(port)")
             }
             // On SIGTERM/SIGINT the drain service (shut down first) tells systemd, lets the

@@ -27,7 +27,7 @@ class Server:
         self.port = None
         for line in self.proc.stderr:
             self.log.append(line)
-            m = re.search(r"serving (\S+) on http://[^:]+:(\d+)", line)
+            m = re.search(r"serving (\S+) on https?://[^:]+:(\d+)", line)
             if m:
                 self.name, self.port = m.group(1), int(m.group(2))
                 break

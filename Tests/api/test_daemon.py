@@ -1,5 +1,6 @@
 """The daemon side: the sd_notify protocol against a real NOTIFY_SOCKET, the systemd
 unit, API keys, and configuration precedence."""
+import json
 import os
 import shutil
 import signal
@@ -169,3 +170,32 @@ def test_structured_logs_without_prompts_unless_asked():
         assert f'prompt="{secret}"' in line and "level=info" in line
     finally:
         s.stop()
+
+
+def test_tls_with_certificate_files(tmp_path):
+    import ssl
+    import urllib.request
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    s = Server(TINY, "--kv-cache-gb", "0.05", "--tls-cert-file", cert, "--tls-key-file", key)
+    try:
+        assert any("on https://" in l for l in s.log)
+        ctx = ssl.create_default_context(cafile=cert)
+        with urllib.request.urlopen(f"https://127.0.0.1:{s.port}/v1/models", context=ctx, timeout=30) as r:
+            assert r.status == 200 and b'"object":"list"' in r.read()
+        req = urllib.request.Request(f"https://127.0.0.1:{s.port}/v1/completions", method="POST",
+                                     data=b'{"prompt": "hi", "max_tokens": 2}', headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            assert json.loads(r.read())["usage"]["completion_tokens"] == 2
+        # Plain HTTP on the TLS port gets nowhere.
+        with pytest.raises(Exception):
+            urllib.request.urlopen(f"http://127.0.0.1:{s.port}/health", timeout=10).read()
+    finally:
+        s.stop()
+    # Half a configuration, or files that are not PEM, stop start-up with the file named.
+    r = subprocess.run([BIN, "serve", "--model", TINY, "--port", "0", "--tls-cert-file", cert], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "tls-key-file" in r.stderr
+    r = subprocess.run([BIN, "serve", "--model", TINY, "--port", "0", "--tls-cert-file", TINY + "/config.json", "--tls-key-file", key],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "config.json" in r.stderr and "PEM certificate" in r.stderr
