@@ -66,14 +66,15 @@ fixtures: fixture-deps model
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/qwen-serve
 	install -D -m 0644 deploy/qwen-serve.service $(DESTDIR)$(UNITDIR)/qwen-serve.service
+	install -D -m 0644 deploy/qwen-serve.socket $(DESTDIR)$(UNITDIR)/qwen-serve.socket
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/qwen-serve/README.md
 	[ -e $(DESTDIR)/etc/qwen-serve/config.yaml ] || install -D -m 0644 deploy/config.yaml $(DESTDIR)/etc/qwen-serve/config.yaml
 	[ -e $(DESTDIR)/etc/qwen-serve/env ] || install -D -m 0600 deploy/env $(DESTDIR)/etc/qwen-serve/env
 	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
 
 uninstall:
-	-systemctl disable --now qwen-serve 2>/dev/null || true
-	rm -f $(DESTDIR)$(PREFIX)/bin/qwen-serve $(DESTDIR)$(UNITDIR)/qwen-serve.service
+	-systemctl disable --now qwen-serve.socket qwen-serve 2>/dev/null || true
+	rm -f $(DESTDIR)$(PREFIX)/bin/qwen-serve $(DESTDIR)$(UNITDIR)/qwen-serve.service $(DESTDIR)$(UNITDIR)/qwen-serve.socket
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/qwen-serve
 	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
 	@echo "kept /etc/qwen-serve (your configuration)"

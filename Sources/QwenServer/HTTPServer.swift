@@ -33,7 +33,14 @@ public struct HTTPServer {
 
     /// The HTTP/1.1 server, wrapped in TLS when certificate and key are configured.
     func serverBuilder() throws -> HTTPServerBuilder {
-        guard let certFile = config.tlsCertificateFile, let keyFile = config.tlsKeyFile else { return .http1() }
+        guard let tls = try tlsConfiguration() else { return .http1() }
+        do { return try .tls(.http1(), tlsConfiguration: tls) } catch {
+            throw TLSError(description: "\(config.tlsCertificateFile ?? ""), \(config.tlsKeyFile ?? ""): the certificate and key cannot be used together (\(error))")
+        }
+    }
+
+    func tlsConfiguration() throws -> TLSConfiguration? {
+        guard let certFile = config.tlsCertificateFile, let keyFile = config.tlsKeyFile else { return nil }
         let chain: [NIOSSLCertificate]
         do { chain = try NIOSSLCertificate.fromPEMFile(certFile) } catch {
             throw TLSError(description: "\(certFile): not a readable PEM certificate (\(error))")
@@ -43,13 +50,19 @@ public struct HTTPServer {
         do { key = try NIOSSLPrivateKey(file: keyFile, format: .pem) } catch {
             throw TLSError(description: "\(keyFile): not a readable PEM private key (\(error))")
         }
-        let tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
-        do { return try .tls(.http1(), tlsConfiguration: tls) } catch {
-            throw TLSError(description: "\(certFile), \(keyFile): the certificate and key cannot be used together (\(error))")
-        }
+        return TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
     }
 
     public func makeApplication(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol {
+        var logger = Logger(label: "qwen-serve.http")
+        logger.logLevel = .warning
+        return Application(router: makeRouter(), server: try serverBuilder(),
+                           configuration: .init(address: .hostname(config.host, port: config.port), serverName: "qwen-serve"),
+                           onServerRunning: { ch in await onRunning(ch.localAddress?.port ?? 0) }, logger: logger)
+    }
+
+    /// Every route, behind the error and authentication middleware.
+    func makeRouter() -> Router<BasicRequestContext> {
         let router = Router()
         router.middlewares.add(ErrorMiddleware(metrics: service.metrics))
         router.middlewares.add(AuthMiddleware(live: service.live))
@@ -96,11 +109,7 @@ public struct HTTPServer {
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: s.metrics.render(engine: s.engine.snapshot, adapters: s.adapters.all.count))))
         }
-        var logger = Logger(label: "qwen-serve.http")
-        logger.logLevel = .warning
-        return Application(router: router, server: try serverBuilder(),
-                           configuration: .init(address: .hostname(config.host, port: config.port), serverName: "qwen-serve"),
-                           onServerRunning: { ch in await onRunning(ch.localAddress?.port ?? 0) }, logger: logger)
+        return router
     }
 
     static func body(_ req: Request, limit: Int) async throws -> JSONValue {

@@ -114,9 +114,20 @@ struct Serve: AsyncParsableCommand {
             hc.tlsKeyFile = s.tlsKeyFile
             let scheme = s.tlsCertFile == nil ? "http" : "https"
             let name = loaded.name, listenHost = s.host, positions = ec.kvBlocks * ec.blockSize
-            let app = try HTTPServer(service: service, config: hc).makeApplication { port in
-                log("serving \(name) on \(scheme)://\(listenHost):\(port) (KV cache: \(positions) positions)")
-                notifier.ready(status: "serving \(name) on \(listenHost):\(port)")
+            let http = HTTPServer(service: service, config: hc)
+            let app: any Service
+            if let fd = try SocketActivation.listeningSocket() {
+                // systemd opened the port (qwen-serve.socket): adopt it instead of binding host:port.
+                let local = Self.localAddress(fd)
+                app = try http.makeActivatedService(fd: fd) { port in
+                    log("serving \(name) on \(scheme)://\(local.host):\(port) (socket from systemd; KV cache: \(positions) positions)")
+                    notifier.ready(status: "serving \(name) on \(local.host):\(port)")
+                }
+            } else {
+                app = try http.makeApplication { port in
+                    log("serving \(name) on \(scheme)://\(listenHost):\(port) (KV cache: \(positions) positions)")
+                    notifier.ready(status: "serving \(name) on \(listenHost):\(port)")
+                }
             }
             // On SIGTERM/SIGINT the drain service (shut down first) tells systemd, lets the
             // engine give running requests the grace period and then cancel the rest; the
@@ -139,6 +150,22 @@ struct Serve: AsyncParsableCommand {
 }
 
 extension Serve {
+    /// The address a socket is bound to, for the log line.
+    static func localAddress(_ fd: CInt) -> (host: String, port: Int) {
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let ok = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } } == 0
+        guard ok else { return ("?", 0) }
+        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST)), port = [CChar](repeating: 0, count: Int(NI_MAXSERV))
+        let rc = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                getnameinfo($0, len, &host, socklen_t(host.count), &port, socklen_t(port.count), NI_NUMERICHOST | NI_NUMERICSERV)
+            }
+        }
+        guard rc == 0 else { return ("?", 0) }
+        return (String(cString: host), Int(String(cString: port)) ?? 0)
+    }
+
     static func templateArgs(_ s: ServeSettings) throws -> [(String, JSONValue)] {
         try s.chatTemplateArgs.map { try JSONValue.parse($0).object ?? [] } ?? []
     }

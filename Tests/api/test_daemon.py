@@ -63,9 +63,46 @@ def test_systemd_unit_verifies(tmp_path):
         pytest.skip("systemd-analyze is not installed")
     unit = open(os.path.join(REPO, "deploy", "qwen-serve.service")).read().replace("/usr/local/bin/qwen-serve", os.path.abspath(BIN))
     (tmp_path / "qwen-serve.service").write_text(unit)
-    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "qwen-serve.service")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    shutil.copy(os.path.join(REPO, "deploy", "qwen-serve.socket"), tmp_path / "qwen-serve.socket")
+    for name in ["qwen-serve.service", "qwen-serve.socket"]:
+        r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
     assert "Type=notify" in unit and "WatchdogSec=" in unit
+
+
+def test_socket_activation():
+    """systemd-socket-activate does what a .socket unit does: it holds the port, starts the
+    server on the first connection and passes the listening socket (LISTEN_FDS)."""
+    if not shutil.which("systemd-socket-activate"):
+        pytest.skip("systemd-socket-activate is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    p = subprocess.Popen(["systemd-socket-activate", "-l", f"127.0.0.1:{port}", os.path.abspath(BIN), "serve", "--model", TINY,
+                          "--kv-cache-gb", "0.05", "--port", "1"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 30
+        while True:  # wait until the activator listens
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline
+                time.sleep(0.1)
+        # The first connection started the server; this request waited in the backlog.
+        import urllib.request
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=b'{"prompt": "hi", "max_tokens": 2}',
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200 and json.loads(r.read())["usage"]["completion_tokens"] == 2
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 0
+        err = p.stderr.read()
+        # It adopted the socket rather than binding --port 1 (which it could not have).
+        assert f"127.0.0.1:{port} (socket from systemd" in err, err
+    finally:
+        if p.poll() is None:
+            p.kill()
 
 
 def test_api_keys(tmp_path):
