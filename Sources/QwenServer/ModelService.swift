@@ -24,12 +24,12 @@ public final class ModelService: @unchecked Sendable {
     public let defaultAdapter: LoRAAdapter?
 
     public init(name: String, engine: Engine, tokenizer: Tokenizer, live: LiveSettings = LiveSettings(),
-                defaultAdapter: LoRAAdapter? = nil, requestLog: RequestLog? = nil) throws {
+                defaultAdapter: LoRAAdapter? = nil, requestLog: RequestLog? = nil, background: BackgroundWork = BackgroundWork()) throws {
         self.name = name
         requests = requestLog ?? RequestLog(metrics: ServerMetrics())
         metrics = requests.metrics
         self.defaultAdapter = defaultAdapter
-        adapters = AdapterRegistry(config: engine.model.config, baseName: name)
+        adapters = AdapterRegistry(config: engine.model.config, baseName: name, background: background)
         self.engine = engine
         self.tokenizer = tokenizer
         // Parse the template now: an unsupported construct stops start-up, not a request.

@@ -132,11 +132,12 @@ struct Serve: AsyncParsableCommand {
             // On SIGTERM/SIGINT the drain service (shut down first) tells systemd, lets the
             // engine give running requests the grace period and then cancel the rest; the
             // HTTP server meanwhile stops accepting and waits for its handlers, which end
-            // as their requests do.
+            // as their requests do; last, registered background work gets what is left of it.
             let drain = DrainService(engine: engine, notifier: notifier, grace: s.shutdownGrace)
+            let backgroundDrain = BackgroundDrainService(background: service.adapters.background, grace: s.shutdownGrace)
             var logger = Logger(label: "qwen-serve")
             logger.logLevel = .warning
-            let group = ServiceGroup(configuration: .init(services: [.init(service: app), .init(service: drain)],
+            let group = ServiceGroup(configuration: .init(services: [.init(service: backgroundDrain), .init(service: app), .init(service: drain)],
                                                           gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
             hangup.cancel()
@@ -210,9 +211,22 @@ struct DrainService: Service {
 
     func run() async throws {
         try? await gracefulShutdown()
-        log("stopping: in-flight requests get \(grace) s to finish")
+        log("stopping: in-flight requests and background work get \(grace) s to finish")
         notifier.stopping(status: "draining")
         let (engine, grace) = (engine, grace)
         Thread.detachNewThread { engine.shutdown(grace: grace) }
+    }
+}
+
+/// Shut down last (after the HTTP server has stopped accepting and finished its requests):
+/// waits for registered background work, up to the grace period.
+struct BackgroundDrainService: Service {
+    let background: BackgroundWork
+    let grace: Double
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        let left = await background.drain(timeout: grace)
+        if !left.isEmpty { log("stopping with background work unfinished: \(left.joined(separator: ", "))", level: .warning) }
     }
 }

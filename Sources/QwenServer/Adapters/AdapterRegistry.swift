@@ -19,12 +19,15 @@ public final class AdapterRegistry: @unchecked Sendable {
 
     let config: QwenConfig
     let baseName: String
+    /// Loads register here, so shutdown waits for them.
+    public let background: BackgroundWork
     private let lock = NSLock()
     private var entries: [String: Entry] = [:]
 
-    public init(config: QwenConfig, baseName: String) {
+    public init(config: QwenConfig, baseName: String, background: BackgroundWork = BackgroundWork()) {
         self.config = config
         self.baseName = baseName
+        self.background = background
     }
 
     /// What a name may look like: it goes into URLs and metric labels.
@@ -54,7 +57,9 @@ public final class AdapterRegistry: @unchecked Sendable {
         }
         guard name != baseName else { throw RegistryError(description: "'\(name)' is the base model's name") }
         let config = self.config
-        let adapter = try await Task.detached(priority: .utility) { try LoRAAdapter.load(path: path, config: config) }.value
+        let adapter = try await background.run("load adapter \(name)") {
+            try await Task.detached(priority: .utility) { try LoRAAdapter.load(path: path, config: config) }.value
+        }
         let entry = Entry(name: name, adapter: adapter, origin: origin, created: Int(Date().timeIntervalSince1970))
         lock.withLock { entries[name] = entry }
         return entry

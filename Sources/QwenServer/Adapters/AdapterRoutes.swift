@@ -37,6 +37,8 @@ extension ModelService {
             throw APIError(.badRequest, "cannot load adapter '\(n)': \(e)", param: pathKey, code: "invalid_adapter")
         } catch let e as AdapterRegistry.RegistryError {
             throw APIError(.badRequest, e.description, param: nameKey, code: "invalid_value")
+        } catch let e as BackgroundWork.StoppingError {
+            throw APIError(.serviceUnavailable, e.description, type: "server_error", code: "shutting_down")
         }
         if vllm { return Self.textResponse("Success: LoRA adapter '\(n)' added successfully.") }
         return Self.jsonResponse(adapterJSON(entry))
