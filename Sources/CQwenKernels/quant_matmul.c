@@ -318,6 +318,16 @@ AVX512 static inline void expand_q6_k(const uint8_t *b, float *y) {
 // to 16 rows (decoding batches of up to 16 sequences read every weight block once).
 #define MAXROWS 16
 
+/// out[i * ldo] (+)= the sum of acc[i]'s lanes, for each of the NI input rows.
+AVX512 static inline __attribute__((always_inline)) void store_sums(const __m512 *acc, const int NI, float *out, int ldo,
+                                                                    int accumulate) {
+    for (int i = 0; i < NI; i++) {
+        const float s = _mm512_reduce_add_ps(acc[i]);
+        float *o = out + (long)i * ldo;
+        *o = accumulate ? *o + s : s;
+    }
+}
+
 #define AVX512_KERNEL32(NAME, BLOCK, BYTES)                                                                    \
     AVX512 static inline __attribute__((always_inline)) void NAME##_rows(                                      \
         const void *w, int cols, int row0, int row1, const float *x, int ldx, float *out, int ldo,             \
@@ -343,12 +353,8 @@ AVX512 static inline void expand_q6_k(const uint8_t *b, float *y) {
                         acd[i] = _mm512_fmadd_ps(hi2, x1, _mm512_fmadd_ps(lo2, x0, acd[i]));                   \
                     }                                                                                          \
                 }                                                                                              \
-                for (int i = 0; i < NI; i++) {                                                                 \
-                    const float s = _mm512_reduce_add_ps(acc[i]), t = _mm512_reduce_add_ps(acd[i]);            \
-                    float *o = out + (long)i * ldo + r;                                                        \
-                    o[0] = accumulate ? o[0] + s : s;                                                          \
-                    o[1] = accumulate ? o[1] + t : t;                                                          \
-                }                                                                                              \
+                store_sums(acc, NI, out + r, ldo, accumulate);                                                 \
+                store_sums(acd, NI, out + r + 1, ldo, accumulate);                                             \
             }                                                                                                  \
         }                                                                                                      \
         for (; r < row1; r++) {                                                                                \
@@ -364,11 +370,7 @@ AVX512 static inline void expand_q6_k(const uint8_t *b, float *y) {
                     acc[i] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + (long)i * ldx + 16), acc[i]);            \
                 }                                                                                              \
             }                                                                                                  \
-            for (int i = 0; i < NI; i++) {                                                                     \
-                const float s = _mm512_reduce_add_ps(acc[i]);                                                  \
-                float *o = out + (long)i * ldo + r;                                                            \
-                *o = accumulate ? *o + s : s;                                                                  \
-            }                                                                                                  \
+            store_sums(acc, NI, out + r, ldo, accumulate);                                                     \
         }                                                                                                      \
     }
 
@@ -392,11 +394,7 @@ AVX512 static inline void expand_q6_k(const uint8_t *b, float *y) {
                         acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb + (long)i * ldx + 16 * v), acc[i]);    \
                 }                                                                                              \
             }                                                                                                  \
-            for (int i = 0; i < NI; i++) {                                                                     \
-                const float s = _mm512_reduce_add_ps(acc[i]);                                                  \
-                float *o = out + (long)i * ldo + r;                                                            \
-                *o = accumulate ? *o + s : s;                                                                  \
-            }                                                                                                  \
+            store_sums(acc, NI, out + r, ldo, accumulate);                                                     \
         }                                                                                                      \
     }
 
