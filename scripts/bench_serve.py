@@ -7,6 +7,7 @@ Writes the table, with the command line, into BENCHMARKS.md.
 """
 import argparse
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -87,6 +88,14 @@ def main():
         proc.terminate()
         proc.wait(timeout=60)
 
+    # Where the time goes: decode steps alone (no HTTP, no prefill), 1 and 10 sequences in
+    # lockstep, and prompt processing, which costs the same per token at any concurrency.
+    engine = {}
+    for b in (1, 10):
+        out = subprocess.run([a.binary, "bench", "--model", a.model, "--prompt-tokens", str(a.prompt_tokens), "--gen-tokens", "64",
+                              "--reps", "3", "--batch", str(b)], capture_output=True, text=True, check=True).stdout
+        engine[b] = json.loads(out.strip().splitlines()[-1])
+
     base = rows[0]["output_tok_s"]
     cmd = f"make bench-serve  # python3 scripts/bench_serve.py --levels {a.levels} --prompt-tokens {a.prompt_tokens} --max-tokens {a.max_tokens} --storm {a.storm}"
     lines = [f"## Concurrent load ({time.strftime('%Y-%m-%d')}, default model, {os.cpu_count()} cores)", "", f"Command: `{cmd}`", "",
@@ -98,6 +107,11 @@ def main():
         lines.append(f"| {r['concurrency']} | {r['succeeded']}/{r['requests']} | {r['output_tok_s']:.1f} | {r['output_tok_s'] / base:.2f}× | "
                      f"{r['requests_s']:.3f} | {r['ttft_mean_s']:.2f} | {r['ttft_p50_s']:.2f} | {r['ttft_p99_s']:.2f} | "
                      f"{r['tpot_mean_s']:.3f} | {r['e2e_mean_s']:.1f} |")
+    d1, d10, pp = engine[1]["batch_tg_tok_s"], engine[10]["batch_tg_tok_s"], engine[1]["pp_tok_s"]
+    lines += ["", f"Decode steps alone (`qwen-serve bench --batch`, no HTTP and no prefill): 1 sequence {d1:.1f} tok/s, "
+              f"10 in lockstep {d10:.1f} tok/s ({d10 / d1:.2f}×). Prompt processing runs at {pp:.0f} tok/s whatever the "
+              f"concurrency, so each {a.prompt_tokens}-token prompt costs {a.prompt_tokens / pp:.2f} s that batching cannot share: "
+              f"at concurrency 10 the prompts alone take {10 * a.prompt_tokens / pp:.1f} s of every wave of 10 requests."]
     if storm:
         lines += ["", f"Disconnect storm: {storm['clients']} clients hanging up at random; server alive: {storm['alive']}; "
                   f"/health answered {storm['health']['ok']} times, failed {storm['health']['bad']}, slowest {storm['health']['max_s']:.3f} s; "

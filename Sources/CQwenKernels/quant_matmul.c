@@ -282,6 +282,29 @@ AVX512 static inline void expand_q4_k(const uint8_t *b, float *y) {
     }
 }
 
+AVX512 static inline void expand_q5_k(const uint8_t *b, float *y) {
+    const float d = f16(b), dmin = f16(b + 2);
+    const uint8_t *sc = b + 4, *qh = b + 16, *q = b + 48;
+    const __m128i m4 = _mm_set1_epi8(0x0F), c16 = _mm_set1_epi8(16);
+    for (int p = 0; p < 4; p++) {
+        float s1, m1, s2, m2;
+        scale_min_k4(2 * p, sc, &s1, &m1);
+        scale_min_k4(2 * p + 1, sc, &s2, &m2);
+        const __m512 d1 = _mm512_set1_ps(d * s1), mm1 = _mm512_set1_ps(dmin * m1);
+        const __m512 d2 = _mm512_set1_ps(d * s2), mm2 = _mm512_set1_ps(dmin * m2);
+        const __m128i u1 = _mm_set1_epi8((char)(1 << (2 * p))), u2 = _mm_set1_epi8((char)(2 << (2 * p)));
+        for (int h = 0; h < 2; h++) {
+            const __m128i v = _mm_loadu_si128((const __m128i *)(q + 16 * h));
+            const __m128i hb = _mm_loadu_si128((const __m128i *)(qh + 16 * h));
+            const __m128i l = _mm_or_si128(_mm_and_si128(v, m4), _mm_maskz_mov_epi8(_mm_test_epi8_mask(hb, u1), c16));
+            const __m128i u = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_maskz_mov_epi8(_mm_test_epi8_mask(hb, u2), c16));
+            _mm512_store_ps(y + 64 * p + 16 * h, _mm512_sub_ps(_mm512_mul_ps(d1, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(l))), mm1));
+            _mm512_store_ps(y + 64 * p + 32 + 16 * h, _mm512_sub_ps(_mm512_mul_ps(d2, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(u))), mm2));
+        }
+        q += 32;
+    }
+}
+
 AVX512 static inline void expand_q6_k(const uint8_t *b, float *y) {
     const float d = f16(b + 208);
     const uint8_t *ql = b, *qh = b + 128;
@@ -418,11 +441,13 @@ AVX512_KERNEL32(mm_q5_0_avx512, block_q5_0, 22)
 AVX512_KERNEL32(mm_q8_0_avx512, block_q8_0, 34)
 AVX512_KERNEL32(mm_bf16_avx512, block_bf16, 64)
 AVX512_KERNEL256(mm_q4_k_avx512, expand_q4_k, 144)
+AVX512_KERNEL256(mm_q5_k_avx512, expand_q5_k, 176)
 AVX512_KERNEL256(mm_q6_k_avx512, expand_q6_k, 210)
 AVX512_DISPATCH(mm_q5_0_avx512)
 AVX512_DISPATCH(mm_q8_0_avx512)
 AVX512_DISPATCH(mm_bf16_avx512)
 AVX512_DISPATCH(mm_q4_k_avx512)
+AVX512_DISPATCH(mm_q5_k_avx512)
 AVX512_DISPATCH(mm_q6_k_avx512)
 
 static int has_avx512 = -1;
@@ -438,6 +463,7 @@ void qwen_quant_matmul(int type, const void *w, int cols, int row0, int row1, co
     if (has_avx512 && type == QWEN_Q8_0) { mm_q8_0_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
     if (has_avx512 && type == QWEN_BF16) { mm_bf16_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
     if (has_avx512 && type == QWEN_Q4_K) { mm_q4_k_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
+    if (has_avx512 && type == QWEN_Q5_K) { mm_q5_k_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
     if (has_avx512 && type == QWEN_Q6_K) { mm_q6_k_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
     switch (type) {
     case QWEN_F32: mm_f32(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;

@@ -19,9 +19,9 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     public static var compactRowLimit = 16
     static let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
     /// Types whose kernel beats sgemm on the f32 copy (measured, see BENCHMARKS.md): the
-    /// 32-value block formats, and Q4_K/Q6_K with their AVX-512 kernels. Q5_K's generic
-    /// kernel is correct but not faster.
-    static let fastTypes: Set<Int32> = CPUFeatures.hasAVX512 ? [1, 2, 3, 6, 7, 8, 12, 14, 30] : [1, 2, 3, 6, 7, 8, 30]
+    /// 32-value block formats, and the K-quants with their AVX-512 kernels (their generic
+    /// kernels are correct but not faster than sgemm).
+    static let fastTypes: Set<Int32> = CPUFeatures.hasAVX512 ? [1, 2, 3, 6, 7, 8, 12, 13, 14, 30] : [1, 2, 3, 6, 7, 8, 30]
     /// Use the compact kernel for every type and row count up to the limit (tests).
     public var alwaysCompact = false
 
