@@ -82,9 +82,9 @@ def random_qwen3(repo):
     return d
 
 
-def ours(binary, model, pp, tg, reps):
+def ours(binary, model, pp, tg, reps, extra=()):
     out = subprocess.run([binary, "bench", "--model", model, "--prompt-tokens", str(pp), "--gen-tokens", str(tg),
-                          "--reps", str(reps)], check=True, capture_output=True, text=True).stdout
+                          "--reps", str(reps), *extra], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -129,12 +129,15 @@ def main():
     a = ap.parse_args()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     default = subprocess.run([a.binary, "fetch", "default"], check=True, capture_output=True, text=True).stdout.strip()
-    models = [("Qwen2.5-Coder-0.5B-Instruct Q4_K_M (default)", default), ("Qwen3-0.6B config, random bf16", random_qwen3(repo))]
+    # (label, model, extra flags, index of an earlier row whose baseline applies)
+    models = [("Qwen2.5-Coder-0.5B-Instruct Q4_K_M (default)", default, [], None),
+              ("the same, `--f32-weights no` (blocks only)", default, ["--f32-weights", "no"], 0),
+              ("Qwen3-0.6B config, random bf16", random_qwen3(repo), [], None)]
     rows = []
-    for label, path in models:
-        r = ours(a.binary, path, a.prompt_tokens, a.gen_tokens, a.reps)
-        b = None
-        if not a.no_baseline:
+    for label, path, extra, same_as in models:
+        r = ours(a.binary, path, a.prompt_tokens, a.gen_tokens, a.reps, extra)
+        b = rows[same_as][2] if same_as is not None else None
+        if not a.no_baseline and same_as is None:
             # The baseline runs in a child process so that its memory is its own.
             code = (f"import sys, json; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); import bench; "
                     f"print(json.dumps(bench.baseline({path!r}, {a.prompt_tokens}, {a.gen_tokens}, {a.reps})))")

@@ -176,6 +176,11 @@ static inline __attribute__((always_inline)) void expand(int t, const uint8_t *b
     }
 }
 
+void qwen_dequant_row(int type, const void *row, int cols, float *out) {
+    const int bs = block_size(type), bb = block_bytes(type);
+    for (int b = 0; b < cols / bs; b++) expand(type, (const uint8_t *)row + (long)b * bb, out + (long)b * bs);
+}
+
 #define MAXN 8
 
 /// The product for one storage type; `type` is a constant in each instance below, so the

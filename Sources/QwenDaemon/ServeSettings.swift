@@ -29,6 +29,8 @@ public struct ServeSettings: Equatable, Sendable {
     public var logFormat = "text"
     public var logPrompts = false
     /// HTTPS: a PEM certificate chain and its private key (both or neither).
+    /// f32 copies of compact weights: auto, yes or no (see F32Weights).
+    public var f32Weights = "auto"
     public var tlsCertFile: String?
     public var tlsKeyFile: String?
 
@@ -46,7 +48,7 @@ public struct ServeSettings: Equatable, Sendable {
     public static let keys = ["model", "host", "port", "served-model-name", "kv-cache-gb", "max-running", "max-waiting",
                               "step-tokens", "chat-template-args", "max-body-mb", "shutdown-grace", "api-key-file", "api-key",
                               "admin-api-key-file", "admin-api-key", "adapter", "adapter-path",
-                              "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file"]
+                              "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file", "f32-weights"]
 
     /// Applies one setting given as text; `source` names where it came from for errors.
     public mutating func set(_ key: String, _ raw: String, source: String) throws {
@@ -97,6 +99,9 @@ public struct ServeSettings: Equatable, Sendable {
             let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
             guard levels.contains(value) else { throw bad("one of \(levels.joined(separator: ", "))") }
             logLevel = value
+        case "f32-weights":
+            guard ["auto", "yes", "no"].contains(value) else { throw bad("auto, yes or no") }
+            f32Weights = value
         case "tls-cert-file": tlsCertFile = value
         case "tls-key-file": tlsKeyFile = value
         case "log-format":
@@ -173,6 +178,7 @@ public struct ServeSettings: Equatable, Sendable {
         lines.append("port: \(port)")
         if let s = servedModelName { lines.append("served-model-name: \(q(s))") }
         lines.append("kv-cache-gb: \(kvCacheGB)")
+        lines.append("f32-weights: \(f32Weights)")
         lines.append("max-running: \(maxRunning)")
         lines.append("max-waiting: \(maxWaiting)")
         lines.append("step-tokens: \(stepTokens)")

@@ -17,13 +17,25 @@ public protocol TensorSource: AnyObject {
 extension TensorSource {
     public func has(_ name: String) -> Bool { shape(of: name) != nil }
 
-    /// A [rows × cols] weight matrix: compact storage where the file has it, else f32.
-    public func matrix(_ name: String, rows: Int, cols: Int) throws -> WeightMatrix {
-        let dense = try floats(name, shape: [rows, cols])
+    /// A [rows × cols] weight matrix: compact storage where the file has it (with an f32
+    /// copy unless `f32Copy` is false), else f32.
+    public func matrix(_ name: String, rows: Int, cols: Int, f32Copy: Bool = true) throws -> WeightMatrix {
         if let (type, pointer, owner) = compactStorage(name), type != 0 {
+            guard let got = shape(of: name), got == [rows, cols] else {
+                throw ModelFileError(origin, "tensor \(name) has shape \(shape(of: name) ?? []), expected \([rows, cols])")
+            }
+            let dense = f32Copy ? try floats(name) : nil
             return CompactMatrix(rows: rows, cols: cols, storageType: type, data: pointer, owner: owner, dense: dense)
         }
-        return F32Matrix(rows: rows, cols: cols, data: dense)
+        return F32Matrix(rows: rows, cols: cols, data: try floats(name, shape: [rows, cols]))
+    }
+
+    /// Bytes that f32 copies of the compact 2-D tensors would take.
+    public var f32CopyBytes: Int {
+        tensorNames.reduce(0) { sum, name in
+            guard let s = shape(of: name), s.count == 2, let c = compactStorage(name), c.0 != 0 else { return sum }
+            return sum + s[0] * s[1] * 4
+        }
     }
 
     /// The tensor, checked to have exactly `shape`.

@@ -2,18 +2,19 @@ import CQwenKernels
 import Dispatch
 import Foundation
 
-/// A weight matrix kept in its compact file storage (bf16, f16 or ggml quantized blocks)
-/// next to an f32 copy. Products with a few rows — decoding, where reading the weights is
-/// the whole cost — expand the compact blocks on the fly; wider products use the f32
-/// copy with sgemm, where compute is the cost. Both give the f32 result (up to the order
-/// of summation).
+/// A weight matrix kept in its compact file storage (bf16, f16 or ggml quantized blocks),
+/// usually next to an f32 copy. Products with a few rows — decoding, where reading the
+/// weights is the whole cost — expand the compact blocks on the fly; wider products use
+/// the f32 copy with sgemm, where compute is the cost. Without the copy (models too large
+/// to hold in f32), every product expands the blocks, 16 rows per pass. Both give the f32
+/// result (up to the order of summation).
 public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     public let rows: Int
     public let cols: Int
     public let storageType: Int32
     let data: UnsafeRawPointer
     let owner: AnyObject
-    let dense: F32Matrix
+    let dense: F32Matrix?
     /// Up to this many rows of input go through the compact kernel (one pass over the weights
     /// for up to 16 rows; measured faster than sgemm on the f32 copy up to there).
     public static var compactRowLimit = 16
@@ -27,17 +28,17 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
 
     /// - data: `rows` rows of `cols` values stored as `storageType` (a ggml type number),
     ///   kept alive by `owner`.
-    public init(rows: Int, cols: Int, storageType: Int32, data: UnsafeRawPointer, owner: AnyObject, dense: FloatBuffer) {
+    public init(rows: Int, cols: Int, storageType: Int32, data: UnsafeRawPointer, owner: AnyObject, dense: FloatBuffer?) {
         self.rows = rows
         self.cols = cols
         self.storageType = storageType
         self.data = data
         self.owner = owner
-        self.dense = F32Matrix(rows: rows, cols: cols, data: dense)
+        self.dense = dense.map { F32Matrix(rows: rows, cols: cols, data: $0) }
     }
 
     public func multiply(_ x: UnsafePointer<Float>, n: Int, into out: UnsafeMutablePointer<Float>, accumulate: Bool) {
-        guard n <= Self.compactRowLimit, alwaysCompact || Self.fastTypes.contains(storageType) else {
+        if let dense, n > Self.compactRowLimit || !(alwaysCompact || Self.fastTypes.contains(storageType)) {
             dense.multiply(x, n: n, into: out, accumulate: accumulate)
             return
         }
@@ -51,5 +52,11 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
         }
     }
 
-    public func copyRow(_ r: Int, into out: UnsafeMutablePointer<Float>) { dense.copyRow(r, into: out) }
+    public func copyRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        if let dense { return dense.copyRow(r, into: out) }
+        qwen_dequant_row(storageType, data + r * qwen_quant_row_bytes(storageType, Int32(cols)), Int32(cols), out)
+    }
+
+    /// Whether an f32 copy is kept beside the compact storage.
+    public var hasF32Copy: Bool { dense != nil }
 }

@@ -45,8 +45,8 @@ public final class QwenModel {
         }
     }
 
-    public convenience init(config: QwenConfig, source: TensorSource) throws {
-        self.init(config: config, weights: try QwenWeights(config: config, source: source))
+    public convenience init(config: QwenConfig, source: TensorSource, f32Copies: Bool = true) throws {
+        self.init(config: config, weights: try QwenWeights(config: config, source: source, f32Copies: f32Copies))
     }
 
     /// Runs the new tokens of every item, appends their keys and values to each item's

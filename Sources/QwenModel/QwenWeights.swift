@@ -24,9 +24,11 @@ public final class QwenWeights: @unchecked Sendable {
         self.lmHead = lmHead
     }
 
-    public init(config c: QwenConfig, source: TensorSource) throws {
+    /// - f32Copies: keep an f32 copy of compact matrices for wide products (faster prompt
+    ///   processing, 4 bytes per weight of memory); without, every product reads the blocks.
+    public init(config c: QwenConfig, source: TensorSource, f32Copies: Bool = true) throws {
         func matrix(_ name: String, _ rows: Int, _ cols: Int) throws -> WeightMatrix {
-            try source.matrix(name, rows: rows, cols: cols)
+            try source.matrix(name, rows: rows, cols: cols, f32Copy: f32Copies)
         }
         func vector(_ name: String, _ n: Int) throws -> FloatBuffer { try source.floats(name, shape: [n]) }
 

@@ -10,6 +10,8 @@ struct Bench: ParsableCommand {
 
     @Option(help: "A model directory, a .gguf file, `default`, or a hub repo id.")
     var model = "default"
+    @Option(name: .customLong("f32-weights"), help: "f32 copies of compact weights: auto, yes or no.")
+    var f32Weights: F32Weights = .auto
     @Option(name: .customLong("prompt-tokens")) var promptTokens = 128
     @Option(name: .customLong("gen-tokens")) var genTokens = 64
     @Option(help: "Repetitions; medians are reported.") var reps = 3
@@ -20,7 +22,7 @@ struct Bench: ParsableCommand {
         try reportingErrors {
             let info = try BLAS.load()
             let t0 = Date()
-            let loaded = try LoadedModel.load(path: try ModelLocator.resolve(model, log: log))
+            let loaded = try LoadedModel.load(path: try ModelLocator.resolve(model, log: log), f32Weights: f32Weights)
             let loadSeconds = Date().timeIntervalSince(t0)
             let m = loaded.model
             var rng = SeededRandom(seed: 1)

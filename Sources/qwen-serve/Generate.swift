@@ -9,6 +9,8 @@ struct Generate: ParsableCommand {
 
     @Option(help: "A model directory, a .gguf file, `default`, or a hub repo id.")
     var model = "default"
+    @Option(name: .customLong("f32-weights"), help: "f32 copies of compact weights: auto, yes or no.")
+    var f32Weights: F32Weights = .auto
     @Option(name: .customLong("adapter-path"), help: "A LoRA adapter directory (PEFT or mlx-lm) to apply.")
     var adapterPath: String?
     @Option(help: "The prompt text.")
@@ -44,7 +46,7 @@ struct Generate: ParsableCommand {
                 log("OpenBLAS kernels: \(info.coreName)\(info.chosenCoreType.map { " (OPENBLAS_CORETYPE=\($0) chosen for this CPU)" } ?? ""), \(info.threads) threads")
             }
             let path = try ModelLocator.resolve(model, log: log)
-            let loaded = try LoadedModel.load(path: path)
+            let loaded = try LoadedModel.load(path: path, f32Weights: f32Weights)
             let text = chat ? ChatFormat.chatML(user: prompt) : prompt
             let ids = loaded.tokenizer.encode(text)
             var params = SamplingParams(temperature: temperature, topK: topK, topP: topP, minP: minP, seed: seed)

@@ -43,3 +43,5 @@ func reportingErrors(_ body: () throws -> Void) throws {
 }
 
 
+
+extension F32Weights: ExpressibleByArgument {}

@@ -1,4 +1,5 @@
 import Foundation
+import QwenKernels
 import QwenModel
 import QwenRuntime
 import XCTest
@@ -19,8 +20,8 @@ final class ModelNumericsTests: XCTestCase {
         }
     }
 
-    func check(model dir: String, expected: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let loaded = try LoadedModel.load(path: Fixtures.path(dir))
+    func check(model dir: String, expected: String, f32Weights: F32Weights = .yes, file: StaticString = #filePath, line: UInt = #line) throws {
+        let loaded = try LoadedModel.load(path: Fixtures.path(dir), f32Weights: f32Weights)
         let m = loaded.model
         for c in try cases(expected) {
             let cache = KVCache(config: m.config)
@@ -44,6 +45,14 @@ final class ModelNumericsTests: XCTestCase {
     func testQwen3F16() throws { try check(model: "qwen3-tiny-f16", expected: "qwen3") }
     func testQwen2TiedShardedF32() throws { try check(model: "qwen2-tiny", expected: "qwen2") }
     func testQwen3GGUFQuantized() throws { try check(model: "qwen3-tiny.gguf", expected: "qwen3_gguf") }
+    /// Compact storage only: prompts (more than 16 rows) go through the block kernels as well.
+    func testWithoutF32Copies() throws {
+        try check(model: "qwen3-tiny.gguf", expected: "qwen3_gguf", f32Weights: .no)
+        try check(model: "qwen3-tiny-bf16", expected: "qwen3", f32Weights: .no)
+        let m = try LoadedModel.load(path: Fixtures.path("qwen3-tiny.gguf"), f32Weights: .no).model
+        XCTAssertFalse(try XCTUnwrap(m.weights.layers[0].q as? CompactMatrix).hasF32Copy)
+        XCTAssertTrue(try XCTUnwrap(LoadedModel.load(path: Fixtures.path("qwen3-tiny.gguf"), f32Weights: .yes).model.weights.layers[0].q as? CompactMatrix).hasF32Copy)
+    }
 
     func testConfigReadsQwen3Fields() throws {
         let c = try QwenConfig.fromHuggingFace(path: Fixtures.path("qwen3-tiny-f32/config.json"))

@@ -6,9 +6,14 @@ import XCTest
 /// The default model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF) against transformers
 /// running the same dequantized weights in f32.
 final class RealModelTests: XCTestCase {
-    func testGreedyContinuationsMatchTransformers() throws {
+    func testGreedyContinuationsMatchTransformers() throws { try check(.yes) }
+
+    /// Without f32 copies every product, the prompt's too, expands the quantized blocks.
+    func testWithoutF32CopiesToo() throws { try check(.no) }
+
+    func check(_ f32Weights: F32Weights) throws {
         let path = try Fixtures.defaultModel()
-        let loaded = try LoadedModel.load(path: path)
+        let loaded = try LoadedModel.load(path: path, f32Weights: f32Weights)
         let cases = try XCTUnwrap(try Fixtures.json("expected/real_model.json") as? [[String: Any]])
         XCTAssertGreaterThanOrEqual(cases.count, 3)
         for c in cases {

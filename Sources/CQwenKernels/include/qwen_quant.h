@@ -18,6 +18,9 @@ enum { QWEN_F32 = 0, QWEN_F16 = 1, QWEN_Q4_0 = 2, QWEN_Q4_1 = 3, QWEN_Q5_0 = 6, 
 void qwen_quant_matmul(int type, const void *w, int cols, int row0, int row1, const float *x, int n, int ldx,
                        float *out, int ldo, int accumulate);
 
+/// out[0..<cols] = one row of `cols` values stored as `type`, expanded exactly as the
+/// reference dequantization does.
+void qwen_dequant_row(int type, const void *row, int cols, float *out);
 /// Bytes of one row of `cols` values stored as `type`.
 long qwen_quant_row_bytes(int type, int cols);
 
