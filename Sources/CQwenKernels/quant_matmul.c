@@ -264,32 +264,12 @@ AVX512 static inline void block_bf16(const uint8_t *b, __m512 *lo, __m512 *hi) {
     *hi = _mm512_castsi512_ps(c);
 }
 
-// Q4_K and Q6_K (256-value super-blocks, the default model's ffn_down) expand into an L1
-// buffer, 16 floats at a time, with the reference's operations ((d·scale)·q, minus d_min·m).
-AVX512 static inline void expand_q4_k(const uint8_t *b, float *y) {
+// The K-quants (256-value super-blocks; Q4_K and Q6_K are the default model's ffn_down) expand
+// into an L1 buffer, 16 floats at a time, with the reference's operations ((d·scale)·q − d_min·m).
+// Q4_K and Q5_K share their layout, but for Q5_K's 32 bytes of fifth bits before the quants.
+AVX512 static inline __attribute__((always_inline)) void expand_q45_k(const uint8_t *b, float *y, const int five) {
     const float d = f16(b), dmin = f16(b + 2);
-    const uint8_t *sc = b + 4, *q = b + 16;
-    const __m128i m4 = _mm_set1_epi8(0x0F);
-    for (int p = 0; p < 4; p++) {
-        float s1, m1, s2, m2;
-        scale_min_k4(2 * p, sc, &s1, &m1);
-        scale_min_k4(2 * p + 1, sc, &s2, &m2);
-        const __m512 d1 = _mm512_set1_ps(d * s1), mm1 = _mm512_set1_ps(dmin * m1);
-        const __m512 d2 = _mm512_set1_ps(d * s2), mm2 = _mm512_set1_ps(dmin * m2);
-        for (int h = 0; h < 2; h++) {
-            const __m128i v = _mm_loadu_si128((const __m128i *)(q + 16 * h));
-            const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, m4)));
-            const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), m4)));
-            _mm512_store_ps(y + 64 * p + 16 * h, _mm512_sub_ps(_mm512_mul_ps(d1, lo), mm1));
-            _mm512_store_ps(y + 64 * p + 32 + 16 * h, _mm512_sub_ps(_mm512_mul_ps(d2, hi), mm2));
-        }
-        q += 32;
-    }
-}
-
-AVX512 static inline void expand_q5_k(const uint8_t *b, float *y) {
-    const float d = f16(b), dmin = f16(b + 2);
-    const uint8_t *sc = b + 4, *qh = b + 16, *q = b + 48;
+    const uint8_t *sc = b + 4, *qh = b + 16, *q = b + (five ? 48 : 16);
     const __m128i m4 = _mm_set1_epi8(0x0F), c16 = _mm_set1_epi8(16);
     for (int p = 0; p < 4; p++) {
         float s1, m1, s2, m2;
@@ -300,15 +280,20 @@ AVX512 static inline void expand_q5_k(const uint8_t *b, float *y) {
         const __m128i u1 = _mm_set1_epi8((char)(1 << (2 * p))), u2 = _mm_set1_epi8((char)(2 << (2 * p)));
         for (int h = 0; h < 2; h++) {
             const __m128i v = _mm_loadu_si128((const __m128i *)(q + 16 * h));
-            const __m128i hb = _mm_loadu_si128((const __m128i *)(qh + 16 * h));
-            const __m128i l = _mm_or_si128(_mm_and_si128(v, m4), _mm_maskz_mov_epi8(_mm_test_epi8_mask(hb, u1), c16));
-            const __m128i u = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_maskz_mov_epi8(_mm_test_epi8_mask(hb, u2), c16));
+            __m128i l = _mm_and_si128(v, m4), u = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+            if (five) {
+                const __m128i hb = _mm_loadu_si128((const __m128i *)(qh + 16 * h));
+                l = _mm_or_si128(l, _mm_maskz_mov_epi8(_mm_test_epi8_mask(hb, u1), c16));
+                u = _mm_or_si128(u, _mm_maskz_mov_epi8(_mm_test_epi8_mask(hb, u2), c16));
+            }
             _mm512_store_ps(y + 64 * p + 16 * h, _mm512_sub_ps(_mm512_mul_ps(d1, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(l))), mm1));
             _mm512_store_ps(y + 64 * p + 32 + 16 * h, _mm512_sub_ps(_mm512_mul_ps(d2, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(u))), mm2));
         }
         q += 32;
     }
 }
+AVX512 static inline void expand_q4_k(const uint8_t *b, float *y) { expand_q45_k(b, y, 0); }
+AVX512 static inline void expand_q5_k(const uint8_t *b, float *y) { expand_q45_k(b, y, 1); }
 
 AVX512 static inline void expand_q6_k(const uint8_t *b, float *y) {
     const float d = f16(b + 208);
