@@ -24,7 +24,7 @@ public enum Fuse {
         if isDir.boolValue {
             let config = try QwenConfig.fromHuggingFace(path: (path as NSString).appendingPathComponent("config.json"))
             let source = try SafetensorsDirectory(directory: path)
-            let weights = try QwenWeights(config: config, source: source)
+            let weights = try QwenWeights(config: config, source: source, f32Copies: false)
             let adapter = try LoRAAdapter.load(path: adapterPath, config: config)
             let merged = adapter.fusedTensors(into: weights)
             // Build the directory under a temporary name, then rename it into place.
@@ -53,7 +53,7 @@ public enum Fuse {
         }
         let gguf = try GGUFFile(path: path)
         let config = try QwenConfig.fromGGUF(gguf)
-        let weights = try QwenWeights(config: config, source: gguf)
+        let weights = try QwenWeights(config: config, source: gguf, f32Copies: false)
         let adapter = try LoRAAdapter.load(path: adapterPath, config: config)
         let merged = adapter.fusedTensors(into: weights)
         try GGUFWriter.rewrite(gguf, replacing: merged, to: output)
