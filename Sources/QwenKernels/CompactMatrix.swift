@@ -19,6 +19,8 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     /// for up to 16 rows; measured faster than sgemm on the f32 copy up to there).
     public static var compactRowLimit = 16
     static let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// Row ranges per core: a few, so that a core slowed by other work does not hold up the step.
+    static let chunksPerWorker = 8
     /// Types whose kernel beats sgemm on the f32 copy (measured, see BENCHMARKS.md): the
     /// 32-value block formats, and the K-quants with their AVX-512 kernels (their generic
     /// kernels are correct but not faster than sgemm).
@@ -42,7 +44,7 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
             dense.multiply(x, n: n, into: out, accumulate: accumulate)
             return
         }
-        let w = Self.workers
+        let w = Self.workers * Self.chunksPerWorker
         let chunk = (rows + w - 1) / w
         let (t, d, c, r) = (storageType, data, Int32(cols), rows)
         DispatchQueue.concurrentPerform(iterations: w) { k in
