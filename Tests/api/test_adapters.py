@@ -262,3 +262,38 @@ def test_unload_waits_for_running_sequences_on_the_real_model(real, tmp_path):
     assert len(text) > 20
     st, r = real.json("POST", "/v1/completions", {"model": "coder-q", "prompt": "x", "max_tokens": 1})
     assert st == 404
+
+
+def test_a_blocked_load_does_not_block_serving(server, tmp_path):
+    """An adapter whose weights file is a FIFO: reading it blocks until a writer comes.
+    Meanwhile (two such loads at once, as many as this machine has cores) the server keeps
+    answering; when the writer closes, the loads fail with a clear error."""
+    d = tmp_path / "fifo-adapter"
+    d.mkdir()
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    fifo = str(d / "adapter_model.safetensors")
+    os.mkfifo(fifo)
+    results = []
+    loads = [threading.Thread(target=lambda n=n: results.append(server.json("POST", "/v1/adapters", {"name": n, "path": str(d)})))
+             for n in ("blocked1", "blocked2")]
+    for t in loads:
+        t.start()
+    time.sleep(0.5)
+    for _ in range(3):
+        st, r = server.json("POST", "/v1/completions", {"prompt": "x", "max_tokens": 3}, timeout=20)
+        assert st == 200 and r["usage"]["completion_tokens"] == 3
+        assert server.json("GET", "/v1/adapters", timeout=20)[0] == 200
+    assert all(t.is_alive() for t in loads)
+    # A blocked open() returns once a writer comes; it then reads an empty file.
+    deadline = time.time() + 30
+    while any(t.is_alive() for t in loads) and time.time() < deadline:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader waiting right now
+            pass
+        time.sleep(0.1)
+    for t in loads:
+        t.join(timeout=5)
+    assert len(results) == 2
+    for st, r in results:
+        assert st == 400 and "adapter_model.safetensors" in r["error"]["message"]

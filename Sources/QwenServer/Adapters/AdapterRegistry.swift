@@ -57,8 +57,12 @@ public final class AdapterRegistry: @unchecked Sendable {
         }
         guard name != baseName else { throw RegistryError(description: "'\(name)' is the base model's name") }
         let config = self.config
+        // Reading files can block (slow disks, network mounts, even a FIFO): a thread of its
+        // own keeps that away from the few threads that serve requests.
         let adapter = try await background.run("load adapter \(name)") {
-            try await Task.detached(priority: .utility) { try LoRAAdapter.load(path: path, config: config) }.value
+            try await withCheckedThrowingContinuation { (cont: CheckedContinuation<LoRAAdapter, Error>) in
+                Thread.detachNewThread { cont.resume(with: Result { try LoRAAdapter.load(path: path, config: config) }) }
+            }
         }
         let entry = Entry(name: name, adapter: adapter, origin: origin, created: Int(Date().timeIntervalSince1970))
         lock.withLock { entries[name] = entry }
