@@ -243,10 +243,12 @@ public final class Engine: @unchecked Sendable {
         running.removeAll { $0.finished || $0.cache == nil }
         guard !batch.isEmpty else { return nil }
         // Rows of one adapter side by side, so each adapter's update is one product per projection.
-        batch = batch.enumerated().sorted {
-            let a = $0.element.0.group.request.adapter?.id ?? 0, b = $1.element.0.group.request.adapter?.id ?? 0
-            return a != b ? a < b : $0.offset < $1.offset
-        }.map(\.element)
+        if batch.contains(where: { $0.0.group.request.adapter != nil }) {
+            batch = batch.enumerated().sorted {
+                let a = $0.element.0.group.request.adapter?.id ?? 0, b = $1.element.0.group.request.adapter?.id ?? 0
+                return a != b ? a < b : $0.offset < $1.offset
+            }.map(\.element)
+        }
 
         let items = batch.map { (s, n) -> QwenModel.Item in
             let from = s.cache!.length

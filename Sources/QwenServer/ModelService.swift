@@ -15,9 +15,9 @@ public final class ModelService: @unchecked Sendable {
     public let live: LiveSettings
     let thinkingModel: Bool
     let created = Int(Date().timeIntervalSince1970)
-    public let metrics: ServerMetrics
     /// Metrics and the per-request log line.
     public let requests: RequestLog
+    public var metrics: ServerMetrics { requests.metrics }
     /// LoRA adapters served by name beside the base model.
     public let adapters: AdapterRegistry
     /// Applied when a request names the base model (mlx_lm.server's --adapter-path).
@@ -27,7 +27,6 @@ public final class ModelService: @unchecked Sendable {
                 defaultAdapter: LoRAAdapter? = nil, requestLog: RequestLog? = nil, background: BackgroundWork = BackgroundWork()) throws {
         self.name = name
         requests = requestLog ?? RequestLog(metrics: ServerMetrics())
-        metrics = requests.metrics
         self.defaultAdapter = defaultAdapter
         adapters = AdapterRegistry(config: engine.model.config, baseName: name, background: background)
         self.engine = engine
