@@ -292,10 +292,10 @@ AVX512 static inline __attribute__((always_inline)) void expand_q45_k(const uint
         q += 32;
     }
 }
-AVX512 static inline void expand_q4_k(const uint8_t *b, float *y) { expand_q45_k(b, y, 0); }
-AVX512 static inline void expand_q5_k(const uint8_t *b, float *y) { expand_q45_k(b, y, 1); }
+AVX512 static inline __attribute__((always_inline)) void expand_q4_k(const uint8_t *b, float *y) { expand_q45_k(b, y, 0); }
+AVX512 static inline __attribute__((always_inline)) void expand_q5_k(const uint8_t *b, float *y) { expand_q45_k(b, y, 1); }
 
-AVX512 static inline void expand_q6_k(const uint8_t *b, float *y) {
+AVX512 static inline __attribute__((always_inline)) void expand_q6_k(const uint8_t *b, float *y) {
     const float d = f16(b + 208);
     const uint8_t *ql = b, *qh = b + 128;
     const int8_t *sc = (const int8_t *)(b + 192);
@@ -326,10 +326,18 @@ AVX512 static inline void expand_q6_k(const uint8_t *b, float *y) {
     }
 }
 
-// The kernels keep one accumulator register per input row; NI (1…16) is a constant in each
-// instance, so the accumulators stay in registers and one pass over the weights serves up
-// to 16 rows (decoding batches of up to 16 sequences read every weight block once).
-#define MAXROWS 16
+// The kernels keep one accumulator register per input row and weight row; NI (1…12) is a
+// constant in each instance, so the accumulators stay in registers and one pass over the
+// weights serves up to 12 input rows. Wider inputs are split into balanced groups (16 rows
+// run as 8 + 8, each with two weight rows per pass, rather than 12 + 4).
+#define MAXROWS 12
+// How far ahead of the block being expanded the K-quant kernels ask for weight bytes: with
+// many input rows a row's blocks are consumed slowly and the hardware prefetcher falls behind.
+#define PREFETCH 1024
+
+AVX512 static inline __attribute__((always_inline)) void prefetch_block(const uint8_t *p, const int bytes) {
+    for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char *)(p + o), _MM_HINT_T0);
+}
 
 /// out[i * ldo] (+)= the sum of acc[i]'s lanes, for each of the NI input rows.
 AVX512 static inline __attribute__((always_inline)) void store_sums(const __m512 *acc, const int NI, float *out, int ldo,
@@ -349,7 +357,7 @@ AVX512 static inline __attribute__((always_inline)) void store_sums(const __m512
         const long rb = (long)nb * BYTES;                                                                      \
         int r = row0;                                                                                          \
         /* Two weight rows at a time while the accumulators fit in registers: each x load feeds two FMAs. */   \
-        if (NI >= 2 && NI <= 12) {                                                                             \
+        if (NI >= 2) {                                                                             \
             for (; r + 1 < row1; r += 2) {                                                                     \
                 const uint8_t *ra = (const uint8_t *)w + (long)r * rb, *rc = ra + rb;                          \
                 __m512 acc[NI], acd[NI];                                                                       \
@@ -393,12 +401,36 @@ AVX512 static inline __attribute__((always_inline)) void store_sums(const __m512
         int accumulate, const int NI) {                                                                        \
         const int nb = cols / 256;                                                                             \
         const long rb = (long)nb * BYTES;                                                                      \
-        float y[256] __attribute__((aligned(64)));                                                             \
-        for (int r = row0; r < row1; r++) {                                                                    \
+        float y[256] __attribute__((aligned(64))), y2[256] __attribute__((aligned(64)));                       \
+        int r = row0;                                                                                          \
+        for (; NI >= 6 && r + 1 < row1; r += 2) {                                                              \
+            const uint8_t *ra = (const uint8_t *)w + (long)r * rb, *rc = ra + rb;                              \
+            __m512 acc[NI], acd[NI];                                                                           \
+            for (int i = 0; i < NI; i++) acc[i] = acd[i] = _mm512_setzero_ps();                                \
+            for (int b = 0; b < nb; b++) {                                                                     \
+                prefetch_block(ra + (long)b * BYTES + PREFETCH, BYTES);                                        \
+                prefetch_block(rc + (long)b * BYTES + PREFETCH, BYTES);                                        \
+                EXPAND(ra + (long)b * BYTES, y);                                                               \
+                EXPAND(rc + (long)b * BYTES, y2);                                                              \
+                const float *xb = x + (long)b * 256;                                                           \
+                for (int v = 0; v < 16; v++) {                                                                 \
+                    const __m512 wv = _mm512_load_ps(y + 16 * v), wv2 = _mm512_load_ps(y2 + 16 * v);          \
+                    for (int i = 0; i < NI; i++) {                                                             \
+                        const __m512 xv = _mm512_loadu_ps(xb + (long)i * ldx + 16 * v);                        \
+                        acc[i] = _mm512_fmadd_ps(wv, xv, acc[i]);                                              \
+                        acd[i] = _mm512_fmadd_ps(wv2, xv, acd[i]);                                             \
+                    }                                                                                          \
+                }                                                                                              \
+            }                                                                                                  \
+            store_sums(acc, NI, out + r, ldo, accumulate);                                                     \
+            store_sums(acd, NI, out + r + 1, ldo, accumulate);                                                 \
+        }                                                                                                      \
+        for (; r < row1; r++) {                                                                                \
             const uint8_t *row = (const uint8_t *)w + (long)r * rb;                                            \
             __m512 acc[NI];                                                                                    \
             for (int i = 0; i < NI; i++) acc[i] = _mm512_setzero_ps();                                         \
             for (int b = 0; b < nb; b++) {                                                                     \
+                prefetch_block(row + (long)b * BYTES + PREFETCH, BYTES);                                       \
                 EXPAND(row + (long)b * BYTES, y);                                                              \
                 const float *xb = x + (long)b * 256;                                                           \
                 for (int v = 0; v < 16; v++) {                                                                 \
@@ -415,15 +447,17 @@ AVX512 static inline __attribute__((always_inline)) void store_sums(const __m512
 #define AVX512_DISPATCH(NAME)                                                                                  \
     AVX512 static void NAME(const void *w, int cols, int row0, int row1, const float *x, int n, int ldx,       \
                             float *out, int ldo, int accumulate) {                                              \
-        for (int i0 = 0; i0 < n; i0 += MAXROWS) {                                                              \
+        const int groups = (n + MAXROWS - 1) / MAXROWS;                                                        \
+        for (int g = 0, i0 = 0; g < groups; g++) {                                                             \
+            const int ni = (n - i0) / (groups - g);                                                            \
             const float *xi = x + (long)i0 * ldx;                                                              \
             float *oi = out + (long)i0 * ldo;                                                                  \
-            switch (n - i0 < MAXROWS ? n - i0 : MAXROWS) {                                                     \
+            switch (ni) {                                                                                      \
                 ROWS_CASE(NAME, 1) ROWS_CASE(NAME, 2) ROWS_CASE(NAME, 3) ROWS_CASE(NAME, 4)                    \
                 ROWS_CASE(NAME, 5) ROWS_CASE(NAME, 6) ROWS_CASE(NAME, 7) ROWS_CASE(NAME, 8)                    \
                 ROWS_CASE(NAME, 9) ROWS_CASE(NAME, 10) ROWS_CASE(NAME, 11) ROWS_CASE(NAME, 12)                 \
-                ROWS_CASE(NAME, 13) ROWS_CASE(NAME, 14) ROWS_CASE(NAME, 15) ROWS_CASE(NAME, 16)                \
             }                                                                                                  \
+            i0 += ni;                                                                                          \
         }                                                                                                      \
     }
 

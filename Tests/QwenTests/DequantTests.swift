@@ -88,7 +88,9 @@ final class CompactMatrixTests: XCTestCase {
         var rng = SeededRandom(seed: 9)
         let half: UInt16 = Float16(0.01).bitPattern
         for type in [GGMLType.q5_0, .q8_0, .q4_K, .q6_K, .bf16, .q4_0, .q5_1, .q5_K, .f16] {
-            let cols = type.blockSize == 256 ? 512 : 96, rows = 7
+            // 37 rows make row ranges of 3 on up to 16 workers' chunks: the two-weight-row loops and
+            // their one-row remainders both run.
+            let cols = type.blockSize == 256 ? 512 : 96, rows = 37
             let perRow = type.blockSize == 1 ? cols * type.blockBytes : cols / type.blockSize * type.blockBytes
             var bytes = (0..<(rows * perRow)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
             // Keep the f16 scales (and 16-bit values) finite and modest.
@@ -113,7 +115,7 @@ final class CompactMatrixTests: XCTestCase {
             let compact = CompactMatrix(rows: rows, cols: cols, storageType: Int32(type.rawValue), data: raw, owner: dense, dense: dense)
             compact.alwaysCompact = true
             let reference = F32Matrix(rows: rows, cols: cols, data: dense)
-            for n in [1, 2, 5, 10, 12, 13, 16] {
+            for n in [1, 2, 5, 6, 7, 10, 12, 13, 16] {
                 let x = FloatBuffer((0..<(n * cols)).map { _ in rng.unit() * 2 - 1 })
                 let a = FloatBuffer(count: n * rows), b = FloatBuffer(count: n * rows)
                 compact.multiply(x.pointer, n: n, into: a.pointer, accumulate: false)
