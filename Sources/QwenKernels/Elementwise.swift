@@ -1,7 +1,9 @@
+import CQwenKernels
 import Foundation
 
 /// The small kernels of a transformer block, each over explicit row-major buffers.
-/// They are plain loops that the optimiser vectorises; BLAS does the matrix products.
+/// Plain loops that the optimiser vectorises (siluMul calls a hand-vectorised C kernel for
+/// its exp); BLAS and the compact kernels do the matrix products.
 public enum Ops {
     /// out[r] = x[r] / rms(x[r]) * weight, for `rows` rows of width `dim`. `out` may equal `x`.
     public static func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
@@ -25,12 +27,9 @@ public enum Ops {
         for r in 0..<rows { add(y + r * dim, bias, count: dim) }
     }
 
-    /// gate[i] = silu(gate[i]) * up[i], in place in `gate`.
+    /// gate[i] = silu(gate[i]) * up[i], in place in `gate` (a vectorised exp in C: libm's is scalar).
     public static func siluMul(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
-        for i in 0..<count {
-            let g = gate[i]
-            gate[i] = g / (1 + expf(-g)) * up[i]
-        }
+        qwen_silu_mul(gate, up, count)
     }
 
     /// Softmax over `count` values in place; returns nothing. Skips -inf entries correctly.

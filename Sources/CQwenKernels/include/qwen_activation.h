@@ -1,0 +1,16 @@
+// Elementwise activations that are worth vectorising by hand (libm's expf is scalar).
+#ifndef QWEN_ACTIVATION_H
+#define QWEN_ACTIVATION_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// gate[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i], for i < n.
+/// exp is a range-reduced polynomial within 2 ulp of expf.
+void qwen_silu_mul(float *gate, const float *up, long n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
