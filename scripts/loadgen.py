@@ -15,7 +15,12 @@ import time
 
 
 async def _request(host, port, path, body, disconnect_after=None):
-    """POSTs JSON and reads the SSE stream. Returns (ttft, token_times, tokens, status)."""
+    """POSTs JSON and reads the SSE stream. Returns (ttft, token_times, tokens, status).
+
+    tokens is the server's usage.completion_tokens when the stream ends with usage (asked for
+    with stream_options.include_usage, as evalscope perf does); otherwise, and for clients that
+    hang up early, the number of events that carried text. Events undercount: a token whose
+    text is not yet complete UTF-8 arrives merged into the next event."""
     reader, writer = await asyncio.open_connection(host, port)
     data = json.dumps(body).encode()
     writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -31,7 +36,7 @@ async def _request(host, port, path, body, disconnect_after=None):
             break
         if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():
             chunked = True
-    times, tokens, buf = [], 0, b""
+    times, tokens, buf, usage_tokens = [], 0, b"", None
     try:
         while True:
             if chunked:
@@ -53,6 +58,8 @@ async def _request(host, port, path, body, disconnect_after=None):
                 if not event.startswith(b"data: ") or event == b"data: [DONE]":
                     continue
                 obj = json.loads(event[6:])
+                if obj.get("usage"):
+                    usage_tokens = obj["usage"]["completion_tokens"]
                 for c in obj.get("choices", []):
                     if c.get("text") or c.get("delta", {}).get("content"):
                         times.append(time.perf_counter() - start)
@@ -62,7 +69,7 @@ async def _request(host, port, path, body, disconnect_after=None):
                     return (times[0] if times else None), times, tokens, status
     finally:
         writer.close()
-    return (times[0] if times else None), times, tokens, status
+    return (times[0] if times else None), times, (usage_tokens if usage_tokens is not None else tokens), status
 
 
 async def run_level(host, port, concurrency, requests, prompt_tokens, max_tokens, vocab=150000, seed=0, models=None):
@@ -75,7 +82,8 @@ async def run_level(host, port, concurrency, requests, prompt_tokens, max_tokens
         while queue:
             i = queue.pop()
             prompt = [rng.randrange(100, vocab) for _ in range(prompt_tokens)]
-            body = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": True, "temperature": 0}
+            body = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": True, "temperature": 0,
+                    "stream_options": {"include_usage": True}}
             if models:
                 body["model"] = models[i % len(models)]
             t0 = time.perf_counter()
@@ -87,7 +95,8 @@ async def run_level(host, port, concurrency, requests, prompt_tokens, max_tokens
     wall = time.perf_counter() - t0
     ok = [r for r in results if r[4] == 200 and r[0] is not None]
     ttfts = sorted(r[0] for r in ok)
-    tpots = [(r[1][-1] - r[1][0]) / (len(r[1]) - 1) for r in ok if len(r[1]) > 1]
+    # Time per output token after the first, as evalscope computes it: (last - first) / (tokens - 1).
+    tpots = [(r[1][-1] - r[1][0]) / (r[2] - 1) for r in ok if r[2] > 1 and len(r[1]) > 1]
     e2e = [r[3] for r in ok]
     out = sum(r[2] for r in ok)
 
