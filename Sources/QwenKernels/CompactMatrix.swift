@@ -39,18 +39,49 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
         self.dense = dense.map { F32Matrix(rows: rows, cols: cols, data: $0) }
     }
 
+    /// Whether a product with `n` input rows runs the compact kernel (else sgemm on the f32 copy).
+    func usesKernel(n: Int) -> Bool {
+        dense == nil || (n <= Self.compactRowLimit && (alwaysCompact || Self.fastTypes.contains(storageType)))
+    }
+
     public func multiply(_ x: UnsafePointer<Float>, n: Int, into out: UnsafeMutablePointer<Float>, accumulate: Bool) {
-        if let dense, n > Self.compactRowLimit || !(alwaysCompact || Self.fastTypes.contains(storageType)) {
+        if let dense, !usesKernel(n: n) {
             dense.multiply(x, n: n, into: out, accumulate: accumulate)
             return
         }
-        let w = Self.workers * Self.chunksPerWorker
-        let chunk = (rows + w - 1) / w
-        let (t, d, c, r) = (storageType, data, Int32(cols), rows)
-        DispatchQueue.concurrentPerform(iterations: w) { k in
-            let lo = k * chunk, hi = min(r, lo + chunk)
-            guard lo < hi else { return }
-            qwen_quant_matmul(t, d, c, Int32(lo), Int32(hi), x, Int32(n), c, out, Int32(r), accumulate ? 1 : 0)
+        Self.run([(self, out)], x, n: n, accumulate: accumulate)
+    }
+
+    /// Products of one input with several matrices (q, k and v; gate and up), all in one
+    /// parallel dispatch when they run the compact kernel: decoding then waits at one barrier
+    /// instead of one per matrix.
+    public static func multiply(_ parts: [(WeightMatrix, UnsafeMutablePointer<Float>)], _ x: UnsafePointer<Float>, n: Int) {
+        let compact = parts.compactMap { part -> (CompactMatrix, UnsafeMutablePointer<Float>)? in
+            guard let m = part.0 as? CompactMatrix, m.usesKernel(n: n) else { return nil }
+            return (m, part.1)
+        }
+        guard compact.count == parts.count else {
+            for (m, out) in parts { m.multiply(x, n: n, into: out, accumulate: false) }
+            return
+        }
+        run(compact, x, n: n, accumulate: false)
+    }
+
+    /// Row ranges of every part, about `workers × chunksPerWorker` in all, run in parallel.
+    private static func run(_ parts: [(CompactMatrix, UnsafeMutablePointer<Float>)], _ x: UnsafePointer<Float>, n: Int, accumulate: Bool) {
+        let total = parts.reduce(0) { $0 + $1.0.rows }
+        let chunk = max(1, (total + workers * chunksPerWorker - 1) / (workers * chunksPerWorker))
+        var tasks: [(part: Int, lo: Int, hi: Int)] = []
+        for (i, (m, _)) in parts.enumerated() {
+            for lo in stride(from: 0, to: m.rows, by: chunk) { tasks.append((i, lo, min(m.rows, lo + chunk))) }
+        }
+        tasks.withUnsafeBufferPointer { tasks in
+            DispatchQueue.concurrentPerform(iterations: tasks.count) { k in
+                let (i, lo, hi) = tasks[k]
+                let (m, out) = parts[i]
+                qwen_quant_matmul(m.storageType, m.data, Int32(m.cols), Int32(lo), Int32(hi), x, Int32(n), Int32(m.cols),
+                                  out, Int32(m.rows), accumulate ? 1 : 0)
+            }
         }
     }
 

@@ -118,9 +118,7 @@ public final class QwenModel {
         for (l, w) in weights.layers.enumerated() {
             // Attention block.
             Ops.rmsNorm(s.x.pointer, weight: w.inputNorm.pointer, out: s.xn.pointer, rows: t, dim: h, eps: c.rmsNormEps)
-            w.q.multiply(s.xn.pointer, n: t, into: s.q.pointer, accumulate: false)
-            w.k.multiply(s.xn.pointer, n: t, into: s.k.pointer, accumulate: false)
-            w.v.multiply(s.xn.pointer, n: t, into: s.v.pointer, accumulate: false)
+            CompactMatrix.multiply([(w.q, s.q.pointer), (w.k, s.k.pointer), (w.v, s.v.pointer)], s.xn.pointer, n: t)
             if !runs.isEmpty {
                 lora(.q, l, s.xn.pointer, h, s.q.pointer, qw)
                 lora(.k, l, s.xn.pointer, h, s.k.pointer, kvw)
@@ -150,8 +148,7 @@ public final class QwenModel {
 
             // Feed-forward block.
             Ops.rmsNorm(s.x.pointer, weight: w.postNorm.pointer, out: s.xn.pointer, rows: t, dim: h, eps: c.rmsNormEps)
-            w.gate.multiply(s.xn.pointer, n: t, into: s.gate.pointer, accumulate: false)
-            w.up.multiply(s.xn.pointer, n: t, into: s.up.pointer, accumulate: false)
+            CompactMatrix.multiply([(w.gate, s.gate.pointer), (w.up, s.up.pointer)], s.xn.pointer, n: t)
             if !runs.isEmpty {
                 lora(.gate, l, s.xn.pointer, h, s.gate.pointer, c.intermediateSize)
                 lora(.up, l, s.xn.pointer, h, s.up.pointer, c.intermediateSize)

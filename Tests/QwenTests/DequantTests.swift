@@ -82,6 +82,35 @@ final class CompactMatrixTests: XCTestCase {
         }
     }
 
+    /// Several products of one input in one dispatch (q/k/v, gate/up) equal the products one
+    /// by one, whether every matrix runs the compact kernel or one of them falls back to sgemm.
+    func testSharedInputProductsEqualSingleProducts() {
+        var rng = SeededRandom(seed: 11)
+        let cols = 64
+        func bf16Matrix(rows: Int) -> (CompactMatrix, UnsafeMutableRawPointer) {
+            let values = (0..<(rows * cols)).map { _ in Float(rng.unit() * 2 - 1) }
+            let bits = values.map { UInt16($0.bitPattern >> 16) }
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: bits.count * 2, alignment: 64)
+            raw.copyMemory(from: bits, byteCount: bits.count * 2)
+            let dense = FloatBuffer(bits.map { HalfFloat.bf16ToFloat($0) })
+            return (CompactMatrix(rows: rows, cols: cols, storageType: 30, data: raw, owner: dense, dense: dense), raw)
+        }
+        let (a, ra) = bf16Matrix(rows: 45), (b, rb) = bf16Matrix(rows: 7), (c, rc) = bf16Matrix(rows: 130)
+        defer { ra.deallocate(); rb.deallocate(); rc.deallocate() }
+        let plain = F32Matrix(rows: 9, cols: cols, data: FloatBuffer((0..<(9 * cols)).map { _ in rng.unit() - 0.5 }))
+        for n in [1, 10, 17] {
+            let x = FloatBuffer((0..<(n * cols)).map { _ in rng.unit() * 2 - 1 })
+            for set in [[a, b, c] as [WeightMatrix], [a, plain, c]] {
+                let together = set.map { FloatBuffer(count: n * $0.rows) }, alone = set.map { FloatBuffer(count: n * $0.rows) }
+                CompactMatrix.multiply(zip(set, together).map { ($0, $1.pointer) }, x.pointer, n: n)
+                for (m, out) in zip(set, alone) { m.multiply(x.pointer, n: n, into: out.pointer, accumulate: false) }
+                for (t, o) in zip(together, alone) {
+                    for i in 0..<t.count { XCTAssertEqual(t[i], o[i], accuracy: 1e-5 * max(1, abs(o[i])), "n=\(n) [\(i)]") }
+                }
+            }
+        }
+    }
+
     /// Random matrices of many blocks per row and odd row counts, through every kernel path
     /// (one and two weight rows at a time, 1–17 input rows), against the dequantized matrix.
     func testKernelsOnRandomMatrices() throws {
