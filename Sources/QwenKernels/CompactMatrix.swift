@@ -17,8 +17,9 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     let dense: F32Matrix?
     /// Up to this many rows of input go through the compact kernel (one pass over the weights
     /// per 12 rows). Decoding the default model measured faster this way than with sgemm on
-    /// the f32 copy up to about 48 sequences (24: 130 vs 87 tok/s; 48: 138 vs 132; 96: 130 vs 150).
-    public static var compactRowLimit = 48
+    /// the f32 copy up to about 64 sequences (24: 130 vs 87 tok/s; 48: 138 vs 132; 64: 135 vs 134;
+    /// 96: 130 vs 150).
+    public static var compactRowLimit = 64
     static let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
     /// Row ranges per core: a few, so that a core slowed by other work does not hold up the step.
     static let chunksPerWorker = 8
