@@ -13,6 +13,27 @@ static inline float dot(const float *a, const float *b, int n) {
     return s;
 }
 
+/// The row of position t of a sequence (key or value of kv head g) in a paged layer cache.
+static inline const float *kv_row(const float *base, const int32_t *blocks, int block_size, int t, int kvw, int g, int hd) {
+    return base + ((size_t)blocks[t / block_size] * block_size + t % block_size) * kvw + (size_t)g * hd;
+}
+
+/// scratch[h * ctx + t] = q_h · k_t × scale for positions t0..<ctx, one key row at a time
+/// (each key read once for the group's query heads).
+static inline void scores_from(int t0, const float *qg, int group, int hd, const float *kbase, const int32_t *blocks,
+                               int block_size, int ctx, int kvw, int g, float scale, float *scratch) {
+    for (int t = t0; t < ctx; t++) {
+        const float *k = kv_row(kbase, blocks, block_size, t, kvw, g, hd);
+        for (int h = 0; h < group; h++) scratch[(size_t)h * ctx + t] = dot(qg + (size_t)h * hd, k, hd) * scale;
+    }
+}
+
+static inline float max_of(const float *s, int n) {
+    float m = -INFINITY;
+    for (int i = 0; i < n; i++) m = s[i] > m ? s[i] : m;
+    return m;
+}
+
 CLONES
 static void attend_generic(const float *q, int heads, int kv_heads, int hd, const float *kbase, const float *vbase,
                        const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch) {
@@ -20,15 +41,10 @@ static void attend_generic(const float *q, int heads, int kv_heads, int hd, cons
     const int kvw = kv_heads * hd;
     for (int g = 0; g < kv_heads; g++) {
         const float *qg = q + (size_t)g * group * hd;
-        // Scores for the group's query heads, one key row at a time (each key read once).
-        for (int t = 0; t < ctx; t++) {
-            const float *k = kbase + ((size_t)blocks[t / block_size] * block_size + t % block_size) * kvw + (size_t)g * hd;
-            for (int h = 0; h < group; h++) scratch[(size_t)h * ctx + t] = dot(qg + (size_t)h * hd, k, hd) * scale;
-        }
+        scores_from(0, qg, group, hd, kbase, blocks, block_size, ctx, kvw, g, scale, scratch);
         for (int h = 0; h < group; h++) {
             float *s = scratch + (size_t)h * ctx;
-            float m = -INFINITY;
-            for (int t = 0; t < ctx; t++) m = s[t] > m ? s[t] : m;
+            const float m = max_of(s, ctx);
             float sum = 0;
             for (int t = 0; t < ctx; t++) {
                 s[t] = expf(s[t] - m);
@@ -40,7 +56,7 @@ static void attend_generic(const float *q, int heads, int kv_heads, int hd, cons
         float *og = out + (size_t)g * group * hd;
         memset(og, 0, sizeof(float) * (size_t)group * hd);
         for (int t = 0; t < ctx; t++) {
-            const float *v = vbase + ((size_t)blocks[t / block_size] * block_size + t % block_size) * kvw + (size_t)g * hd;
+            const float *v = kv_row(vbase, blocks, block_size, t, kvw, g, hd);
             for (int h = 0; h < group; h++) {
                 const float p = scratch[(size_t)h * ctx + t];
                 float *o = og + (size_t)h * hd;
@@ -79,8 +95,7 @@ AVX512 static void attend_avx512(const float *q, int heads, int kv_heads, int hd
         int t = 0;
         for (; t + 16 <= ctx; t += 16) {
             const float *k[16];
-            for (int j = 0; j < 16; j++)
-                k[j] = kbase + ((size_t)blocks[(t + j) / block_size] * block_size + (t + j) % block_size) * kvw + (size_t)g * hd;
+            for (int j = 0; j < 16; j++) k[j] = kv_row(kbase, blocks, block_size, t + j, kvw, g, hd);
             for (int h = 0; h < group; h++) {
                 const float *qh = qg + (size_t)h * hd;
                 __m512 part[16];
@@ -92,14 +107,10 @@ AVX512 static void attend_avx512(const float *q, int heads, int kv_heads, int hd
                 _mm512_storeu_ps(scratch + (size_t)h * ctx + t, _mm512_mul_ps(sums16(part), _mm512_set1_ps(scale)));
             }
         }
-        for (; t < ctx; t++) {
-            const float *k = kbase + ((size_t)blocks[t / block_size] * block_size + t % block_size) * kvw + (size_t)g * hd;
-            for (int h = 0; h < group; h++) scratch[(size_t)h * ctx + t] = dot(qg + (size_t)h * hd, k, hd) * scale;
-        }
+        scores_from(t, qg, group, hd, kbase, blocks, block_size, ctx, kvw, g, scale, scratch);
         for (int h = 0; h < group; h++) {
             float *s = scratch + (size_t)h * ctx;
-            float m = -INFINITY;
-            for (int i = 0; i < ctx; i++) m = s[i] > m ? s[i] : m;
+            const float m = max_of(s, ctx);
             __m512 sum = _mm512_setzero_ps();
             int i = 0;
             for (; i + 16 <= ctx; i += 16) {
@@ -121,7 +132,7 @@ AVX512 static void attend_avx512(const float *q, int heads, int kv_heads, int hd
             __m512 acc[16];
             for (int c = 0; c < nv; c++) acc[c] = _mm512_setzero_ps();
             for (int i = 0; i < ctx; i++) {
-                const float *v = vbase + ((size_t)blocks[i / block_size] * block_size + i % block_size) * kvw + (size_t)g * hd;
+                const float *v = kv_row(vbase, blocks, block_size, i, kvw, g, hd);
                 const __m512 pi = _mm512_set1_ps(p[i]);
                 for (int c = 0; c < nv; c++) acc[c] = _mm512_fmadd_ps(pi, _mm512_loadu_ps(v + 16 * c), acc[c]);
             }
