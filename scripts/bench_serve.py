@@ -112,6 +112,13 @@ def main():
               f"10 in lockstep {d10:.1f} tok/s ({d10 / d1:.2f}×). Prompt processing runs at {pp:.0f} tok/s whatever the "
               f"concurrency, so each {a.prompt_tokens}-token prompt costs {a.prompt_tokens / pp:.2f} s that batching cannot share: "
               f"at concurrency 10 the prompts alone take {10 * a.prompt_tokens / pp:.1f} s of every wave of 10 requests."]
+    # The scaling these engine rates allow: a server with no cost beyond prefill and decode steps.
+    ideal1 = a.max_tokens / (a.prompt_tokens / pp + a.max_tokens / d1)
+    ideal10 = 10 * a.max_tokens / (10 * a.prompt_tokens / pp + 10 * a.max_tokens / d10)
+    c10 = next((r["output_tok_s"] for r in rows if r["concurrency"] == 10), None)
+    if c10:
+        lines[-1] += (f" With these rates a server with no other costs would reach {ideal1:.1f} tok/s at concurrency 1 and "
+                      f"{ideal10:.1f} at 10, a ratio of {ideal10 / ideal1:.2f}× (measured: {c10 / base:.2f}×).")
     if storm:
         lines += ["", f"Disconnect storm: {storm['clients']} clients hanging up at random; server alive: {storm['alive']}; "
                   f"/health answered {storm['health']['ok']} times, failed {storm['health']['bad']}, slowest {storm['health']['max_s']:.3f} s; "

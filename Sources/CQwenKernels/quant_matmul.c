@@ -333,6 +333,7 @@ AVX512 static inline __attribute__((always_inline)) void expand_q6_k(const uint8
 #define MAXROWS 12
 // How far ahead of the block being expanded the K-quant kernels ask for weight bytes: with
 // many input rows a row's blocks are consumed slowly and the hardware prefetcher falls behind.
+// (A prefetch never faults, so asking past the matrix's last row is harmless.)
 #define PREFETCH 1024
 
 AVX512 static inline __attribute__((always_inline)) void prefetch_block(const uint8_t *p, const int bytes) {
