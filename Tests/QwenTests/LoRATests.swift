@@ -99,6 +99,24 @@ final class LoRATests: XCTestCase {
         XCTAssertGreaterThan(zip(solo[0][0], solo[3][0]).map { abs($0 - $1) }.max()!, 0)
     }
 
+    /// Long prompts take the update through sgemm, decoding steps through the row kernel:
+    /// a prompt of 80 tokens at once and in chunks of 16 give the same logits.
+    func testPromptAtOnceEqualsPromptInChunks() throws {
+        let m = try LoadedModel.load(path: Fixtures.path("qwen3-tiny-f32")).model
+        let a = try LoRAAdapter.load(path: Fixtures.path("adapters/qwen3-all"), config: m.config)
+        let prompt = (0..<80).map { Int32(($0 * 37 + 11) % m.config.vocabSize) }
+        let whole = try m.forward([.init(cache: KVCache(config: m.config), tokens: prompt, logits: .last, adapter: a)])[0]
+        let cache = KVCache(config: m.config)
+        var last: [Float] = []
+        for start in stride(from: 0, to: prompt.count, by: 16) {
+            last = try m.forward([.init(cache: cache, tokens: Array(prompt[start..<(start + 16)]), logits: .last, adapter: a)])[0]
+        }
+        let d = zip(whole, last).map { abs($0 - $1) }.max()!
+        XCTAssertLessThanOrEqual(d, 1e-4, "at once and in chunks differ by \(d)")
+        let base = try m.forward([.init(cache: KVCache(config: m.config), tokens: prompt, logits: .last)])[0]
+        XCTAssertGreaterThan(zip(whole, base).map { abs($0 - $1) }.max()!, 1e-3, "the adapter changes the logits")
+    }
+
     func testMergedWeightsGiveUnmergedLogits() throws {
         let m = try LoadedModel.load(path: Fixtures.path("qwen3-tiny-bf16")).model
         let a = try LoRAAdapter.load(path: Fixtures.path("adapters/qwen3-all"), config: m.config)

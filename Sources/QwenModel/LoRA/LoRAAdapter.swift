@@ -1,3 +1,4 @@
+import CQwenKernels
 import Foundation
 import QwenKernels
 
@@ -45,6 +46,8 @@ public struct LoRAUpdate: Sendable {
     public let a: FloatBuffer
     /// [out × rank]
     public let b: FloatBuffer
+    /// Bᵀ [rank × out], for the row-by-row kernel of decoding steps.
+    let bt: FloatBuffer
     public let rank: Int
     public let scale: Float
 
@@ -53,11 +56,24 @@ public struct LoRAUpdate: Sendable {
         self.b = b
         self.rank = rank
         self.scale = scale
+        let out = b.count / max(rank, 1)
+        let bt = FloatBuffer(count: b.count)
+        for o in 0..<out {
+            for j in 0..<rank { bt[j * out + o] = b[o * rank + j] }
+        }
+        self.bt = bt
     }
+
+    /// Up to this many rows go through the plain kernel; more (prompts) through sgemm.
+    static let rowKernelLimit = 64
 
     /// out[n × outDim] += scale · (x[n × inDim] · Aᵀ) · Bᵀ, using tmp [n × rank].
     func apply(_ x: UnsafePointer<Float>, n: Int, inDim: Int, out: UnsafeMutablePointer<Float>, outDim: Int,
                tmp: UnsafeMutablePointer<Float>) {
+        if n <= Self.rowKernelLimit {
+            qwen_lora_rows(x, Int32(n), Int32(inDim), a.pointer, Int32(rank), bt.pointer, Int32(outDim), scale, out, tmp)
+            return
+        }
         BLAS.sgemm(transB: true, m: n, n: rank, k: inDim, a: x, lda: inDim, b: a.pointer, ldb: inDim, c: tmp, ldc: rank)
         BLAS.sgemm(transB: true, m: n, n: outDim, k: rank, alpha: scale, a: tmp, lda: rank, b: b.pointer, ldb: rank,
                    beta: 1, c: out, ldc: outDim)
