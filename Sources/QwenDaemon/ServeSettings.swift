@@ -28,9 +28,9 @@ public struct ServeSettings: Equatable, Sendable {
     public var logLevel = "info"
     public var logFormat = "text"
     public var logPrompts = false
-    /// HTTPS: a PEM certificate chain and its private key (both or neither).
     /// f32 copies of compact weights: auto, yes or no (see F32Weights).
     public var f32Weights = "auto"
+    /// HTTPS: a PEM certificate chain and its private key (both or neither).
     public var tlsCertFile: String?
     public var tlsKeyFile: String?
 

@@ -5,7 +5,8 @@ import QwenModel
 import QwenTokenizer
 
 /// Whether compact (quantized, bf16, f16) matrices get an f32 copy for wide products.
-/// The copy makes prompt processing about twice as fast and costs 4 bytes per weight.
+/// The copy makes prompt processing faster (measured ~1.25× on a bf16 model, ~1.1× on the
+/// quantized default model) and costs 4 bytes per weight; decoding does not use it.
 public enum F32Weights: String, Sendable, CaseIterable {
     /// Keep copies when they take at most half of the machine's memory.
     case auto

@@ -42,6 +42,4 @@ func reportingErrors(_ body: () throws -> Void) throws {
     }
 }
 
-
-
 extension F32Weights: ExpressibleByArgument {}

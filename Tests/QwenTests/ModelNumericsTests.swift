@@ -45,7 +45,7 @@ final class ModelNumericsTests: XCTestCase {
     func testQwen3F16() throws { try check(model: "qwen3-tiny-f16", expected: "qwen3") }
     func testQwen2TiedShardedF32() throws { try check(model: "qwen2-tiny", expected: "qwen2") }
     func testQwen3GGUFQuantized() throws { try check(model: "qwen3-tiny.gguf", expected: "qwen3_gguf") }
-    /// Compact storage only: prompts (more than 16 rows) go through the block kernels as well.
+    /// Compact storage only: prompts go through the block kernels as well.
     func testWithoutF32Copies() throws {
         try check(model: "qwen3-tiny.gguf", expected: "qwen3_gguf", f32Weights: .no)
         try check(model: "qwen3-tiny-bf16", expected: "qwen3", f32Weights: .no)
