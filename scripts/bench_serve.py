@@ -41,8 +41,9 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--storm", type=int, default=200)
     ap.add_argument("--write", default="BENCHMARKS.md")
+    ap.add_argument("--compute", default="f32")
     a = ap.parse_args()
-    proc, port = start_server(a.binary, a.model, 0, ["--max-running", "64"])
+    proc, port = start_server(a.binary, a.model, 0, ["--max-running", "64", "--compute", a.compute])
     host = "127.0.0.1"
     rows = []
     try:

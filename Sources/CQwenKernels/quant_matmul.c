@@ -1,34 +1,10 @@
 #include "qwen_quant.h"
+#include "ggml_blocks.h"
 #include <stdint.h>
 #include <string.h>
 #include <immintrin.h>
 
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-
-static float f16_table[65536];
-
-__attribute__((constructor)) static void init_f16_table(void) {
-    for (uint32_t h = 0; h < 65536; h++) {
-        uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-        if (exp == 0) {
-            if (mant == 0) {
-                bits = sign;
-            } else {  // subnormal: normalise
-                int e = -1;
-                do { mant <<= 1; e++; } while ((mant & 0x400) == 0);
-                mant &= 0x3ff;
-                bits = sign | ((uint32_t)(127 - 15 - e) << 23) | (mant << 13);
-            }
-        } else if (exp == 31) {
-            bits = sign | 0x7f800000u | (mant << 13);
-        } else {
-            bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-        }
-        memcpy(&f16_table[h], &bits, 4);
-    }
-}
-
-static inline float f16(const uint8_t *p) { return f16_table[(uint16_t)(p[0] | (p[1] << 8))]; }
 
 static inline __attribute__((always_inline)) int block_size(int t) {
     switch (t) {
@@ -55,16 +31,6 @@ static inline __attribute__((always_inline)) int block_bytes(int t) {
 }
 
 long qwen_quant_row_bytes(int type, int cols) { return (long)cols / block_size(type) * block_bytes(type); }
-
-static inline void scale_min_k4(int j, const uint8_t *q, float *sc, float *m) {
-    if (j < 4) {
-        *sc = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
-}
 
 /// Expands one block into y (block_size(t) floats), with the reference's float operations.
 static inline __attribute__((always_inline)) void expand(int t, const uint8_t *b, float *y) {

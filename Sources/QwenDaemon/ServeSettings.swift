@@ -30,6 +30,8 @@ public struct ServeSettings: Equatable, Sendable {
     public var logPrompts = false
     /// f32 copies of compact weights: auto, yes or no (see F32Weights).
     public var f32Weights = "auto"
+    /// Products with quantized weights: f32 or int8 (see ComputeMode).
+    public var compute = "f32"
     /// HTTPS: a PEM certificate chain and its private key (both or neither).
     public var tlsCertFile: String?
     public var tlsKeyFile: String?
@@ -48,7 +50,7 @@ public struct ServeSettings: Equatable, Sendable {
     public static let keys = ["model", "host", "port", "served-model-name", "kv-cache-gb", "max-running", "max-waiting",
                               "step-tokens", "chat-template-args", "max-body-mb", "shutdown-grace", "api-key-file", "api-key",
                               "admin-api-key-file", "admin-api-key", "adapter", "adapter-path",
-                              "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file", "f32-weights"]
+                              "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file", "f32-weights", "compute"]
 
     /// Applies one setting given as text; `source` names where it came from for errors.
     public mutating func set(_ key: String, _ raw: String, source: String) throws {
@@ -102,6 +104,9 @@ public struct ServeSettings: Equatable, Sendable {
         case "f32-weights":
             guard ["auto", "yes", "no"].contains(value) else { throw bad("auto, yes or no") }
             f32Weights = value
+        case "compute":
+            guard ["f32", "int8"].contains(value) else { throw bad("f32 or int8") }
+            compute = value
         case "tls-cert-file": tlsCertFile = value
         case "tls-key-file": tlsKeyFile = value
         case "log-format":
@@ -179,6 +184,7 @@ public struct ServeSettings: Equatable, Sendable {
         if let s = servedModelName { lines.append("served-model-name: \(q(s))") }
         lines.append("kv-cache-gb: \(kvCacheGB)")
         lines.append("f32-weights: \(f32Weights)")
+        lines.append("compute: \(compute)")
         lines.append("max-running: \(maxRunning)")
         lines.append("max-waiting: \(maxWaiting)")
         lines.append("step-tokens: \(stepTokens)")

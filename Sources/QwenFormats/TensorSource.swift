@@ -18,22 +18,25 @@ extension TensorSource {
     public func has(_ name: String) -> Bool { shape(of: name) != nil }
 
     /// A [rows × cols] weight matrix: compact storage where the file has it (with an f32
-    /// copy unless `f32Copy` is false), else f32.
-    public func matrix(_ name: String, rows: Int, cols: Int, f32Copy: Bool = true) throws -> WeightMatrix {
+    /// copy unless `f32Copy` is false, or the int8 mode repacks it), else f32.
+    public func matrix(_ name: String, rows: Int, cols: Int, f32Copy: Bool = true, compute: ComputeMode = .f32) throws -> WeightMatrix {
         if let (type, pointer, owner) = compactStorage(name), type != 0 {
             guard let got = shape(of: name), got == [rows, cols] else {
                 throw ModelFileError(origin, "tensor \(name) has shape \(shape(of: name) ?? []), expected \([rows, cols])")
             }
-            let dense = f32Copy ? try floats(name) : nil
-            return CompactMatrix(rows: rows, cols: cols, storageType: type, data: pointer, owner: owner, dense: dense)
+            let int8 = compute == .int8 && CompactMatrix.int8Packs(storageType: type, cols: cols)
+            let dense = f32Copy && !int8 ? try floats(name) : nil
+            return CompactMatrix(rows: rows, cols: cols, storageType: type, data: pointer, owner: owner, dense: dense, int8: int8)
         }
         return F32Matrix(rows: rows, cols: cols, data: try floats(name, shape: [rows, cols]))
     }
 
-    /// Bytes that f32 copies of the compact 2-D tensors would take.
-    public var f32CopyBytes: Int {
+    /// Bytes that f32 copies of the compact 2-D tensors would take (in the int8 mode, of
+    /// those it does not repack).
+    public func f32CopyBytes(compute: ComputeMode = .f32) -> Int {
         tensorNames.reduce(0) { sum, name in
             guard let s = shape(of: name), s.count == 2, let c = compactStorage(name), c.0 != 0 else { return sum }
+            if compute == .int8 && CompactMatrix.int8Packs(storageType: c.0, cols: s[1]) { return sum }
             return sum + s[0] * s[1] * 4
         }
     }

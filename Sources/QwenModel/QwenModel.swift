@@ -45,8 +45,8 @@ public final class QwenModel {
         }
     }
 
-    public convenience init(config: QwenConfig, source: TensorSource, f32Copies: Bool = true) throws {
-        self.init(config: config, weights: try QwenWeights(config: config, source: source, f32Copies: f32Copies))
+    public convenience init(config: QwenConfig, source: TensorSource, f32Copies: Bool = true, compute: ComputeMode = .f32) throws {
+        self.init(config: config, weights: try QwenWeights(config: config, source: source, f32Copies: f32Copies, compute: compute))
     }
 
     /// Runs the new tokens of every item, appends their keys and values to each item's

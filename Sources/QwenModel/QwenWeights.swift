@@ -26,14 +26,18 @@ public final class QwenWeights: @unchecked Sendable {
 
     /// - f32Copies: keep an f32 copy of compact matrices for wide products (faster prompt
     ///   processing, 4 bytes per weight of memory); without, every product reads the blocks.
-    public init(config c: QwenConfig, source: TensorSource, f32Copies: Bool = true) throws {
-        func matrix(_ name: String, _ rows: Int, _ cols: Int) throws -> WeightMatrix {
-            try source.matrix(name, rows: rows, cols: cols, f32Copy: f32Copies)
+    /// - compute: the int8 mode repacks the quantized matrices that are multiplied.
+    public init(config c: QwenConfig, source: TensorSource, f32Copies: Bool = true, compute: ComputeMode = .f32) throws {
+        /// Matrices only read by row (an embedding table the head does not share) get neither an
+        /// f32 copy nor int8 panels.
+        func matrix(_ name: String, _ rows: Int, _ cols: Int, multiplied: Bool = true) throws -> WeightMatrix {
+            try source.matrix(name, rows: rows, cols: cols, f32Copy: f32Copies && multiplied, compute: multiplied ? compute : .f32)
         }
         func vector(_ name: String, _ n: Int) throws -> FloatBuffer { try source.floats(name, shape: [n]) }
 
         let h = c.hiddenSize, qw = c.heads * c.headDim, kvw = c.kvHeads * c.headDim
-        embed = try matrix("model.embed_tokens.weight", c.vocabSize, h)
+        let tied = c.tieWordEmbeddings || !source.has("lm_head.weight")
+        embed = try matrix("model.embed_tokens.weight", c.vocabSize, h, multiplied: tied)
         var layers: [Layer] = []
         for i in 0..<c.layers {
             let p = "model.layers.\(i)."
@@ -55,7 +59,7 @@ public final class QwenWeights: @unchecked Sendable {
         }
         self.layers = layers
         norm = try vector("model.norm.weight", h)
-        if c.tieWordEmbeddings || !source.has("lm_head.weight") {
+        if tied {
             guard c.tieWordEmbeddings else { throw ModelFileError(source.origin, "missing tensor lm_head.weight") }
             lmHead = embed
         } else {

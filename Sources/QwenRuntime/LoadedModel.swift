@@ -37,7 +37,7 @@ public final class LoadedModel {
     }
 
     /// Loads a Hugging Face directory or a GGUF file from disk.
-    public static func load(path: String, name: String? = nil, f32Weights: F32Weights = .auto) throws -> LoadedModel {
+    public static func load(path: String, name: String? = nil, f32Weights: F32Weights = .auto, compute: ComputeMode = .f32) throws -> LoadedModel {
         try BLAS.load()
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
@@ -48,13 +48,15 @@ public final class LoadedModel {
             let config = try QwenConfig.fromHuggingFace(path: (path as NSString).appendingPathComponent("config.json"))
             let source = try SafetensorsDirectory(directory: path)
             let tokenizer = try Tokenizer.load(directory: path)
-            let model = try QwenModel(config: config, source: source, f32Copies: f32Weights.keep(copyBytes: source.f32CopyBytes))
+            let model = try QwenModel(config: config, source: source, f32Copies: f32Weights.keep(copyBytes: source.f32CopyBytes(compute: compute)),
+                                      compute: compute)
             return LoadedModel(name: displayName, path: path, model: model, tokenizer: tokenizer)
         }
         let gguf = try GGUFFile(path: path)
         let config = try QwenConfig.fromGGUF(gguf)
         let tokenizer = try Tokenizer.load(gguf: gguf)
-        let model = try QwenModel(config: config, source: gguf, f32Copies: f32Weights.keep(copyBytes: gguf.f32CopyBytes))
+        let model = try QwenModel(config: config, source: gguf, f32Copies: f32Weights.keep(copyBytes: gguf.f32CopyBytes(compute: compute)),
+                                  compute: compute)
         return LoadedModel(name: displayName.hasSuffix(".gguf") ? String(displayName.dropLast(5)) : displayName,
                            path: path, model: model, tokenizer: tokenizer)
     }

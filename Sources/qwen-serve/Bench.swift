@@ -12,6 +12,8 @@ struct Bench: ParsableCommand {
     var model = "default"
     @Option(name: .customLong("f32-weights"), help: "f32 copies of compact weights: auto, yes or no.")
     var f32Weights: F32Weights = .auto
+    @Option(help: "Products with quantized weights: f32 or int8 (8-bit inputs, integer dot products).")
+    var compute: ComputeMode = .f32
     @Option(name: .customLong("prompt-tokens")) var promptTokens = 128
     @Option(name: .customLong("gen-tokens")) var genTokens = 64
     @Option(help: "Repetitions; medians are reported.") var reps = 3
@@ -22,7 +24,7 @@ struct Bench: ParsableCommand {
         try reportingErrors {
             let info = try BLAS.load()
             let t0 = Date()
-            let loaded = try LoadedModel.load(path: try ModelLocator.resolve(model, log: log), f32Weights: f32Weights)
+            let loaded = try LoadedModel.load(path: try ModelLocator.resolve(model, log: log), f32Weights: f32Weights, compute: compute)
             let loadSeconds = Date().timeIntervalSince(t0)
             let m = loaded.model
             var rng = SeededRandom(seed: 1)

@@ -43,3 +43,4 @@ func reportingErrors(_ body: () throws -> Void) throws {
 }
 
 extension F32Weights: ExpressibleByArgument {}
+extension ComputeMode: ExpressibleByArgument {}

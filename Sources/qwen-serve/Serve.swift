@@ -26,6 +26,8 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("kv-cache-gb"), help: "Memory for the KV cache, in GiB. [default: 2]") var kvCacheGB: String?
     @Option(name: .customLong("f32-weights"), help: "Keep f32 copies of quantized/bf16 weights for faster prompts: auto (if they take under half the RAM), yes or no. [default: auto]")
     var f32Weights: String?
+    @Option(help: "Products with quantized GGUF weights: f32 (as transformers computes them) or int8 (inputs rounded to 8 bits, integer dot products; 2× faster prompts, ~4× faster batched decoding). [default: f32]")
+    var compute: String?
     @Option(name: .customLong("max-running"), help: "Sequences batched together at most. [default: 64]") var maxRunning: String?
     @Option(name: .customLong("max-waiting"), help: "Requests that may wait; more get HTTP 429. [default: 256]") var maxWaiting: String?
     @Option(name: .customLong("step-tokens"), help: "Tokens per engine step. [default: 512]") var stepTokens: String?
@@ -53,7 +55,7 @@ struct Serve: AsyncParsableCommand {
         if let config { try s.apply(file: config) }
         try s.apply(environment: ProcessInfo.processInfo.environment)
         let flags: [(String, String?)] = [
-            ("model", model), ("host", host), ("port", port), ("served-model-name", servedModelName), ("kv-cache-gb", kvCacheGB), ("f32-weights", f32Weights),
+            ("model", model), ("host", host), ("port", port), ("served-model-name", servedModelName), ("kv-cache-gb", kvCacheGB), ("f32-weights", f32Weights), ("compute", compute),
             ("max-running", maxRunning), ("max-waiting", maxWaiting), ("step-tokens", stepTokens),
             ("chat-template-args", chatTemplateArgs), ("max-body-mb", maxBodyMB), ("shutdown-grace", shutdownGrace),
             ("api-key-file", apiKeyFile), ("admin-api-key-file", adminAPIKeyFile), ("adapter-path", adapterPath),
@@ -83,7 +85,8 @@ struct Serve: AsyncParsableCommand {
             let info = try BLAS.load()
             log("OpenBLAS kernels: \(info.coreName)\(info.chosenCoreType.map { " (OPENBLAS_CORETYPE=\($0) chosen for this CPU)" } ?? ""), \(info.threads) threads")
             let path = try ModelLocator.resolve(s.model, log: log)
-            let loaded = try LoadedModel.load(path: path, name: s.servedModelName, f32Weights: F32Weights(rawValue: s.f32Weights) ?? .auto)
+            let loaded = try LoadedModel.load(path: path, name: s.servedModelName, f32Weights: F32Weights(rawValue: s.f32Weights) ?? .auto,
+                                            compute: ComputeMode(rawValue: s.compute) ?? .f32)
             var ec = Engine.Config()
             ec.maxRunning = s.maxRunning
             ec.maxWaiting = s.maxWaiting

@@ -115,27 +115,11 @@ final class CompactMatrixTests: XCTestCase {
     /// (one and two weight rows at a time, 1–17 input rows), against the dequantized matrix.
     func testKernelsOnRandomMatrices() throws {
         var rng = SeededRandom(seed: 9)
-        let half: UInt16 = Float16(0.01).bitPattern
         for type in [GGMLType.q5_0, .q8_0, .q4_K, .q6_K, .bf16, .q4_0, .q5_1, .q5_K, .f16] {
             // 37 rows make row ranges of 3 on up to 16 workers' chunks: the two-weight-row loops and
             // their one-row remainders both run.
             let cols = type.blockSize == 256 ? 512 : 96, rows = 37
-            let perRow = type.blockSize == 1 ? cols * type.blockBytes : cols / type.blockSize * type.blockBytes
-            var bytes = (0..<(rows * perRow)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
-            // Keep the f16 scales (and 16-bit values) finite and modest.
-            func put(_ off: Int, _ bits: UInt16) { bytes[off] = UInt8(bits & 0xFF); bytes[off + 1] = UInt8(bits >> 8) }
-            let bb = type.blockBytes
-            for blk in 0..<(bytes.count / bb) {
-                let o = blk * bb
-                switch type {
-                case .q5_0, .q8_0, .q4_0: put(o, half)
-                case .q5_1, .q4_K, .q5_K: put(o, half); put(o + 2, half)
-                case .q6_K: put(o + 208, half)
-                case .bf16: put(o, UInt16(Float(rng.unit() - 0.5).bitPattern >> 16))
-                case .f16: put(o, Float16(rng.unit() - 0.5).bitPattern)
-                default: break
-                }
-            }
+            let bytes = randomBlocks(type, rows: rows, cols: cols, rng: &rng)
             let dense = FloatBuffer(count: rows * cols)
             bytes.withUnsafeBytes { GGMLDequant.dequantize(type: type, src: $0.baseAddress!, dst: dense.pointer, count: rows * cols) }
             let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)

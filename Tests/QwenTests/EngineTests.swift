@@ -1,5 +1,6 @@
 import Foundation
 import QwenEngine
+import QwenKernels
 import QwenModel
 import QwenRuntime
 import XCTest
@@ -27,24 +28,34 @@ final class EngineTests: XCTestCase {
         return r
     }
 
-    func engine(_ dir: String = "qwen3-tiny-f32", configure: (inout Engine.Config) -> Void = { _ in }) throws -> (Engine, LoadedModel) {
-        let m = try LoadedModel.load(path: Fixtures.path(dir))
+    func engine(_ dir: String = "qwen3-tiny-f32", compute: ComputeMode = .f32,
+                configure: (inout Engine.Config) -> Void = { _ in }) throws -> (Engine, LoadedModel) {
+        let m = try LoadedModel.load(path: Fixtures.path(dir), compute: compute)
         var c = Engine.Config()
         configure(&c)
         let e = Engine(model: m.model, tokenizer: m.tokenizer, config: c)
         e.start()
         addTeardownBlock { e.shutdown(grace: 0) }
         // The reference runs on a second copy: a model runs one forward at a time.
-        return (e, try LoadedModel.load(path: Fixtures.path(dir)))
+        return (e, try LoadedModel.load(path: Fixtures.path(dir), compute: compute))
     }
 
     func alone(_ m: LoadedModel, _ prompt: [Int32], _ n: Int, _ p: SamplingParams) throws -> [Int32] {
         try Generator(model: m.model, tokenizer: m.tokenizer).generate(prompt: prompt, maxTokens: n, params: p, ignoreEOS: true).tokens
     }
 
-    func testMixedBatchMatchesEachRequestAlone() async throws {
+    func testMixedBatchMatchesEachRequestAlone() async throws { try await mixedBatch("qwen3-tiny-f32", .f32) }
+
+    /// The same on quantized weights in the int8 mode (the batch's inputs are quantized per row).
+    func testMixedBatchMatchesEachRequestAloneInt8() async throws {
+        try await mixedBatch("qwen3-tiny.gguf", .int8)
+        let m = try LoadedModel.load(path: Fixtures.path("qwen3-tiny.gguf"), compute: .int8)
+        XCTAssertTrue(try XCTUnwrap(m.model.weights.layers[0].q as? CompactMatrix).computesInt8)
+    }
+
+    func mixedBatch(_ dir: String, _ compute: ComputeMode) async throws {
         // A small step budget forces chunked prefill alongside decodes.
-        let (e, m) = try engine { $0.stepTokens = 7 }
+        let (e, m) = try engine(dir, compute: compute) { $0.stepTokens = 7 }
         var rng = SeededRandom(seed: 3)
         let vocab = UInt64(m.model.config.vocabSize)
         var jobs: [([Int32], Int, SamplingParams)] = []

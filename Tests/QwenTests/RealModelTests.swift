@@ -11,6 +11,33 @@ final class RealModelTests: XCTestCase {
     /// Without f32 copies every product, the prompt's too, expands the quantized blocks.
     func testWithoutF32CopiesToo() throws { try check(.no) }
 
+    /// The int8 mode (inputs rounded to 8 bits per 32 values, as llama.cpp computes quantized
+    /// models) is not transformers' arithmetic: fed transformers' greedy continuations, its most
+    /// likely next token must agree at nearly every position, and its logits stay close.
+    func testInt8ModeFollowsTransformersGreedyPath() throws {
+        let loaded = try LoadedModel.load(path: try Fixtures.defaultModel(), compute: .int8)
+        let m = loaded.model
+        let cases = try XCTUnwrap(try Fixtures.json("expected/real_model.json") as? [[String: Any]])
+        var positions = 0, agree = 0, worst: Float = 0
+        for c in cases {
+            let ids = ints32(c["ids"]), want = ints32(c["greedy"])
+            let logits = try m.forward([.init(cache: KVCache(config: m.config), tokens: ids + want.dropLast(), logits: .all)])[0]
+            let vocab = m.config.vocabSize
+            for (id, v) in zip(ints32(c["top_ids"]), floats(c["top_logits"])) {
+                worst = max(worst, abs(logits[(ids.count - 1) * vocab + Int(id)] - v))
+            }
+            for (k, token) in want.enumerated() {
+                let row = (ids.count - 1 + k) * vocab
+                let best = (0..<vocab).max { logits[row + $0] < logits[row + $1] }!
+                agree += best == Int(token) ? 1 : 0
+                positions += 1
+            }
+        }
+        print("int8 real model: top-1 agreement \(agree)/\(positions), worst |Δ top logit| \(worst)")
+        XCTAssertGreaterThanOrEqual(Double(agree), 0.95 * Double(positions))
+        XCTAssertLessThan(worst, 0.5)
+    }
+
     func check(_ f32Weights: F32Weights) throws {
         let path = try Fixtures.defaultModel()
         let loaded = try LoadedModel.load(path: path, f32Weights: f32Weights)

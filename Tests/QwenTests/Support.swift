@@ -1,4 +1,6 @@
 import Foundation
+import QwenFormats
+import QwenRuntime
 import XCTest
 
 /// Paths and JSON helpers shared by the tests.
@@ -66,4 +68,26 @@ func runProcess(_ path: String, _ args: [String], environment: [String: String]?
     let e = err.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
     return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+/// `rows` rows of `cols` random values stored as `type`: random bytes with the f16 scales (and
+/// 16-bit values) made finite and modest.
+func randomBlocks(_ type: GGMLType, rows: Int, cols: Int, rng: inout SeededRandom) -> [UInt8] {
+    let half: UInt16 = Float16(0.01).bitPattern
+    let perRow = type.blockSize == 1 ? cols * type.blockBytes : cols / type.blockSize * type.blockBytes
+    var bytes = (0..<(rows * perRow)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+    func put(_ off: Int, _ bits: UInt16) { bytes[off] = UInt8(bits & 0xFF); bytes[off + 1] = UInt8(bits >> 8) }
+    let bb = type.blockBytes
+    for blk in 0..<(bytes.count / bb) {
+        let o = blk * bb
+        switch type {
+        case .q5_0, .q8_0, .q4_0: put(o, half)
+        case .q4_1, .q5_1, .q4_K, .q5_K: put(o, half); put(o + 2, half)
+        case .q6_K: put(o + 208, half)
+        case .bf16: put(o, UInt16(Float(rng.unit() - 0.5).bitPattern >> 16))
+        case .f16: put(o, Float16(rng.unit() - 0.5).bitPattern)
+        default: break
+        }
+    }
+    return bytes
 }

@@ -1,0 +1,45 @@
+// Products of quantized weights with activations quantized to 8 bits (the `int8` compute mode):
+// each block's dot product is exact in integers (AVX-512 VNNI), then scaled in f32 — the method
+// llama.cpp uses for quantized models, and 2–3× the f32 multiply-adds per instruction.
+#ifndef QWEN_INT8_H
+#define QWEN_INT8_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Whether `type` (a ggml type number) has integer weights this module can repack.
+int qwen_i8_supported(int type);
+/// Values per weight scale in the repacked form (16 for Q6_K, else 32).
+int qwen_i8_group(int type);
+/// Whether the repacked form has an additive term per 32 values (Q4_1, Q5_1, Q4_K, Q5_K).
+int qwen_i8_has_min(int type);
+
+/// Repacks rows [16·panel0, 16·panel1) of W (`rows` × `cols`, stored as `type`) into panels of 16
+/// rows: per panel and group of g values, g·16 bytes laid out [g/4][16 rows][4] holding the
+/// weights' integers plus an offset (so they are unsigned), then 16 f32 scales, and (for types
+/// with a min term) 16 f32 mins per 32 values. Rows past `rows` are zero.
+/// q: panels × (cols/g) × g·16 bytes; scale: panels × (cols/g) × 16; min: panels × (cols/32) × 16.
+void qwen_i8_pack(int type, const void *w, int rows, int cols, int panel0, int panel1,
+                  uint8_t *q, float *scale, float *min);
+
+/// Quantizes n rows of x (`cols` values, `ldx` apart; cols a multiple of 32) per 32 values:
+/// d = max|x| / 127, q = round(x / d). Writes q (n × cols), d (n × cols/32) and the sums of q
+/// per 16 values (n × cols/16).
+void qwen_q8_quantize(const float *x, int n, int cols, int ldx, int8_t *q, float *d, int32_t *sums16);
+/// x[i·cols + k] = d · q, the values the integer products see.
+void qwen_q8_dequantize(const int8_t *q, const float *d, int n, int cols, float *x);
+
+/// For panels [panel0, panel1) of a repacked W and n quantized input rows:
+/// out[i·ldo + r] = Σ_k W[r,k]·d·q[i,k] (added to out when `accumulate`). `simd` 0 forces the
+/// plain C version (tests); otherwise VNNI is used when the CPU has it.
+void qwen_i8_matmul(int type, const uint8_t *q, const float *scale, const float *min, int rows, int cols,
+                    int panel0, int panel1, const int8_t *xq, const float *xd, const int32_t *xs16, int n,
+                    float *out, int ldo, int accumulate, int simd);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

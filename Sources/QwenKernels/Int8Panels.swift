@@ -1,0 +1,98 @@
+import CQwenKernels
+import Dispatch
+
+/// How matrix products with quantized (ggml block) weights compute.
+public enum ComputeMode: String, Sendable, CaseIterable {
+    /// Weights expanded to f32, products in f32: equal to transformers up to summation order.
+    case f32
+    /// Inputs quantized to 8 bits per 32 values and multiplied with integer dot products
+    /// (llama.cpp's method for quantized models): several times the multiply-adds per
+    /// instruction, at the cost of the inputs' rounding (≤ 1/254 of each block's largest value).
+    case int8
+}
+
+/// A quantized matrix repacked for the int8 kernel: panels of 16 rows, each value one byte,
+/// a scale per 16 or 32 values and rows, and a min term for the types that have one.
+final class Int8Panels: @unchecked Sendable {
+    let type: Int32
+    let rows: Int
+    let cols: Int
+    let panels: Int
+    let q: UnsafeMutableRawPointer
+    let scale: UnsafeMutablePointer<Float>
+    let min: UnsafeMutablePointer<Float>?
+
+    static func supports(_ type: Int32, cols: Int) -> Bool {
+        qwen_i8_supported(type) != 0 && cols % 32 == 0
+    }
+
+    /// Repacks `data` (rows × cols as `type`), panels spread over the cores.
+    init(type: Int32, rows: Int, cols: Int, data: UnsafeRawPointer) {
+        self.type = type
+        self.rows = rows
+        self.cols = cols
+        panels = (rows + 15) / 16
+        let group = Int(qwen_i8_group(type))
+        q = UnsafeMutableRawPointer.allocate(byteCount: panels * cols * 16, alignment: 64)
+        scale = UnsafeMutableRawPointer.allocate(byteCount: panels * (cols / group) * 16 * 4, alignment: 64)
+            .bindMemory(to: Float.self, capacity: panels * (cols / group) * 16)
+        min = qwen_i8_has_min(type) != 0
+            ? UnsafeMutableRawPointer.allocate(byteCount: panels * (cols / 32) * 16 * 4, alignment: 64)
+                .bindMemory(to: Float.self, capacity: panels * (cols / 32) * 16)
+            : nil
+        let step = 64
+        let (q, scale, min, panels) = (q, scale, min, panels)
+        DispatchQueue.concurrentPerform(iterations: (panels + step - 1) / step) { k in
+            let p0 = k * step, p1 = Swift.min(panels, p0 + step)
+            qwen_i8_pack(type, data, Int32(rows), Int32(cols), Int32(p0), Int32(p1), q.assumingMemoryBound(to: UInt8.self),
+                         scale, min)
+        }
+    }
+
+    deinit {
+        q.deallocate()
+        UnsafeMutableRawPointer(scale).deallocate()
+        if let min { UnsafeMutableRawPointer(min).deallocate() }
+    }
+
+    /// Bytes held: one per weight, plus scales and mins.
+    var bytes: Int { panels * cols * 16 + panels * (cols / Int(qwen_i8_group(type))) * 64 + (min == nil ? 0 : panels * (cols / 32) * 64) }
+
+    /// out[i·ldo + r] (+)= row r · input row i, for panels [p0, p1).
+    func multiply(_ x: QuantizedRows, panels p0: Int, _ p1: Int, into out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool, simd: Bool = true) {
+        qwen_i8_matmul(type, q.assumingMemoryBound(to: UInt8.self), scale, min, Int32(rows), Int32(cols), Int32(p0), Int32(p1),
+                       x.q, x.d, x.sums, Int32(x.n), out, Int32(ldo), accumulate ? 1 : 0, simd ? 1 : 0)
+    }
+}
+
+/// Input rows quantized to 8 bits per 32 values (scale = max |x| / 127), with the sums of
+/// every 16 quantized values that the kernel's offset terms need.
+final class QuantizedRows {
+    let n: Int
+    let cols: Int
+    let q: UnsafeMutablePointer<Int8>
+    let d: UnsafeMutablePointer<Float>
+    let sums: UnsafeMutablePointer<Int32>
+
+    init(_ x: UnsafePointer<Float>, n: Int, cols: Int) {
+        self.n = n
+        self.cols = cols
+        q = .allocate(capacity: n * cols)
+        d = .allocate(capacity: n * cols / 32)
+        sums = .allocate(capacity: n * cols / 16)
+        qwen_q8_quantize(x, Int32(n), Int32(cols), Int32(cols), q, d, sums)
+    }
+
+    deinit {
+        q.deallocate()
+        d.deallocate()
+        sums.deallocate()
+    }
+
+    /// The values the integer products see (d · q), for kernels that take f32 input.
+    func dequantized() -> FloatBuffer {
+        let out = FloatBuffer(count: n * cols)
+        qwen_q8_dequantize(q, d, Int32(n), Int32(cols), out.pointer)
+        return out
+    }
+}

@@ -1,0 +1,137 @@
+import CQwenKernels
+import Foundation
+import QwenFormats
+import QwenKernels
+import QwenRuntime
+import XCTest
+
+/// The int8 compute mode: input quantization, and the integer kernel against f32 products of
+/// the same rounded inputs with the dequantized weights.
+final class Int8KernelTests: XCTestCase {
+    struct Quantized {
+        var q: [Int8]
+        var d: [Float]
+        var sums: [Int32]
+    }
+
+    func quantize(_ x: [Float], n: Int, cols: Int) -> Quantized {
+        var r = Quantized(q: Array(repeating: 0, count: n * cols), d: Array(repeating: 0, count: n * cols / 32),
+                          sums: Array(repeating: 0, count: n * cols / 16))
+        qwen_q8_quantize(x, Int32(n), Int32(cols), Int32(cols), &r.q, &r.d, &r.sums)
+        return r
+    }
+
+    func dequantize(_ r: Quantized, n: Int, cols: Int) -> [Float] {
+        var x = [Float](repeating: 0, count: n * cols)
+        qwen_q8_dequantize(r.q, r.d, Int32(n), Int32(cols), &x)
+        return x
+    }
+
+    func testInputsRoundToTheNearestStepOfTheirBlock() {
+        var rng = SeededRandom(seed: 5)
+        let n = 3, cols = 96
+        var x = (0..<(n * cols)).map { _ in (rng.unit() * 2 - 1) * 3 }
+        for j in 32..<64 { x[j] = 0 }  // an all-zero block
+        x[70] = -1000  // a block dominated by one value
+        let r = quantize(x, n: n, cols: cols)
+        for b in 0..<(n * cols / 32) {
+            let block = x[(32 * b)..<(32 * b + 32)]
+            let amax = block.map(abs).max()!
+            XCTAssertEqual(r.d[b], amax / 127, accuracy: amax * 1e-7, "block \(b)")
+            var largest = 0
+            for j in 0..<32 {
+                let k = 32 * b + j
+                XCTAssertLessThanOrEqual(abs(r.d[b] * Float(r.q[k]) - x[k]), r.d[b] * 0.5001 + 1e-30, "value \(k)")
+                largest = max(largest, abs(Int(r.q[k])))
+            }
+            XCTAssertEqual(largest, amax == 0 ? 0 : 127, "block \(b)")
+            for h in 0..<2 {
+                XCTAssertEqual(r.sums[2 * b + h], (0..<16).reduce(Int32(0)) { $0 + Int32(r.q[32 * b + 16 * h + $1]) })
+            }
+        }
+    }
+
+    static let types: [GGMLType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K]
+
+    /// Every repacked type, 37 rows (a partial last panel of 16), 1–25 input rows (register groups
+    /// of up to 12, balanced), with and without accumulation, against sgemm on the dequantized
+    /// weights and the rounded inputs; and the plain C kernel against the VNNI one.
+    func testProductsEqualF32ProductsOfTheRoundedInputs() throws {
+        var rng = SeededRandom(seed: 17)
+        for type in Self.types {
+            let cols = type.blockSize == 256 ? 512 : 96, rows = 37
+            let bytes = randomBlocks(type, rows: rows, cols: cols, rng: &rng)
+            let dense = FloatBuffer(count: rows * cols)
+            bytes.withUnsafeBytes { GGMLDequant.dequantize(type: type, src: $0.baseAddress!, dst: dense.pointer, count: rows * cols) }
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
+            defer { raw.deallocate() }
+            raw.copyMemory(from: bytes, byteCount: bytes.count)
+            let m = CompactMatrix(rows: rows, cols: cols, storageType: Int32(type.rawValue), data: raw, owner: dense, dense: dense, int8: true)
+            XCTAssertTrue(m.computesInt8, "\(type)")
+            XCTAssertFalse(m.hasF32Copy, "\(type): the int8 mode needs no f32 copy")
+            let reference = F32Matrix(rows: rows, cols: cols, data: dense)
+            for n in [1, 2, 3, 5, 10, 12, 13, 16, 25] {
+                let x = (0..<(n * cols)).map { _ in rng.unit() * 2 - 1 }
+                let rounded = FloatBuffer(dequantize(quantize(x, n: n, cols: cols), n: n, cols: cols))
+                let want = FloatBuffer(count: n * rows), got = FloatBuffer(count: n * rows)
+                reference.multiply(rounded.pointer, n: n, into: want.pointer, accumulate: false)
+                m.multiply(x, n: n, into: got.pointer, accumulate: false)
+                let scale = want.array.map(abs).max()! + 1e-3
+                for i in 0..<(n * rows) {
+                    XCTAssertEqual(got[i], want[i], accuracy: 2e-5 * scale, "\(type) n=\(n) [\(i)]")
+                }
+                let acc = FloatBuffer(Array(repeating: 1, count: n * rows))
+                m.multiply(x, n: n, into: acc.pointer, accumulate: true)
+                for i in 0..<(n * rows) { XCTAssertEqual(acc[i], 1 + got[i], accuracy: 1e-5 * (scale + 1), "\(type) n=\(n) accumulate") }
+
+                let plain = plainKernel(type, bytes, rows: rows, cols: cols, x, n: n)
+                for i in 0..<(n * rows) { XCTAssertEqual(plain[i], got[i], accuracy: 1e-5 * scale, "\(type) n=\(n) plain C [\(i)]") }
+            }
+        }
+    }
+
+    /// The C fallback for CPUs without VNNI, called directly.
+    func plainKernel(_ type: GGMLType, _ bytes: [UInt8], rows: Int, cols: Int, _ x: [Float], n: Int) -> [Float] {
+        let t = Int32(type.rawValue), panels = (rows + 15) / 16, g = Int(qwen_i8_group(t))
+        var q = [UInt8](repeating: 0, count: panels * cols * 16)
+        var scale = [Float](repeating: 0, count: panels * cols / g * 16), mins = [Float](repeating: 0, count: panels * cols / 32 * 16)
+        qwen_i8_pack(t, bytes, Int32(rows), Int32(cols), 0, Int32(panels), &q, &scale, &mins)
+        let r = quantize(x, n: n, cols: cols)
+        var out = [Float](repeating: 0, count: n * rows)
+        qwen_i8_matmul(t, q, scale, mins, Int32(rows), Int32(cols), 0, Int32(panels), r.q, r.d, r.sums, Int32(n), &out, Int32(rows), 0, 0)
+        return out
+    }
+
+    /// A row's result does not depend on the rows it shares a product with — the property that
+    /// makes a sequence's tokens in a batch identical to its tokens alone.
+    func testEachRowIsTheSameAloneAndInABatch() {
+        var rng = SeededRandom(seed: 23)
+        for type in [GGMLType.q5_0, .q6_K, .q4_K] {
+            let cols = 512, rows = 40
+            let bytes = randomBlocks(type, rows: rows, cols: cols, rng: &rng)
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
+            defer { raw.deallocate() }
+            raw.copyMemory(from: bytes, byteCount: bytes.count)
+            let m = CompactMatrix(rows: rows, cols: cols, storageType: Int32(type.rawValue), data: raw, owner: self, dense: nil, int8: true)
+            let n = 14
+            let x = FloatBuffer((0..<(n * cols)).map { _ in rng.unit() * 2 - 1 })
+            let batch = FloatBuffer(count: n * rows), one = FloatBuffer(count: rows)
+            m.multiply(x.pointer, n: n, into: batch.pointer, accumulate: false)
+            for i in 0..<n {
+                m.multiply(x.pointer + i * cols, n: 1, into: one.pointer, accumulate: false)
+                for r in 0..<rows { XCTAssertEqual(one[r], batch[i * rows + r], "\(type) row \(i) output \(r)") }
+            }
+        }
+    }
+
+    /// Types without integer weights stay on the f32 path.
+    func testOtherTypesAreNotRepacked() {
+        let bytes = [UInt8](repeating: 0, count: 16 * 64 * 2)
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
+        defer { raw.deallocate() }
+        for type in [GGMLType.bf16, .f16] {
+            let m = CompactMatrix(rows: 16, cols: 64, storageType: Int32(type.rawValue), data: raw, owner: self, dense: nil, int8: true)
+            XCTAssertFalse(m.computesInt8, "\(type)")
+        }
+    }
+}
