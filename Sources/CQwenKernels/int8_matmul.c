@@ -139,7 +139,7 @@ void qwen_i8_pack(int type, const void *w, int rows, int cols, int panel0, int p
     }
 }
 
-void qwen_q8_quantize(const float *x, int n, int cols, int ldx, int8_t *q, float *d, int32_t *sums16) {
+static void quantize_generic(const float *x, int n, int cols, int ldx, int8_t *q, float *d, int32_t *sums16) {
     for (int i = 0; i < n; i++) {
         const float *xr = x + (long)i * ldx;
         for (int b = 0; b < cols / 32; b++) {
@@ -155,6 +155,42 @@ void qwen_q8_quantize(const float *x, int n, int cols, int ldx, int8_t *q, float
                 sums16[(long)i * (cols / 16) + 2 * b + h] = s;
             }
         }
+    }
+}
+
+/// The same arithmetic 16 values at a time (conversion rounds to nearest even, as nearbyintf).
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+static void quantize_avx512(const float *x, int n, int cols, int ldx, int8_t *q, float *d, int32_t *sums16) {
+    for (int i = 0; i < n; i++) {
+        const float *xr = x + (long)i * ldx;
+        for (int b = 0; b < cols / 32; b++) {
+            const __m512 lo = _mm512_loadu_ps(xr + 32 * b), hi = _mm512_loadu_ps(xr + 32 * b + 16);
+            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+            const float db = amax / 127.0f, id = db != 0 ? 1.0f / db : 0.0f;
+            d[(long)i * (cols / 32) + b] = db;
+            const __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, _mm512_set1_ps(id)));
+            const __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, _mm512_set1_ps(id)));
+            int8_t *qb = q + (long)i * cols + 32 * b;
+            _mm_storeu_si128((__m128i *)qb, _mm512_cvtsepi32_epi8(qlo));
+            _mm_storeu_si128((__m128i *)(qb + 16), _mm512_cvtsepi32_epi8(qhi));
+            sums16[(long)i * (cols / 16) + 2 * b] = _mm512_reduce_add_epi32(qlo);
+            sums16[(long)i * (cols / 16) + 2 * b + 1] = _mm512_reduce_add_epi32(qhi);
+        }
+    }
+}
+
+static int has_avx512 = -1;
+
+void qwen_q8_quantize(const float *x, int n, int cols, int ldx, int8_t *q, float *d, int32_t *sums16) {
+    if (has_avx512 < 0) {
+        __builtin_cpu_init();
+        has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                     __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    }
+    if (has_avx512) {
+        quantize_avx512(x, n, cols, ldx, q, d, sums16);
+    } else {
+        quantize_generic(x, n, cols, ldx, q, d, sums16);
     }
 }
 

@@ -80,19 +80,18 @@ final class QuantizedRows {
         q = .allocate(capacity: n * cols)
         d = .allocate(capacity: n * cols / 32)
         sums = .allocate(capacity: n * cols / 16)
-        qwen_q8_quantize(x, Int32(n), Int32(cols), Int32(cols), q, d, sums)
+        // Prompts: rows spread over the cores (a serial pass measured ~4% of a step's time).
+        let parts = n >= 16 ? min(n, 2 * CompactMatrix.workers) : 1
+        let (q, d, sums) = (q, d, sums)
+        DispatchQueue.concurrentPerform(iterations: parts) { k in
+            let lo = n * k / parts, hi = n * (k + 1) / parts
+            qwen_q8_quantize(x + lo * cols, Int32(hi - lo), Int32(cols), Int32(cols), q + lo * cols, d + lo * cols / 32, sums + lo * cols / 16)
+        }
     }
 
     deinit {
         q.deallocate()
         d.deallocate()
         sums.deallocate()
-    }
-
-    /// The values the integer products see (d · q), for kernels that take f32 input.
-    func dequantized() -> FloatBuffer {
-        let out = FloatBuffer(count: n * cols)
-        qwen_q8_dequantize(q, d, Int32(n), Int32(cols), out.pointer)
-        return out
     }
 }
