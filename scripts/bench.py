@@ -132,6 +132,7 @@ def main():
     # (label, model, extra flags, index of an earlier row whose baseline applies)
     models = [("Qwen2.5-Coder-0.5B-Instruct Q4_K_M (default)", default, [], None),
               ("the same, `--f32-weights no` (blocks only)", default, ["--f32-weights", "no"], 0),
+              ("the same, `--compute int8` (8-bit inputs, integer products)", default, ["--compute", "int8"], 0),
               ("Qwen3-0.6B config, random bf16", random_qwen3(repo), [], None)]
     rows = []
     for label, path, extra, same_as in models:

@@ -63,13 +63,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--compute", default="f32", help="the server's --compute mode")
     ap.add_argument("--write", default="BENCHMARKS.md")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="qwen-bench-adapters-")
     names = [f"lora{i}" for i in range(4)]
     for i, n in enumerate(names):
         write_adapter(os.path.join(tmp, n), seed=i)
-    extra = ["--max-running", "64"]
+    extra = ["--max-running", "64", "--compute", a.compute]
     for n in names:
         extra += ["--adapter", f"{n}={os.path.join(tmp, n)}"]
     proc, port = start_server(a.binary, a.model, 0, extra)
@@ -91,10 +92,10 @@ def main():
         return statistics.median(r[key] for r in results[label])
     base = med("no adapter", "output_tok_s")
     cmd = (f"make bench-adapters  # python3 scripts/bench_adapters.py --concurrency {a.concurrency} --requests {a.requests} "
-           f"--rounds {a.rounds} --prompt-tokens {a.prompt_tokens} --max-tokens {a.max_tokens}")
+           f"--rounds {a.rounds} --prompt-tokens {a.prompt_tokens} --max-tokens {a.max_tokens} --compute {a.compute}")
     lines = [f"## LoRA adapters under load ({time.strftime('%Y-%m-%d')}, default model, {os.cpu_count()} cores)", "",
              f"Command: `{cmd}`", "",
-             f"Concurrency {a.concurrency}, random {a.prompt_tokens}-token prompts, {a.max_tokens} output tokens (ignore_eos), streamed. "
+             f"`--compute {a.compute}`. Concurrency {a.concurrency}, random {a.prompt_tokens}-token prompts, {a.max_tokens} output tokens (ignore_eos), streamed. "
              "Adapters: rank 8 on all seven projections of all 24 layers. "
              f"Medians of {a.rounds} interleaved rounds of {a.requests} requests; baseline: no adapter, same run.", "",
              "| requests use | output tok/s | × no adapter | TTFT mean s | TPOT mean s |", "|---|---|---|---|---|"]

@@ -20,6 +20,51 @@ int qwen_i8_supported(int type) {
 
 int qwen_i8_group(int type) { return type == QWEN_Q6_K ? 16 : 32; }
 
+/// Bits each weight keeps in the panels: 4-bit types as nibbles, 5-bit types as nibbles plus a
+/// plane of high bits, the rest as bytes. Decoding is memory-bound, so fewer bytes is faster.
+static int bits_of(int type) {
+    switch (type) {
+    case QWEN_Q4_0: case QWEN_Q4_1: case QWEN_Q4_K: return 4;
+    case QWEN_Q5_0: case QWEN_Q5_1: case QWEN_Q5_K: return 5;
+    default: return 8;
+    }
+}
+
+long qwen_i8_group_bytes(int type) {
+    const int g = qwen_i8_group(type);
+    switch (bits_of(type)) {
+    case 4: return g * 16 / 2;
+    case 5: return g * 16 / 2 + g * 16 / 8;
+    default: return g * 16;
+    }
+}
+
+/// Where value k (< g) of lane `lane` goes in a group's bytes: 8-bit panels hold [g/4][16][4]
+/// bytes; 4- and 5-bit panels hold that order's even 64-byte vectors in the low nibbles and the
+/// odd ones in the high nibbles, and 5-bit panels then one bit per value, 64 per vector.
+static void put_value(uint8_t *group, int bits, int g, int k, int lane, uint8_t u) {
+    const int vec = k / 4, byte = lane * 4 + k % 4;
+    if (bits == 8) {
+        group[vec * 64 + byte] = u;
+        return;
+    }
+    uint8_t *nib = group + (vec / 2) * 64 + byte;
+    *nib = (uint8_t)(vec % 2 ? (*nib & 0x0F) | ((u & 0x0F) << 4) : (*nib & 0xF0) | (u & 0x0F));
+    if (bits == 5) {
+        uint8_t *hb = group + g * 16 / 2 + vec * 8 + byte / 8;
+        *hb = (uint8_t)((*hb & ~(1 << (byte % 8))) | (((u >> 4) & 1) << (byte % 8)));
+    }
+}
+
+static int get_value(const uint8_t *group, int bits, int g, int k, int lane) {
+    const int vec = k / 4, byte = lane * 4 + k % 4;
+    if (bits == 8) return group[vec * 64 + byte];
+    const uint8_t nib = group[(vec / 2) * 64 + byte];
+    int u = vec % 2 ? nib >> 4 : nib & 0x0F;
+    if (bits == 5) u |= ((group[g * 16 / 2 + vec * 8 + byte / 8] >> (byte % 8)) & 1) << 4;
+    return u;
+}
+
 int qwen_i8_has_min(int type) {
     return type == QWEN_Q4_1 || type == QWEN_Q5_1 || type == QWEN_Q4_K || type == QWEN_Q5_K;
 }
@@ -111,8 +156,8 @@ static void int_block(int t, const uint8_t *b, uint8_t *u, float *sc, float *mn)
 void qwen_i8_pack(int type, const void *w, int rows, int cols, int panel0, int panel1,
                   uint8_t *q, float *scale, float *min) {
     const int g = qwen_i8_group(type), ng = cols / g, n32 = cols / 32, bs = values_per_block(type);
-    const int has_min = qwen_i8_has_min(type);
-    const long row_bytes = qwen_quant_row_bytes(type, cols), block_bytes = row_bytes / (cols / bs);
+    const int has_min = qwen_i8_has_min(type), bits = bits_of(type);
+    const long row_bytes = qwen_quant_row_bytes(type, cols), block_bytes = row_bytes / (cols / bs), gb = qwen_i8_group_bytes(type);
     uint8_t u[256];
     float sc[16], mn[8];
     for (int p = panel0; p < panel1; p++) {
@@ -127,8 +172,8 @@ void qwen_i8_pack(int type, const void *w, int rows, int cols, int panel0, int p
                     memset(mn, 0, sizeof mn);
                 }
                 for (int j = 0; j < bs; j++) {
-                    const int c = b * bs + j, gi = c / g, k = c % g;
-                    q[((long)p * ng + gi) * g * 16 + (k / 4) * 64 + lane * 4 + k % 4] = u[j];
+                    const int c = b * bs + j, gi = c / g;
+                    put_value(q + ((long)p * ng + gi) * gb, bits, g, c % g, lane, u[j]);
                 }
                 for (int j = 0; j < bs / g; j++) scale[((long)p * ng + b * bs / g + j) * 16 + lane] = sc[j];
                 if (has_min) {
@@ -225,16 +270,17 @@ static void store(float *out, int ldo, int i, int row0, int rows, const float *a
 static void matmul_generic(int type, const uint8_t *q, const float *scale, const float *min, int rows, int cols,
                            int panel0, int panel1, const int8_t *xq, const int32_t *corr, const float *dx,
                            const float *dmin, int n, float *out, int ldo, int accumulate) {
-    const int g = qwen_i8_group(type), ng = cols / g, n32 = cols / 32, has_min = qwen_i8_has_min(type);
+    const int g = qwen_i8_group(type), ng = cols / g, n32 = cols / 32, has_min = qwen_i8_has_min(type), bits = bits_of(type);
+    const long gb = qwen_i8_group_bytes(type);
     for (int p = panel0; p < panel1; p++) {
         for (int i = 0; i < n; i++) {
             float acc[16] = {0};
             for (int gi = 0; gi < ng; gi++) {
-                const uint8_t *wq = q + ((long)p * ng + gi) * g * 16;
+                const uint8_t *wq = q + ((long)p * ng + gi) * gb;
                 const int8_t *xg = xq + (long)i * cols + gi * g;
                 for (int lane = 0; lane < 16; lane++) {
                     int32_t s = corr[i * ng + gi];
-                    for (int k = 0; k < g; k++) s += wq[(k / 4) * 64 + lane * 4 + k % 4] * xg[k];
+                    for (int k = 0; k < g; k++) s += get_value(wq, bits, g, k, lane) * xg[k];
                     acc[lane] = fmaf((float)s, scale[((long)p * ng + gi) * 16 + lane] * dx[i * ng + gi], acc[lane]);
                 }
                 if (has_min) {  // groups are 32 wide for the types with a min
@@ -261,7 +307,7 @@ static void matmul_generic(int type, const uint8_t *q, const float *scale, const
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
 
 /// R input rows × one panel of 16 weight rows; G, R and HAS_MIN are constants in each instance.
-VNNI static inline __attribute__((always_inline)) void panel_vnni(const int G, const int R, const int HAS_MIN, const uint8_t *q,
+VNNI static inline __attribute__((always_inline)) void panel_vnni(const int G, const int BITS, const int R, const int HAS_MIN, const uint8_t *q,
                                                                   const float *scale, const float *min, int cols,
                                                                   const int8_t *xq, const int32_t *corr, const float *dx,
                                                                   const float *dmin, float *out, int ldo, int row0, int rows,
@@ -270,12 +316,24 @@ VNNI static inline __attribute__((always_inline)) void panel_vnni(const int G, c
     __m512 acc[R];
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     for (int gi = 0; gi < ng; gi++) {
-        const uint8_t *wq = q + (long)gi * G * 16;
+        const uint8_t *wq = q + (long)gi * (BITS == 8 ? G * 16 : BITS == 4 ? G * 8 : G * 10);
         __m512i s[R];
         for (int r = 0; r < R; r++) s[r] = _mm512_set1_epi32(corr[r * ng + gi]);
         for (int k4 = 0; k4 < G / 4; k4++) {
-            if (R >= PREFETCH_ROWS) _mm_prefetch((const char *)(wq + k4 * 64 + PREFETCH), _MM_HINT_T0);
-            const __m512i w = _mm512_load_si512((const void *)(wq + k4 * 64));
+            __m512i w;
+            if (BITS == 8) {
+                if (R >= PREFETCH_ROWS) _mm_prefetch((const char *)(wq + k4 * 64 + PREFETCH), _MM_HINT_T0);
+                w = _mm512_load_si512((const void *)(wq + k4 * 64));
+            } else {
+                if (R >= PREFETCH_ROWS && k4 % 2 == 0) _mm_prefetch((const char *)(wq + k4 * 32 + PREFETCH), _MM_HINT_T0);
+                const __m512i v = _mm512_load_si512((const void *)(wq + (k4 / 2) * 64));
+                w = _mm512_and_si512(k4 % 2 ? _mm512_srli_epi16(v, 4) : v, _mm512_set1_epi8(0x0F));
+                if (BITS == 5) {
+                    __mmask64 high;
+                    memcpy(&high, wq + G * 8 + k4 * 8, 8);
+                    w = _mm512_mask_add_epi8(w, high, w, _mm512_set1_epi8(16));
+                }
+            }
             for (int r = 0; r < R; r++) {
                 int32_t xv;
                 memcpy(&xv, xq + (long)r * cols + gi * G + 4 * k4, 4);
@@ -301,34 +359,36 @@ VNNI static inline __attribute__((always_inline)) void panel_vnni(const int G, c
 
 #define MAXR 12
 
-#define PANEL_CASES(G, M)                                                                                          \
+#define PANEL_CASES(G, B, M)                                                                                       \
     switch (R) {                                                                                                   \
-    case 1: panel_vnni(G, 1, M, ARGS); break;  case 2: panel_vnni(G, 2, M, ARGS); break;                          \
-    case 3: panel_vnni(G, 3, M, ARGS); break;  case 4: panel_vnni(G, 4, M, ARGS); break;                          \
-    case 5: panel_vnni(G, 5, M, ARGS); break;  case 6: panel_vnni(G, 6, M, ARGS); break;                          \
-    case 7: panel_vnni(G, 7, M, ARGS); break;  case 8: panel_vnni(G, 8, M, ARGS); break;                          \
-    case 9: panel_vnni(G, 9, M, ARGS); break;  case 10: panel_vnni(G, 10, M, ARGS); break;                        \
-    case 11: panel_vnni(G, 11, M, ARGS); break; default: panel_vnni(G, 12, M, ARGS); break;                       \
+    case 1: panel_vnni(G, B, 1, M, ARGS); break;  case 2: panel_vnni(G, B, 2, M, ARGS); break;                    \
+    case 3: panel_vnni(G, B, 3, M, ARGS); break;  case 4: panel_vnni(G, B, 4, M, ARGS); break;                    \
+    case 5: panel_vnni(G, B, 5, M, ARGS); break;  case 6: panel_vnni(G, B, 6, M, ARGS); break;                    \
+    case 7: panel_vnni(G, B, 7, M, ARGS); break;  case 8: panel_vnni(G, B, 8, M, ARGS); break;                    \
+    case 9: panel_vnni(G, B, 9, M, ARGS); break;  case 10: panel_vnni(G, B, 10, M, ARGS); break;                  \
+    case 11: panel_vnni(G, B, 11, M, ARGS); break; default: panel_vnni(G, B, 12, M, ARGS); break;                 \
     }
 
 VNNI static void matmul_vnni(int type, const uint8_t *q, const float *scale, const float *min, int rows, int cols,
                              int panel0, int panel1, const int8_t *xq, const int32_t *corr, const float *dx,
                              const float *dmin, int n, float *out, int ldo, int accumulate) {
     const int g = qwen_i8_group(type), ng = cols / g, n32 = cols / 32, has_min = qwen_i8_has_min(type);
+    const long gb = qwen_i8_group_bytes(type);
     // Input rows in balanced groups of at most MAXR (16 = 8 + 8), each group over all panels.
     const int groups = (n + MAXR - 1) / MAXR;
     for (int k = 0, i0 = 0; k < groups; k++) {
         const int R = (n - i0) / (groups - k);
         for (int p = panel0; p < panel1; p++) {
-            const uint8_t *pq = q + (long)p * ng * g * 16;
+            const uint8_t *pq = q + (long)p * ng * gb;
             const float *ps = scale + (long)p * ng * 16, *pm = has_min ? min + (long)p * n32 * 16 : 0;
 #define ARGS pq, ps, pm, cols, xq + (long)i0 * cols, corr + i0 * ng, dx + i0 * ng, dmin + i0 * n32, out + (long)i0 * ldo, ldo, 16 * p, rows, accumulate
-            if (g == 16) {
-                PANEL_CASES(16, 0)
-            } else if (has_min) {
-                PANEL_CASES(32, 1)
-            } else {
-                PANEL_CASES(32, 0)
+            switch (type) {  // the instances: (group, bits, min term)
+            case QWEN_Q6_K: PANEL_CASES(16, 8, 0) break;
+            case QWEN_Q8_0: PANEL_CASES(32, 8, 0) break;
+            case QWEN_Q4_0: PANEL_CASES(32, 4, 0) break;
+            case QWEN_Q4_1: case QWEN_Q4_K: PANEL_CASES(32, 4, 1) break;
+            case QWEN_Q5_0: PANEL_CASES(32, 5, 0) break;
+            case QWEN_Q5_1: case QWEN_Q5_K: PANEL_CASES(32, 5, 1) break;
             }
 #undef ARGS
         }

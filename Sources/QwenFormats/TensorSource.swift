@@ -41,6 +41,18 @@ extension TensorSource {
         }
     }
 
+    /// Bytes the int8 mode's repacked panels would take: about 1.1–1.25 per weight of every
+    /// quantized matrix that is multiplied (the embedding table only when the head shares it).
+    public var int8PanelBytes: Int {
+        let tied = !has("lm_head.weight")
+        return tensorNames.reduce(0) { sum, name in
+            guard let s = shape(of: name), s.count == 2, let c = compactStorage(name),
+                  CompactMatrix.int8Packs(storageType: c.0, cols: s[1]),
+                  tied || name != "model.embed_tokens.weight" else { return sum }
+            return sum + CompactMatrix.int8Bytes(storageType: c.0, rows: s[0], cols: s[1])
+        }
+    }
+
     /// The tensor, checked to have exactly `shape`.
     public func floats(_ name: String, shape expected: [Int]) throws -> FloatBuffer {
         guard let got = shape(of: name) else { throw ModelFileError(origin, "missing tensor \(name)") }

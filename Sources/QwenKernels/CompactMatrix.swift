@@ -53,6 +53,10 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
 
     /// Whether `int8: true` would repack a matrix of this type and width.
     public static func int8Packs(storageType: Int32, cols: Int) -> Bool { Int8Panels.supports(storageType, cols: cols) }
+    /// Bytes the int8 panels of such a matrix take.
+    public static func int8Bytes(storageType: Int32, rows: Int, cols: Int) -> Int {
+        Int8Panels.bytes(type: storageType, rows: rows, cols: cols)
+    }
 
     /// Whether a product with `n` input rows runs the compact kernel (else sgemm on the f32 copy).
     func usesKernel(n: Int) -> Bool {
@@ -97,35 +101,31 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     }
 
     private static func runInt8(_ parts: [(Int8Panels, UnsafeMutablePointer<Float>)], _ x: QuantizedRows, accumulate: Bool) {
-        let total = parts.reduce(0) { $0 + $1.0.panels }
-        let chunk = max(1, (total + workers * chunksPerWorker - 1) / (workers * chunksPerWorker))
-        var tasks: [(part: Int, lo: Int, hi: Int)] = []
-        for (i, (m, _)) in parts.enumerated() {
-            for lo in stride(from: 0, to: m.panels, by: chunk) { tasks.append((i, lo, min(m.panels, lo + chunk))) }
-        }
-        tasks.withUnsafeBufferPointer { tasks in
-            DispatchQueue.concurrentPerform(iterations: tasks.count) { k in
-                let (i, lo, hi) = tasks[k]
-                let (m, out) = parts[i]
-                m.multiply(x, panels: lo, hi, into: out, ldo: m.rows, accumulate: accumulate)
-            }
+        inParallel(parts.map { $0.0.panels }) { i, lo, hi in
+            let (m, out) = parts[i]
+            m.multiply(x, panels: lo, hi, into: out, ldo: m.rows, accumulate: accumulate)
         }
     }
 
     private static func runF32(_ parts: [(CompactMatrix, UnsafeMutablePointer<Float>)], _ x: UnsafePointer<Float>, n: Int, accumulate: Bool) {
-        let total = parts.reduce(0) { $0 + $1.0.rows }
+        inParallel(parts.map { $0.0.rows }) { i, lo, hi in
+            let (m, out) = parts[i]
+            qwen_quant_matmul(m.storageType, m.data, Int32(m.cols), Int32(lo), Int32(hi), x, Int32(n), Int32(m.cols),
+                              out, Int32(m.rows), accumulate ? 1 : 0)
+        }
+    }
+
+    /// Ranges [lo, hi) of every part's `sizes[i]` units (rows or panels), about
+    /// `workers × chunksPerWorker` in all, run in parallel as body(part, lo, hi).
+    private static func inParallel(_ sizes: [Int], _ body: (Int, Int, Int) -> Void) {
+        let total = sizes.reduce(0, +)
         let chunk = max(1, (total + workers * chunksPerWorker - 1) / (workers * chunksPerWorker))
         var tasks: [(part: Int, lo: Int, hi: Int)] = []
-        for (i, (m, _)) in parts.enumerated() {
-            for lo in stride(from: 0, to: m.rows, by: chunk) { tasks.append((i, lo, min(m.rows, lo + chunk))) }
+        for (i, size) in sizes.enumerated() {
+            for lo in stride(from: 0, to: size, by: chunk) { tasks.append((i, lo, min(size, lo + chunk))) }
         }
         tasks.withUnsafeBufferPointer { tasks in
-            DispatchQueue.concurrentPerform(iterations: tasks.count) { k in
-                let (i, lo, hi) = tasks[k]
-                let (m, out) = parts[i]
-                qwen_quant_matmul(m.storageType, m.data, Int32(m.cols), Int32(lo), Int32(hi), x, Int32(n), Int32(m.cols),
-                                  out, Int32(m.rows), accumulate ? 1 : 0)
-            }
+            DispatchQueue.concurrentPerform(iterations: tasks.count) { k in body(tasks[k].part, tasks[k].lo, tasks[k].hi) }
         }
     }
 

@@ -11,8 +11,9 @@ public enum ComputeMode: String, Sendable, CaseIterable {
     case int8
 }
 
-/// A quantized matrix repacked for the int8 kernel: panels of 16 rows, each value one byte,
-/// a scale per 16 or 32 values and rows, and a min term for the types that have one.
+/// A quantized matrix repacked for the int8 kernel: panels of 16 rows, each value in 8, 5 or 4
+/// bits as the type has it, a scale per 16 or 32 values and row, and a min term for the types
+/// that have one.
 final class Int8Panels: @unchecked Sendable {
     let type: Int32
     let rows: Int
@@ -33,7 +34,7 @@ final class Int8Panels: @unchecked Sendable {
         self.cols = cols
         panels = (rows + 15) / 16
         let group = Int(qwen_i8_group(type))
-        q = UnsafeMutableRawPointer.allocate(byteCount: panels * cols * 16, alignment: 64)
+        q = UnsafeMutableRawPointer.allocate(byteCount: panels * (cols / group) * qwen_i8_group_bytes(type), alignment: 64)
         scale = UnsafeMutableRawPointer.allocate(byteCount: panels * (cols / group) * 16 * 4, alignment: 64)
             .bindMemory(to: Float.self, capacity: panels * (cols / group) * 16)
         min = qwen_i8_has_min(type) != 0
@@ -55,8 +56,12 @@ final class Int8Panels: @unchecked Sendable {
         if let min { UnsafeMutableRawPointer(min).deallocate() }
     }
 
-    /// Bytes held: one per weight, plus scales and mins.
-    var bytes: Int { panels * cols * 16 + panels * (cols / Int(qwen_i8_group(type))) * 64 + (min == nil ? 0 : panels * (cols / 32) * 64) }
+    /// Bytes held: the values, plus scales and mins.
+    static func bytes(type: Int32, rows: Int, cols: Int) -> Int {
+        let panels = (rows + 15) / 16
+        let groups = panels * (cols / Int(qwen_i8_group(type)))
+        return groups * (qwen_i8_group_bytes(type) + 64) + (qwen_i8_has_min(type) != 0 ? panels * (cols / 32) * 64 : 0)
+    }
 
     /// out[i·ldo + r] (+)= row r · input row i, for panels [p0, p1).
     func multiply(_ x: QuantizedRows, panels p0: Int, _ p1: Int, into out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool, simd: Bool = true) {

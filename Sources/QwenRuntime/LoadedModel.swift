@@ -44,15 +44,26 @@ public final class LoadedModel {
             throw ModelFileError(path, "no such file or directory")
         }
         let displayName = name ?? URL(fileURLWithPath: path).lastPathComponent
+        /// The int8 panels are a second copy of the quantized weights: refuse what cannot fit
+        /// rather than be killed for memory halfway through loading.
+        func checkInt8Memory(_ source: TensorSource) throws {
+            let need = source.int8PanelBytes, have = ProcessInfo.processInfo.physicalMemory
+            guard compute != .int8 || UInt64(need) <= have / 10 * 8 else {
+                throw ModelFileError(path, String(format: "--compute int8 needs %.1f GB for repacked weights, more than 80%% of this machine's %.1f GB; use --compute f32",
+                                                  Double(need) / 1e9, Double(have) / 1e9))
+            }
+        }
         if isDir.boolValue {
             let config = try QwenConfig.fromHuggingFace(path: (path as NSString).appendingPathComponent("config.json"))
             let source = try SafetensorsDirectory(directory: path)
+            try checkInt8Memory(source)
             let tokenizer = try Tokenizer.load(directory: path)
             let model = try QwenModel(config: config, source: source, f32Copies: f32Weights.keep(copyBytes: source.f32CopyBytes(compute: compute)),
                                       compute: compute)
             return LoadedModel(name: displayName, path: path, model: model, tokenizer: tokenizer)
         }
         let gguf = try GGUFFile(path: path)
+        try checkInt8Memory(gguf)
         let config = try QwenConfig.fromGGUF(gguf)
         let tokenizer = try Tokenizer.load(gguf: gguf)
         let model = try QwenModel(config: config, source: gguf, f32Copies: f32Weights.keep(copyBytes: gguf.f32CopyBytes(compute: compute)),

@@ -119,15 +119,11 @@ final class CompactMatrixTests: XCTestCase {
             // 37 rows make row ranges of 3 on up to 16 workers' chunks: the two-weight-row loops and
             // their one-row remainders both run.
             let cols = type.blockSize == 256 ? 512 : 96, rows = 37
-            let bytes = randomBlocks(type, rows: rows, cols: cols, rng: &rng)
-            let dense = FloatBuffer(count: rows * cols)
-            bytes.withUnsafeBytes { GGMLDequant.dequantize(type: type, src: $0.baseAddress!, dst: dense.pointer, count: rows * cols) }
-            let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
-            defer { raw.deallocate() }
-            raw.copyMemory(from: bytes, byteCount: bytes.count)
-            let compact = CompactMatrix(rows: rows, cols: cols, storageType: Int32(type.rawValue), data: raw, owner: dense, dense: dense)
+            let blocks = RandomBlocks(type, rows: rows, cols: cols, rng: &rng)
+            let compact = CompactMatrix(rows: rows, cols: cols, storageType: Int32(type.rawValue), data: blocks.raw, owner: blocks,
+                                        dense: blocks.dense)
             compact.alwaysCompact = true
-            let reference = F32Matrix(rows: rows, cols: cols, data: dense)
+            let reference = F32Matrix(rows: rows, cols: cols, data: blocks.dense)
             for n in [1, 2, 5, 6, 7, 10, 12, 13, 16] {
                 let x = FloatBuffer((0..<(n * cols)).map { _ in rng.unit() * 2 - 1 })
                 let a = FloatBuffer(count: n * rows), b = FloatBuffer(count: n * rows)

@@ -60,16 +60,12 @@ final class Int8KernelTests: XCTestCase {
         var rng = SeededRandom(seed: 17)
         for type in Self.types {
             let cols = type.blockSize == 256 ? 512 : 96, rows = 37
-            let bytes = randomBlocks(type, rows: rows, cols: cols, rng: &rng)
-            let dense = FloatBuffer(count: rows * cols)
-            bytes.withUnsafeBytes { GGMLDequant.dequantize(type: type, src: $0.baseAddress!, dst: dense.pointer, count: rows * cols) }
-            let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
-            defer { raw.deallocate() }
-            raw.copyMemory(from: bytes, byteCount: bytes.count)
-            let m = CompactMatrix(rows: rows, cols: cols, storageType: Int32(type.rawValue), data: raw, owner: dense, dense: dense, int8: true)
+            let blocks = RandomBlocks(type, rows: rows, cols: cols, rng: &rng)
+            let m = CompactMatrix(rows: rows, cols: cols, storageType: Int32(type.rawValue), data: blocks.raw, owner: blocks,
+                                  dense: blocks.dense, int8: true)
             XCTAssertTrue(m.computesInt8, "\(type)")
             XCTAssertFalse(m.hasF32Copy, "\(type): the int8 mode needs no f32 copy")
-            let reference = F32Matrix(rows: rows, cols: cols, data: dense)
+            let reference = F32Matrix(rows: rows, cols: cols, data: blocks.dense)
             for n in [1, 2, 3, 5, 10, 12, 13, 16, 25] {
                 let x = (0..<(n * cols)).map { _ in rng.unit() * 2 - 1 }
                 let rounded = FloatBuffer(dequantize(quantize(x, n: n, cols: cols), n: n, cols: cols))
@@ -84,7 +80,7 @@ final class Int8KernelTests: XCTestCase {
                 m.multiply(x, n: n, into: acc.pointer, accumulate: true)
                 for i in 0..<(n * rows) { XCTAssertEqual(acc[i], 1 + got[i], accuracy: 1e-5 * (scale + 1), "\(type) n=\(n) accumulate") }
 
-                let plain = plainKernel(type, bytes, rows: rows, cols: cols, x, n: n)
+                let plain = plainKernel(type, blocks.bytes, rows: rows, cols: cols, x, n: n)
                 for i in 0..<(n * rows) { XCTAssertEqual(plain[i], got[i], accuracy: 1e-5 * scale, "\(type) n=\(n) plain C [\(i)]") }
             }
         }
@@ -93,7 +89,7 @@ final class Int8KernelTests: XCTestCase {
     /// The C fallback for CPUs without VNNI, called directly.
     func plainKernel(_ type: GGMLType, _ bytes: [UInt8], rows: Int, cols: Int, _ x: [Float], n: Int) -> [Float] {
         let t = Int32(type.rawValue), panels = (rows + 15) / 16, g = Int(qwen_i8_group(t))
-        var q = [UInt8](repeating: 0, count: panels * cols * 16)
+        var q = [UInt8](repeating: 0, count: panels * cols / g * qwen_i8_group_bytes(t))
         var scale = [Float](repeating: 0, count: panels * cols / g * 16), mins = [Float](repeating: 0, count: panels * cols / 32 * 16)
         qwen_i8_pack(t, bytes, Int32(rows), Int32(cols), 0, Int32(panels), &q, &scale, &mins)
         let r = quantize(x, n: n, cols: cols)
@@ -108,11 +104,8 @@ final class Int8KernelTests: XCTestCase {
         var rng = SeededRandom(seed: 23)
         for type in [GGMLType.q5_0, .q6_K, .q4_K] {
             let cols = 512, rows = 40
-            let bytes = randomBlocks(type, rows: rows, cols: cols, rng: &rng)
-            let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
-            defer { raw.deallocate() }
-            raw.copyMemory(from: bytes, byteCount: bytes.count)
-            let m = CompactMatrix(rows: rows, cols: cols, storageType: Int32(type.rawValue), data: raw, owner: self, dense: nil, int8: true)
+            let blocks = RandomBlocks(type, rows: rows, cols: cols, rng: &rng)
+            let m = CompactMatrix(rows: rows, cols: cols, storageType: Int32(type.rawValue), data: blocks.raw, owner: blocks, dense: nil, int8: true)
             let n = 14
             let x = FloatBuffer((0..<(n * cols)).map { _ in rng.unit() * 2 - 1 })
             let batch = FloatBuffer(count: n * rows), one = FloatBuffer(count: rows)

@@ -1,5 +1,6 @@
 import Foundation
 import QwenFormats
+import QwenKernels
 import QwenModel
 import QwenRuntime
 import XCTest
@@ -69,8 +70,13 @@ final class LoRATests: XCTestCase {
 
     /// One forward step with rows for two adapters and the base, interleaved and of
     /// different lengths, gives each row what running it alone gives; then decode steps.
-    func testMixedBatchMatchesSolo() throws {
-        let m = try LoadedModel.load(path: Fixtures.path("qwen3-tiny-f32")).model
+    func testMixedBatchMatchesSolo() throws { try mixedBatch("qwen3-tiny-f32", .f32) }
+
+    /// The same over quantized weights in the int8 mode (adapters add their f32 updates).
+    func testMixedBatchMatchesSoloInt8() throws { try mixedBatch("qwen3-tiny.gguf", .int8) }
+
+    func mixedBatch(_ base: String, _ compute: ComputeMode) throws {
+        let m = try LoadedModel.load(path: Fixtures.path(base), compute: compute).model
         let a = try LoRAAdapter.load(path: Fixtures.path("adapters/qwen3-all"), config: m.config)
         let b = try LoRAAdapter.load(path: Fixtures.path("adapters/qwen3-qv-rslora"), config: m.config)
         let prompts: [[Int32]] = [[5, 17, 300, 42, 9], [7, 8], [100, 200, 300, 400, 500, 11, 12], [3], [44, 45, 46]]

@@ -1,5 +1,6 @@
 import Foundation
 import QwenFormats
+import QwenKernels
 import QwenRuntime
 import XCTest
 
@@ -68,6 +69,25 @@ func runProcess(_ path: String, _ args: [String], environment: [String: String]?
     let e = err.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
     return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+/// A random matrix stored as `type` in 64-byte aligned memory, with its dequantized values.
+final class RandomBlocks {
+    let bytes: [UInt8]
+    let raw: UnsafeMutableRawPointer
+    let dense: FloatBuffer
+
+    init(_ type: GGMLType, rows: Int, cols: Int, rng: inout SeededRandom) {
+        let bytes = randomBlocks(type, rows: rows, cols: cols, rng: &rng)
+        let dense = FloatBuffer(count: rows * cols)
+        bytes.withUnsafeBytes { GGMLDequant.dequantize(type: type, src: $0.baseAddress!, dst: dense.pointer, count: rows * cols) }
+        raw = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
+        raw.copyMemory(from: bytes, byteCount: bytes.count)
+        self.bytes = bytes
+        self.dense = dense
+    }
+
+    deinit { raw.deallocate() }
 }
 
 /// `rows` rows of `cols` random values stored as `type`: random bytes with the f16 scales (and

@@ -17,11 +17,15 @@ int qwen_i8_group(int type);
 /// Whether the repacked form has an additive term per 32 values (Q4_1, Q5_1, Q4_K, Q5_K).
 int qwen_i8_has_min(int type);
 
+/// Bytes per panel and group of qwen_i8_group(type) values: 16 rows × g values at 8, 4 or 5
+/// bits each (Q8_0/Q6_K; Q4_0/Q4_1/Q4_K; Q5_0/Q5_1/Q5_K).
+long qwen_i8_group_bytes(int type);
+
 /// Repacks rows [16·panel0, 16·panel1) of W (`rows` × `cols`, stored as `type`) into panels of 16
-/// rows: per panel and group of g values, g·16 bytes laid out [g/4][16 rows][4] holding the
-/// weights' integers plus an offset (so they are unsigned), then 16 f32 scales, and (for types
-/// with a min term) 16 f32 mins per 32 values. Rows past `rows` are zero.
-/// q: panels × (cols/g) × g·16 bytes; scale: panels × (cols/g) × 16; min: panels × (cols/32) × 16.
+/// rows: per panel and group of g values, qwen_i8_group_bytes(type) bytes of the weights'
+/// integers plus an offset (so they are unsigned) in the order the kernel reads them, then 16 f32
+/// scales, and (for types with a min term) 16 f32 mins per 32 values. Rows past `rows` are zero.
+/// q: panels × (cols/g) × group bytes; scale: panels × (cols/g) × 16; min: panels × (cols/32) × 16.
 void qwen_i8_pack(int type, const void *w, int rows, int cols, int panel0, int panel1,
                   uint8_t *q, float *scale, float *min);
 
