@@ -50,7 +50,8 @@ bench-serve: model
 	$(PYTHON) scripts/bench_serve.py --binary $(BIN)
 
 bench-adapters: model
-	$(PYTHON) scripts/bench_adapters.py --binary $(BIN)
+	$(PYTHON) scripts/bench_adapters.py --binary $(BIN) --compute f32
+	$(PYTHON) scripts/bench_adapters.py --binary $(BIN) --compute int8
 
 bench: model
 	$(PYTHON) scripts/bench.py --binary $(BIN)

@@ -93,9 +93,9 @@ def main():
     base = med("no adapter", "output_tok_s")
     cmd = (f"make bench-adapters  # python3 scripts/bench_adapters.py --concurrency {a.concurrency} --requests {a.requests} "
            f"--rounds {a.rounds} --prompt-tokens {a.prompt_tokens} --max-tokens {a.max_tokens} --compute {a.compute}")
-    lines = [f"## LoRA adapters under load ({time.strftime('%Y-%m-%d')}, default model, {os.cpu_count()} cores)", "",
+    lines = [f"## LoRA adapters under load, {a.compute} compute ({time.strftime('%Y-%m-%d')}, default model, {os.cpu_count()} cores)", "",
              f"Command: `{cmd}`", "",
-             f"`--compute {a.compute}`. Concurrency {a.concurrency}, random {a.prompt_tokens}-token prompts, {a.max_tokens} output tokens (ignore_eos), streamed. "
+             f"Concurrency {a.concurrency}, random {a.prompt_tokens}-token prompts, {a.max_tokens} output tokens (ignore_eos), streamed. "
              "Adapters: rank 8 on all seven projections of all 24 layers. "
              f"Medians of {a.rounds} interleaved rounds of {a.requests} requests; baseline: no adapter, same run.", "",
              "| requests use | output tok/s | × no adapter | TTFT mean s | TPOT mean s |", "|---|---|---|---|---|"]
@@ -105,7 +105,7 @@ def main():
     section = "\n".join(lines) + "\n"
     print(section)
     if a.write:
-        benchmarks_md.write_section(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "LoRA adapters under load", section, a.write)
+        benchmarks_md.write_section(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), f"LoRA adapters under load, {a.compute} compute", section, a.write)
 
 
 if __name__ == "__main__":
