@@ -8,7 +8,7 @@ extern "C" {
 #endif
 
 /// out[i][o] += Σ_j (scale · x_i · a_j) · bt[j][o] for i < n, o < out_dim: the update
-/// scale · B · A with a = A [rank × in_dim] and bt = Bᵀ [rank × out_dim]. tmp: rank floats.
+/// scale · B · A with a = A [rank × in_dim] and bt = Bᵀ [rank × out_dim]. tmp: n × rank floats.
 void qwen_lora_rows(const float *x, int n, int in_dim, const float *a, int rank, const float *bt, int out_dim, float scale,
                     float *out, float *tmp);
 
