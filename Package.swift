@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layers, each depending only on those above it:
-//   CQwenKernels (C: OpenBLAS loader, CPU features)
+//   CQwenKernels (C: OpenBLAS loader, CPU features, block / int8 / attention / LoRA kernels)
 //   QwenKernels  (buffers, BLAS, element-wise kernels, weight matrices)
 //   QwenFormats  (safetensors, GGUF, block dequantization)
 //   QwenModel    (config, weights, the Qwen2/Qwen3 forward pass, KV cache)

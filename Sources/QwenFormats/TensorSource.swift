@@ -41,7 +41,7 @@ extension TensorSource {
         }
     }
 
-    /// Bytes the int8 mode's repacked panels would take: about 1.1–1.25 per weight of every
+    /// Bytes the int8 mode's repacked panels would take: 0.6–1.25 per weight (by type) of every
     /// quantized matrix that is multiplied (the embedding table only when the head shares it).
     public var int8PanelBytes: Int {
         let tied = !has("lm_head.weight")

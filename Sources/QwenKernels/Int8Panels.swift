@@ -64,9 +64,9 @@ final class Int8Panels: @unchecked Sendable {
     }
 
     /// out[i·ldo + r] (+)= row r · input row i, for panels [p0, p1).
-    func multiply(_ x: QuantizedRows, panels p0: Int, _ p1: Int, into out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool, simd: Bool = true) {
+    func multiply(_ x: QuantizedRows, panels p0: Int, _ p1: Int, into out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool) {
         qwen_i8_matmul(type, q.assumingMemoryBound(to: UInt8.self), scale, min, Int32(rows), Int32(cols), Int32(p0), Int32(p1),
-                       x.q, x.d, x.sums, Int32(x.n), out, Int32(ldo), accumulate ? 1 : 0, simd ? 1 : 0)
+                       x.q, x.d, x.sums, Int32(x.n), out, Int32(ldo), accumulate ? 1 : 0, 1)
     }
 }
 

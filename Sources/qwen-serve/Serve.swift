@@ -91,6 +91,9 @@ struct Serve: AsyncParsableCommand {
             let repacked = matrices.filter { ($0 as? CompactMatrix)?.computesInt8 == true }.count
             let rest = repacked < matrices.count ? "; the rest in f32" : ""
             log("compute: \(s.compute)" + (s.compute == "int8" ? " (\(repacked) of \(matrices.count) layer matrices in int8 panels\(rest))" : ""))
+            if s.compute == "int8" && !CPUFeatures.hasAVX512VNNI {
+                log("this CPU has no AVX-512 VNNI: the int8 mode runs its portable C kernel, far slower than --compute f32", level: .warning)
+            }
             var ec = Engine.Config()
             ec.maxRunning = s.maxRunning
             ec.maxWaiting = s.maxWaiting
