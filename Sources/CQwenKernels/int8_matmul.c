@@ -2,7 +2,6 @@
 #include "qwen_quant.h"
 #include "ggml_blocks.h"
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 #include <immintrin.h>
 
@@ -243,9 +242,7 @@ void qwen_q8_dequantize(const int8_t *q, const float *d, int n, int cols, float 
     for (long i = 0; i < (long)n * cols; i++) x[i] = d[i / 32] * (float)q[i];
 }
 
-/// Per input row and group: the offset correction −offset·Σq, the input scale, and (per 32) the
-/// min factor d·Σq. Computed once per call so the inner loops only broadcast them.
-static void terms(int type, const int32_t *xs16, const float *xd, int n, int cols, int32_t *corr, float *dx, float *dmin) {
+void qwen_i8_terms(int type, const float *xd, const int32_t *xs16, int n, int cols, int32_t *corr, float *dx, float *dmin) {
     const int g = qwen_i8_group(type), ng = cols / g, n32 = cols / 32, off = offset_of(type);
     for (int i = 0; i < n; i++) {
         for (int gi = 0; gi < ng; gi++) {
@@ -399,7 +396,7 @@ VNNI static void matmul_vnni(int type, const uint8_t *q, const float *scale, con
 static int has_vnni = -1;
 
 void qwen_i8_matmul(int type, const uint8_t *q, const float *scale, const float *min, int rows, int cols,
-                    int panel0, int panel1, const int8_t *xq, const float *xd, const int32_t *xs16, int n,
+                    int panel0, int panel1, const int8_t *xq, const int32_t *corr, const float *dx, const float *dmin, int n,
                     float *out, int ldo, int accumulate, int simd) {
     if (has_vnni < 0) {
         __builtin_cpu_init();
@@ -407,16 +404,9 @@ void qwen_i8_matmul(int type, const uint8_t *q, const float *scale, const float 
                    __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
                    __builtin_cpu_supports("avx512vnni");
     }
-    const int ng = cols / qwen_i8_group(type), n32 = cols / 32;
-    int32_t *corr = malloc(sizeof(int32_t) * (size_t)n * ng);
-    float *dx = malloc(sizeof(float) * (size_t)n * ng), *dmin = malloc(sizeof(float) * (size_t)n * n32);
-    terms(type, xs16, xd, n, cols, corr, dx, dmin);
     if (simd && has_vnni) {
         matmul_vnni(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate);
     } else {
         matmul_generic(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate);
     }
-    free(corr);
-    free(dx);
-    free(dmin);
 }

@@ -102,9 +102,10 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     }
 
     private static func runInt8(_ parts: [(Int8Panels, UnsafeMutablePointer<Float>)], _ x: QuantizedRows, accumulate: Bool) {
+        let terms = parts.map { x.terms(for: $0.0.type) }  // before the dispatch: the cache is not thread-safe
         inParallel(parts.map { $0.0.panels }) { i, lo, hi in
             let (m, out) = parts[i]
-            m.multiply(x, panels: lo, hi, into: out, ldo: m.rows, accumulate: accumulate)
+            m.multiply(x, terms[i], panels: lo, hi, into: out, ldo: m.rows, accumulate: accumulate)
         }
     }
 

@@ -63,10 +63,11 @@ final class Int8Panels: @unchecked Sendable {
         return groups * (qwen_i8_group_bytes(type) + 64) + (qwen_i8_has_min(type) != 0 ? panels * (cols / 32) * 64 : 0)
     }
 
-    /// out[i·ldo + r] (+)= row r · input row i, for panels [p0, p1).
-    func multiply(_ x: QuantizedRows, panels p0: Int, _ p1: Int, into out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool) {
+    /// out[i·ldo + r] (+)= row r · input row i, for panels [p0, p1); `terms` from x.terms(for: type).
+    func multiply(_ x: QuantizedRows, _ terms: QuantizedRows.Terms, panels p0: Int, _ p1: Int, into out: UnsafeMutablePointer<Float>,
+                  ldo: Int, accumulate: Bool) {
         qwen_i8_matmul(type, q.assumingMemoryBound(to: UInt8.self), scale, min, Int32(rows), Int32(cols), Int32(p0), Int32(p1),
-                       x.q, x.d, x.sums, Int32(x.n), out, Int32(ldo), accumulate ? 1 : 0, 1)
+                       x.q, terms.corr, terms.dx, terms.dmin, Int32(x.n), out, Int32(ldo), accumulate ? 1 : 0, 1)
     }
 }
 
@@ -98,5 +99,36 @@ final class QuantizedRows {
         q.deallocate()
         d.deallocate()
         sums.deallocate()
+    }
+
+    /// The per-row offset corrections and scales a weight type's kernel reads (qwen_i8_terms).
+    final class Terms {
+        let corr: UnsafeMutablePointer<Int32>
+        let dx: UnsafeMutablePointer<Float>
+        let dmin: UnsafeMutablePointer<Float>
+
+        init(type: Int32, _ x: QuantizedRows) {
+            let groups = x.n * x.cols / Int(qwen_i8_group(type))
+            corr = .allocate(capacity: groups)
+            dx = .allocate(capacity: groups)
+            dmin = .allocate(capacity: x.n * x.cols / 32)
+            qwen_i8_terms(type, x.d, x.sums, Int32(x.n), Int32(x.cols), corr, dx, dmin)
+        }
+
+        deinit {
+            corr.deallocate()
+            dx.deallocate()
+            dmin.deallocate()
+        }
+    }
+
+    private var terms: [Int32: Terms] = [:]
+
+    /// The terms for `type`, computed once per input (q, k and v may share a type).
+    func terms(for type: Int32) -> Terms {
+        if let t = terms[type] { return t }
+        let t = Terms(type: type, self)
+        terms[type] = t
+        return t
     }
 }

@@ -93,8 +93,11 @@ final class Int8KernelTests: XCTestCase {
         var scale = [Float](repeating: 0, count: panels * cols / g * 16), mins = [Float](repeating: 0, count: panels * cols / 32 * 16)
         qwen_i8_pack(t, bytes, Int32(rows), Int32(cols), 0, Int32(panels), &q, &scale, &mins)
         let r = quantize(x, n: n, cols: cols)
+        var corr = [Int32](repeating: 0, count: n * cols / g), dx = [Float](repeating: 0, count: n * cols / g)
+        var dmin = [Float](repeating: 0, count: n * cols / 32)
+        qwen_i8_terms(t, r.d, r.sums, Int32(n), Int32(cols), &corr, &dx, &dmin)
         var out = [Float](repeating: 0, count: n * rows)
-        qwen_i8_matmul(t, q, scale, mins, Int32(rows), Int32(cols), 0, Int32(panels), r.q, r.d, r.sums, Int32(n), &out, Int32(rows), 0, 0)
+        qwen_i8_matmul(t, q, scale, mins, Int32(rows), Int32(cols), 0, Int32(panels), r.q, corr, dx, dmin, Int32(n), &out, Int32(rows), 0, 0)
         return out
     }
 

@@ -36,11 +36,17 @@ void qwen_q8_quantize(const float *x, int n, int cols, int ldx, int8_t *q, float
 /// x[i·cols + k] = d · q, the values the integer products see.
 void qwen_q8_dequantize(const int8_t *q, const float *d, int n, int cols, float *x);
 
-/// For panels [panel0, panel1) of a repacked W and n quantized input rows:
+/// The per-row terms a product with `type`'s panels needs, from quantize's d and sums: per input
+/// row and group of qwen_i8_group(type) values, the offset correction −offset·Σq (corr) and the
+/// input scale (dx); per row and 32 values, d·Σq for the min terms (dmin).
+/// corr, dx: n × (cols/g); dmin: n × (cols/32).
+void qwen_i8_terms(int type, const float *xd, const int32_t *xs16, int n, int cols, int32_t *corr, float *dx, float *dmin);
+
+/// For panels [panel0, panel1) of a repacked W and n quantized input rows (xq, with their terms):
 /// out[i·ldo + r] = Σ_k W[r,k]·d·q[i,k] (added to out when `accumulate`). `simd` 0 forces the
 /// plain C version (tests); otherwise VNNI is used when the CPU has it.
 void qwen_i8_matmul(int type, const uint8_t *q, const float *scale, const float *min, int rows, int cols,
-                    int panel0, int panel1, const int8_t *xq, const float *xd, const int32_t *xs16, int n,
+                    int panel0, int panel1, const int8_t *xq, const int32_t *corr, const float *dx, const float *dmin, int n,
                     float *out, int ldo, int accumulate, int simd);
 
 #ifdef __cplusplus
