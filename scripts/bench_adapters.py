@@ -56,15 +56,11 @@ def write_adapter(d, seed, rank=8, layers=24, alpha=16):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", default=".build/release/qwen-serve")
-    ap.add_argument("--model", default="default")
+    loadgen.add_common_arguments(ap)
     ap.add_argument("--concurrency", type=int, default=10)
     ap.add_argument("--requests", type=int, default=10, help="per configuration and round")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--prompt-tokens", type=int, default=128)
-    ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--compute", default="f32", help="the server's --compute mode")
-    ap.add_argument("--write", default="BENCHMARKS.md")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="qwen-bench-adapters-")
     names = [f"lora{i}" for i in range(4)]

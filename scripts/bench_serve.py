@@ -96,14 +96,10 @@ def engine_rates(a, compute):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", default=".build/release/qwen-serve")
-    ap.add_argument("--model", default="default")
+    loadgen.add_common_arguments(ap)
     ap.add_argument("--levels", default="1:4,10:20,50:100", help="concurrency:requests,...")
-    ap.add_argument("--prompt-tokens", type=int, default=128)
-    ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--storm", type=int, default=200)
     ap.add_argument("--computes", default="f32,int8", help="the --compute modes to measure, each with its own baseline")
-    ap.add_argument("--write", default="BENCHMARKS.md")
     a = ap.parse_args()
     computes = a.computes.split(",")
     rows, storms, engines = [], [], {}

@@ -134,3 +134,12 @@ def get(host, port, path):
         head, _, body = data.partition(b"\r\n\r\n")
         return int(head.split()[1]), body
     return asyncio.run(go())
+
+
+def add_common_arguments(ap):
+    """The options every load benchmark takes: the binary, the model, the workload's sizes and the output file."""
+    ap.add_argument("--binary", default=".build/release/qwen-serve")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--write", default="BENCHMARKS.md")
