@@ -7,7 +7,7 @@
 
 // A weight is scale·(u − offset) + min, with u the unsigned integer stored in the panels, scale
 // per group of 16 or 32 values and min (types that have one) per 32. An input value is d·q.
-// A group's product is then scale·d·(Σ u·q − offset·Σ q), the bracket exact in int32.
+// A group's product is then scale·d·(Σ u·q − offset·Σ q) (+ min·d·Σ q), the bracket exact in int32.
 
 int qwen_i8_supported(int type) {
     switch (type) {
@@ -303,7 +303,9 @@ static void matmul_generic(int type, const uint8_t *q, const float *scale, const
 
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
 
-/// R input rows × one panel of 16 weight rows; G, R and HAS_MIN are constants in each instance.
+/// R input rows × one panel of 16 weight rows; G (values per scale), BITS (4, 5 or 8 per value),
+/// R and HAS_MIN are constants in each instance. The group stride is qwen_i8_group_bytes, spelled
+/// out so that it folds.
 VNNI static inline __attribute__((always_inline)) void panel_vnni(const int G, const int BITS, const int R, const int HAS_MIN, const uint8_t *q,
                                                                   const float *scale, const float *min, int cols,
                                                                   const int8_t *xq, const int32_t *corr, const float *dx,
