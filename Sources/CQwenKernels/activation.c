@@ -1,9 +1,15 @@
 #include "qwen_activation.h"
+#include "qwen_cpu.h"
 #include "simd_exp.h"
 #include <immintrin.h>
 #include <math.h>
 
 #define AVX512 __attribute__((target("avx512f")))
+
+/// From index i on, one value at a time (the fallback, and the AVX-512 loop's tail).
+static void silu_mul_scalar(float *gate, const float *up, long i, long n) {
+    for (; i < n; i++) gate[i] = gate[i] / (1 + expf(-gate[i])) * up[i];
+}
 
 AVX512 static void silu_mul_avx512(float *gate, const float *up, long n) {
     long i = 0;
@@ -15,16 +21,13 @@ AVX512 static void silu_mul_avx512(float *gate, const float *up, long n) {
         s = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(g, _mm512_set1_ps(-88.7f), _CMP_GE_OQ), s);
         _mm512_storeu_ps(gate + i, _mm512_mul_ps(s, _mm512_loadu_ps(up + i)));
     }
-    for (; i < n; i++) gate[i] = gate[i] / (1 + expf(-gate[i])) * up[i];
+    silu_mul_scalar(gate, up, i, n);
 }
 
-static int has_avx512 = -1;
-
 void qwen_silu_mul(float *gate, const float *up, long n) {
-    if (has_avx512 < 0) {
-        __builtin_cpu_init();
-        has_avx512 = __builtin_cpu_supports("avx512f");
+    if (qwen_cpu_has_avx512()) {
+        silu_mul_avx512(gate, up, n);
+    } else {
+        silu_mul_scalar(gate, up, 0, n);
     }
-    if (has_avx512) { silu_mul_avx512(gate, up, n); return; }
-    for (long i = 0; i < n; i++) gate[i] = gate[i] / (1 + expf(-gate[i])) * up[i];
 }

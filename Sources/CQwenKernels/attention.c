@@ -1,4 +1,5 @@
 #include "qwen_attention.h"
+#include "qwen_cpu.h"
 #include "simd_exp.h"
 #include <immintrin.h>
 #include <math.h>
@@ -142,15 +143,9 @@ AVX512 static void attend_avx512(const float *q, int heads, int kv_heads, int hd
     }
 }
 
-static int has_avx512 = -1;
-
 void qwen_attend_paged(const float *q, int heads, int kv_heads, int hd, const float *kbase, const float *vbase,
                        const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch) {
-    if (has_avx512 < 0) {
-        __builtin_cpu_init();
-        has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-    }
-    if (has_avx512 && hd % 16 == 0 && hd <= 256)
+    if (qwen_cpu_has_avx512() && hd % 16 == 0 && hd <= 256)
         attend_avx512(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch);
     else
         attend_generic(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch);

@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "qwen_blas.h"
+#include "qwen_cpu.h"
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -22,29 +23,6 @@ static sgemm_fn p_sgemm;
 static str_fn p_corename, p_config;
 static int_fn p_get_threads;
 static setint_fn p_set_threads;
-
-int qwen_cpu_has_avx512(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-}
-
-int qwen_cpu_has_avx512bf16(void) {
-    __builtin_cpu_init();
-    return qwen_cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
-}
-
-int qwen_cpu_has_avx512vnni(void) {
-    __builtin_cpu_init();
-    return qwen_cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
-}
-
-const char *qwen_cpu_coretype(void) {
-    __builtin_cpu_init();
-    if (qwen_cpu_has_avx512()) return "SkylakeX";
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
-    return "";
-}
 
 static void do_load(void) {
     // Respect a core type the user chose; otherwise pick the one this CPU can run.

@@ -1,4 +1,5 @@
 #include "qwen_int8.h"
+#include "qwen_cpu.h"
 #include "qwen_quant.h"
 #include "ggml_blocks.h"
 #include <math.h>
@@ -223,15 +224,8 @@ static void quantize_avx512(const float *x, int n, int cols, int ldx, int8_t *q,
     }
 }
 
-static int has_avx512 = -1;
-
 void qwen_q8_quantize(const float *x, int n, int cols, int ldx, int8_t *q, float *d, int32_t *sums16) {
-    if (has_avx512 < 0) {
-        __builtin_cpu_init();
-        has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                     __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-    }
-    if (has_avx512) {
+    if (qwen_cpu_has_avx512()) {
         quantize_avx512(x, n, cols, ldx, q, d, sums16);
     } else {
         quantize_generic(x, n, cols, ldx, q, d, sums16);
@@ -395,18 +389,10 @@ VNNI static void matmul_vnni(int type, const uint8_t *q, const float *scale, con
     }
 }
 
-static int has_vnni = -1;
-
 void qwen_i8_matmul(int type, const uint8_t *q, const float *scale, const float *min, int rows, int cols,
                     int panel0, int panel1, const int8_t *xq, const int32_t *corr, const float *dx, const float *dmin, int n,
                     float *out, int ldo, int accumulate, int simd) {
-    if (has_vnni < 0) {
-        __builtin_cpu_init();
-        has_vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                   __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-                   __builtin_cpu_supports("avx512vnni");
-    }
-    if (simd && has_vnni) {
+    if (simd && qwen_cpu_has_avx512vnni()) {
         matmul_vnni(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate);
     } else {
         matmul_generic(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate);

@@ -1,4 +1,5 @@
 #include "qwen_lora.h"
+#include "qwen_cpu.h"
 #include <immintrin.h>
 
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -68,15 +69,9 @@ AVX512 static void lora_rows_avx512(const float *x, int n, int in_dim, const flo
     }
 }
 
-static int has_avx512 = -1;
-
 void qwen_lora_rows(const float *x, int n, int in_dim, const float *a, int rank, const float *bt, int out_dim, float scale,
                     float *out, float *tmp) {
-    if (has_avx512 < 0) {
-        __builtin_cpu_init();
-        has_avx512 = __builtin_cpu_supports("avx512f");
-    }
-    if (has_avx512) {
+    if (qwen_cpu_has_avx512()) {
         lora_rows_avx512(x, n, in_dim, a, rank, bt, out_dim, scale, out, tmp);
     } else {
         lora_rows_generic(x, n, in_dim, a, rank, bt, out_dim, scale, out, tmp);

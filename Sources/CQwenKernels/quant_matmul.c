@@ -1,4 +1,5 @@
 #include "qwen_quant.h"
+#include "qwen_cpu.h"
 #include "ggml_blocks.h"
 #include <stdint.h>
 #include <string.h>
@@ -441,21 +442,18 @@ AVX512_DISPATCH(mm_q4_k_avx512)
 AVX512_DISPATCH(mm_q5_k_avx512)
 AVX512_DISPATCH(mm_q6_k_avx512)
 
-static int has_avx512 = -1;
-
 void qwen_quant_matmul(int type, const void *w, int cols, int row0, int row1, const float *x, int n, int ldx,
                        float *out, int ldo, int accumulate) {
-    if (has_avx512 < 0) {
-        __builtin_cpu_init();
-        has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                     __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    if (qwen_cpu_has_avx512()) {
+        switch (type) {
+        case QWEN_Q5_0: mm_q5_0_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return;
+        case QWEN_Q8_0: mm_q8_0_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return;
+        case QWEN_BF16: mm_bf16_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return;
+        case QWEN_Q4_K: mm_q4_k_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return;
+        case QWEN_Q5_K: mm_q5_k_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return;
+        case QWEN_Q6_K: mm_q6_k_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return;
+        }
     }
-    if (has_avx512 && type == QWEN_Q5_0) { mm_q5_0_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
-    if (has_avx512 && type == QWEN_Q8_0) { mm_q8_0_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
-    if (has_avx512 && type == QWEN_BF16) { mm_bf16_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
-    if (has_avx512 && type == QWEN_Q4_K) { mm_q4_k_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
-    if (has_avx512 && type == QWEN_Q5_K) { mm_q5_k_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
-    if (has_avx512 && type == QWEN_Q6_K) { mm_q6_k_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return; }
     switch (type) {
     case QWEN_F32: mm_f32(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
     case QWEN_F16: mm_f16(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;

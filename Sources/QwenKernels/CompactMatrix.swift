@@ -102,7 +102,12 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     }
 
     private static func runInt8(_ parts: [(Int8Panels, UnsafeMutablePointer<Float>)], _ x: QuantizedRows, accumulate: Bool) {
-        let terms = parts.map { x.terms(for: $0.0.type) }  // before the dispatch: the cache is not thread-safe
+        var made: [Int32: QuantizedRows.Terms] = [:]
+        let terms = parts.map { part in
+            let t = made[part.0.type] ?? QuantizedRows.Terms(type: part.0.type, x)
+            made[part.0.type] = t
+            return t
+        }
         inParallel(parts.map { $0.0.panels }) { i, lo, hi in
             let (m, out) = parts[i]
             m.multiply(x, terms[i], panels: lo, hi, into: out, ldo: m.rows, accumulate: accumulate)

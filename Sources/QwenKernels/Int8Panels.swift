@@ -1,16 +1,6 @@
 import CQwenKernels
 import Dispatch
 
-/// How matrix products with quantized (ggml block) weights compute.
-public enum ComputeMode: String, Sendable, CaseIterable {
-    /// Weights expanded to f32, products in f32: equal to transformers up to summation order.
-    case f32
-    /// Inputs quantized to 8 bits per 32 values and multiplied with integer dot products
-    /// (llama.cpp's method for quantized models): several times the multiply-adds per
-    /// instruction, at the cost of the inputs' rounding (≤ 1/254 of each block's largest value).
-    case int8
-}
-
 /// A quantized matrix repacked for the int8 kernel: panels of 16 rows, each value in 8, 5 or 4
 /// bits as the type has it, a scale per 16 or 32 values and row, and a min term for the types
 /// that have one.
@@ -63,7 +53,7 @@ final class Int8Panels: @unchecked Sendable {
         return groups * (qwen_i8_group_bytes(type) + 64) + (qwen_i8_has_min(type) != 0 ? panels * (cols / 32) * 64 : 0)
     }
 
-    /// out[i·ldo + r] (+)= row r · input row i, for panels [p0, p1); `terms` from x.terms(for: type).
+    /// out[i·ldo + r] (+)= row r · input row i, for panels [p0, p1); `terms` made for this type.
     func multiply(_ x: QuantizedRows, _ terms: QuantizedRows.Terms, panels p0: Int, _ p1: Int, into out: UnsafeMutablePointer<Float>,
                   ldo: Int, accumulate: Bool) {
         qwen_i8_matmul(type, q.assumingMemoryBound(to: UInt8.self), scale, min, Int32(rows), Int32(cols), Int32(p0), Int32(p1),
@@ -102,6 +92,7 @@ final class QuantizedRows {
     }
 
     /// The per-row offset corrections and scales a weight type's kernel reads (qwen_i8_terms).
+    /// `runInt8` makes them once per input and weight type (q, k and v may share a type).
     final class Terms {
         let corr: UnsafeMutablePointer<Int32>
         let dx: UnsafeMutablePointer<Float>
@@ -120,15 +111,5 @@ final class QuantizedRows {
             dx.deallocate()
             dmin.deallocate()
         }
-    }
-
-    private var terms: [Int32: Terms] = [:]
-
-    /// The terms for `type`, computed once per input (q, k and v may share a type).
-    func terms(for type: Int32) -> Terms {
-        if let t = terms[type] { return t }
-        let t = Terms(type: type, self)
-        terms[type] = t
-        return t
     }
 }

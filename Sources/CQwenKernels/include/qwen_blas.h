@@ -19,13 +19,6 @@ const char *qwen_blas_config(void);
 int qwen_blas_num_threads(void);
 void qwen_blas_set_num_threads(int n);
 
-/// The core type that suits this CPU, from cpuid (and the OS's saved vector state):
-/// "SkylakeX" with AVX-512F/BW/DQ/VL, "Haswell" with AVX2+FMA, "" otherwise.
-const char *qwen_cpu_coretype(void);
-int qwen_cpu_has_avx512(void);
-int qwen_cpu_has_avx512bf16(void);
-int qwen_cpu_has_avx512vnni(void);
-
 /// Row-major C = alpha * op(A) * op(B) + beta * C, as cblas_sgemm with CblasRowMajor.
 void qwen_sgemm(int transA, int transB, int M, int N, int K, float alpha,
                 const float *A, int lda, const float *B, int ldb, float beta,

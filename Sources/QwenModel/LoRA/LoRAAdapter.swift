@@ -44,16 +44,14 @@ public enum Projection: Int, CaseIterable, Sendable {
 public struct LoRAUpdate: Sendable {
     /// [rank × in]
     public let a: FloatBuffer
-    /// [out × rank]
-    public let b: FloatBuffer
-    /// Bᵀ [rank × out], for the row-by-row kernel of decoding steps.
-    let bt: FloatBuffer
+    /// Bᵀ [rank × out]: rows of B's columns, as both the row kernel and sgemm read it.
+    public let bt: FloatBuffer
     public let rank: Int
     public let scale: Float
 
+    /// - b: B [out × rank], as the adapter files store it.
     public init(a: FloatBuffer, b: FloatBuffer, rank: Int, scale: Float) {
         self.a = a
-        self.b = b
         self.rank = rank
         self.scale = scale
         let out = b.count / max(rank, 1)
@@ -75,7 +73,7 @@ public struct LoRAUpdate: Sendable {
             return
         }
         BLAS.sgemm(transB: true, m: n, n: rank, k: inDim, a: x, lda: inDim, b: a.pointer, ldb: inDim, c: tmp, ldc: rank)
-        BLAS.sgemm(transB: true, m: n, n: outDim, k: rank, alpha: scale, a: tmp, lda: rank, b: b.pointer, ldb: rank,
+        BLAS.sgemm(m: n, n: outDim, k: rank, alpha: scale, a: tmp, lda: rank, b: bt.pointer, ldb: outDim,
                    beta: 1, c: out, ldc: outDim)
     }
 }
@@ -111,7 +109,7 @@ public final class LoRAAdapter: @unchecked Sendable {
     }
 
     /// The number of trainable values it holds.
-    public var parameterCount: Int { updates.joined().compactMap { $0 }.reduce(0) { $0 + $1.a.count + $1.b.count } }
+    public var parameterCount: Int { updates.joined().compactMap { $0 }.reduce(0) { $0 + $1.a.count + $1.bt.count } }
 
     private final class Counter: @unchecked Sendable {
         private let lock = NSLock()

@@ -18,7 +18,7 @@ extension LoRAAdapter {
     static func merge(_ w: WeightMatrix, _ u: LoRAUpdate) -> FloatBuffer {
         let d = FloatBuffer(count: w.rows * w.cols)
         for r in 0..<w.rows { w.copyRow(r, into: d.pointer + r * w.cols) }
-        BLAS.sgemm(m: w.rows, n: w.cols, k: u.rank, alpha: u.scale, a: u.b.pointer, lda: u.rank,
+        BLAS.sgemm(transA: true, m: w.rows, n: w.cols, k: u.rank, alpha: u.scale, a: u.bt.pointer, lda: w.rows,
                    b: u.a.pointer, ldb: w.cols, beta: 1, c: d.pointer, ldc: w.cols)
         return d
     }

@@ -1,0 +1,22 @@
+// What this CPU can run, from cpuid (and the OS's saved vector state), detected once.
+#ifndef QWEN_CPU_H
+#define QWEN_CPU_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// AVX-512 F, BW, DQ and VL: what every AVX-512 kernel here assumes.
+int qwen_cpu_has_avx512(void);
+/// The above and AVX512_BF16.
+int qwen_cpu_has_avx512bf16(void);
+/// The above and AVX512_VNNI (the int8 kernels).
+int qwen_cpu_has_avx512vnni(void);
+/// The OpenBLAS core type that suits this CPU: "SkylakeX" with AVX-512, "Haswell" with
+/// AVX2+FMA, "" otherwise.
+const char *qwen_cpu_coretype(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
