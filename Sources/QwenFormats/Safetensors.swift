@@ -62,7 +62,8 @@ public final class SafetensorsFile: TensorSource {
                 guard !o else { throw ModelFileError(path, "tensor \(name): shape \(shape) overflows") }
                 elements = p
             }
-            guard elements * dtype.size == offs[1] - offs[0] else {
+            let (bytes, o) = elements.multipliedReportingOverflow(by: dtype.size)
+            guard !o, bytes == offs[1] - offs[0] else {
                 throw ModelFileError(path, "tensor \(name): \(offs[1] - offs[0]) bytes do not match shape \(shape) of \(ds)")
             }
             entries[name] = Entry(dtype: dtype, shape: shape, offset: dataStart + offs[0], length: offs[1] - offs[0])
@@ -118,8 +119,7 @@ public final class SafetensorsDirectory: TensorSource {
         let index = (directory as NSString).appendingPathComponent("model.safetensors.index.json")
         let single = (directory as NSString).appendingPathComponent("model.safetensors")
         if fm.fileExists(atPath: index) {
-            guard let data = fm.contents(atPath: index),
-                  let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            guard let obj = try? JSONSerialization.jsonObject(with: SafeFile.read(index, maxBytes: 64 << 20)) as? [String: Any] else {
                 throw ModelFileError(index, "not valid JSON")
             }
             guard let map = obj["weight_map"] as? [String: String] else { throw ModelFileError(index, "no weight_map object") }

@@ -58,7 +58,7 @@ public struct QwenConfig: Equatable, Sendable {
 
     /// Reads a Hugging Face `config.json`.
     public static func fromHuggingFace(path: String) throws -> QwenConfig {
-        guard let data = FileManager.default.contents(atPath: path) else { throw ModelFileError(path, "cannot read") }
+        let data = try SafeFile.read(path, maxBytes: 1 << 20)
         guard let obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
             throw ModelFileError(path, "not a JSON object")
         }

@@ -49,7 +49,7 @@ extension Tokenizer {
             template = list.first { ($0["name"] as? String) == "default" }?["template"] as? String
         }
         let jinjaPath = (directory as NSString).appendingPathComponent("chat_template.jinja")
-        if template == nil, let data = FileManager.default.contents(atPath: jinjaPath) {
+        if template == nil, FileManager.default.fileExists(atPath: jinjaPath), let data = try? SafeFile.read(jinjaPath, maxBytes: 1 << 20) {
             template = String(decoding: data, as: UTF8.self)
         }
         func tokenId(_ key: String) -> Int32? {
@@ -121,7 +121,7 @@ extension Tokenizer {
     }
 
     static func readJSON(_ path: String) throws -> [String: Any] {
-        guard let data = FileManager.default.contents(atPath: path) else { throw ModelFileError(path, "cannot read") }
+        let data = try SafeFile.read(path, maxBytes: 256 << 20)
         guard let obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
             throw ModelFileError(path, "not a valid JSON object")
         }

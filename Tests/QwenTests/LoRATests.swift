@@ -198,8 +198,9 @@ final class LoRATests: XCTestCase {
         assertRefused(Fixtures.path("adapters/qwen2-attn"), config: q3, "expected [rank, 64]")
         assertRefused(Fixtures.path("adapters/qwen3-mlp-last"), config: q2, "layer 2, but the base model has 2 layers")
         assertRefused(Fixtures.path("adapters/qwen3-all-mlx"), config: q2, "the base model has 2 layers")
-        assertRefused("/nonexistent/adapter", config: q3, "no such adapter directory")
-        assertRefused(Fixtures.path("qwen3-tiny-f32/config.json"), config: q3, "is a directory")
+        // Missing, not a directory, or no config: one answer, which says nothing of what exists.
+        assertRefused("/nonexistent/adapter", config: q3, "is not an adapter directory this server can read")
+        assertRefused(Fixtures.path("qwen3-tiny-f32/config.json"), config: q3, "is not an adapter directory this server can read")
         assertRefused(Fixtures.path("qwen3-tiny-f32"), config: q3, "adapter_config.json")
 
         let dora = try copyAdapter("qwen3-all") { try editConfig($0) { $0["use_dora"] = true } }

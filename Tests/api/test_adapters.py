@@ -111,7 +111,7 @@ def test_load_errors_are_clear(server):
     assert st == 400 and r["error"]["param"] == "path"
     assert "qwen2-attn/adapter_model.safetensors" in r["error"]["message"] and "expected [rank, 64]" in r["error"]["message"]
     st, r = server.json("POST", "/v1/adapters", {"name": "bad", "path": "/nonexistent"})
-    assert st == 400 and "no such adapter directory" in r["error"]["message"]
+    assert st == 400 and "is not an adapter directory this server can read" in r["error"]["message"]
     st, r = server.json("POST", "/v1/adapters", {"path": os.path.join(ADAPTERS, "qwen3-all")})
     assert st == 400 and r["error"]["param"] == "name"
     st, r = server.json("POST", "/v1/adapters", {"name": server.name, "path": os.path.join(ADAPTERS, "qwen3-all")})
@@ -264,10 +264,10 @@ def test_unload_waits_for_running_sequences_on_the_real_model(real, tmp_path):
     assert st == 404
 
 
-def test_a_blocked_load_does_not_block_serving(server, tmp_path):
-    """An adapter whose weights file is a FIFO: reading it blocks until a writer comes.
-    Meanwhile (two such loads at once, as many as this machine has cores) the server keeps
-    answering; when the writer closes, the loads fail with a clear error."""
+def test_a_fifo_load_is_refused_at_once_and_serving_goes_on(server, tmp_path):
+    """An adapter whose weights file is a FIFO (reading it would block until a writer came):
+    the load is refused at once, without opening it for reading, while the server keeps
+    answering (two such loads at once, as many as this machine has cores)."""
     d = tmp_path / "fifo-adapter"
     d.mkdir()
     (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
@@ -278,22 +278,12 @@ def test_a_blocked_load_does_not_block_serving(server, tmp_path):
              for n in ("blocked1", "blocked2")]
     for t in loads:
         t.start()
-    time.sleep(0.5)
     for _ in range(3):
         st, r = server.json("POST", "/v1/completions", {"prompt": "x", "max_tokens": 3}, timeout=20)
         assert st == 200 and r["usage"]["completion_tokens"] == 3
         assert server.json("GET", "/v1/adapters", timeout=20)[0] == 200
-    assert all(t.is_alive() for t in loads)
-    # A blocked open() returns once a writer comes; it then reads an empty file.
-    deadline = time.time() + 30
-    while any(t.is_alive() for t in loads) and time.time() < deadline:
-        try:
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:  # no reader waiting right now
-            pass
-        time.sleep(0.1)
     for t in loads:
-        t.join(timeout=5)
+        t.join(timeout=10)
     assert len(results) == 2
     for st, r in results:
-        assert st == 400 and "adapter_model.safetensors" in r["error"]["message"]
+        assert st == 400 and "adapter_model.safetensors: is not a regular file" in r["error"]["message"]

@@ -11,13 +11,17 @@ extension LoRAAdapter {
     public static func load(path: String, config: QwenConfig) throws -> LoRAAdapter {
         let fm = FileManager.default
         var isDir: ObjCBool = false
-        guard fm.fileExists(atPath: path, isDirectory: &isDir) else { throw ModelFileError(path, "no such adapter directory") }
-        guard isDir.boolValue else {
-            throw ModelFileError(path, "an adapter is a directory with adapter_config.json and its safetensors file")
-        }
         let dir = path as NSString
         let configPath = dir.appendingPathComponent("adapter_config.json")
-        guard let data = fm.contents(atPath: configPath) else { throw ModelFileError(configPath, "missing") }
+        // One answer for a path that is missing, not a directory, or has no readable config,
+        // so the adapter routes do not tell callers which server paths exist.
+        let notAnAdapter = ModelFileError(path, "is not an adapter directory this server can read (a directory with adapter_config.json and adapter_model.safetensors or adapters.safetensors)")
+        guard fm.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else { throw notAnAdapter }
+        let data: Data
+        do { data = try SafeFile.read(configPath, maxBytes: maxConfigBytes) } catch let e as ModelFileError {
+            if fm.fileExists(atPath: configPath) && e.message.contains("bytes allowed") { throw e }
+            throw notAnAdapter
+        }
         guard let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
             throw ModelFileError(configPath, "not a JSON object")
         }
@@ -35,6 +39,28 @@ extension LoRAAdapter {
         throw ModelFileError(path, "no adapter_model.safetensors (PEFT) or adapters.safetensors (mlx-lm)")
     }
 
+    /// adapter_config.json is a few hundred bytes; anything past 1 MiB is not one.
+    static let maxConfigBytes = 1 << 20
+    /// Scales past this are not a LoRA (PEFT's alpha/r and mlx-lm's scale are 0.1–100).
+    static let maxScale = 10_000.0
+
+    /// A scale that is finite, not absurd, and stays finite in f32.
+    static func checkedScale(_ s: Double, _ what: String, file: String) throws -> Float {
+        guard s.isFinite, abs(s) <= maxScale else {
+            throw ModelFileError(file, "\(what) gives a scale of \(s); it must be a finite number of magnitude at most \(Int(maxScale))")
+        }
+        return Float(s)
+    }
+
+    /// A tensor's values, refused when any is NaN or infinite (they would make every answer garbage).
+    static func finiteFloats(_ file: SafetensorsFile, _ name: String) throws -> FloatBuffer {
+        let b = try file.floats(name)
+        for i in 0..<b.count where !b[i].isFinite {
+            throw ModelFileError(file.origin, "tensor \(name) holds a non-finite value (NaN or infinity) at element \(i)")
+        }
+        return b
+    }
+
     // MARK: PEFT
 
     static func loadPEFT(dir: String, configPath: String, json: [String: Any], weights: String, config c: QwenConfig) throws -> LoRAAdapter {
@@ -48,7 +74,9 @@ extension LoRAAdapter {
             throw fail("modules_to_save lists \(m.map { "\($0)" }); adapters that replace whole modules are not supported")
         }
         guard let r = (json["r"] as? NSNumber)?.intValue, r > 0 else { throw fail("r (the rank) is missing or not a positive integer") }
-        guard let alpha = (json["lora_alpha"] as? NSNumber)?.doubleValue else { throw fail("lora_alpha is missing or not a number") }
+        guard let alpha = (json["lora_alpha"] as? NSNumber)?.doubleValue, alpha.isFinite else {
+            throw fail("lora_alpha is missing or not a finite number")
+        }
         let rslora = json["use_rslora"] as? Bool ?? false
         let rankPattern = (json["rank_pattern"] as? [String: Any] ?? [:]).compactMapValues { ($0 as? NSNumber)?.intValue }
         let alphaPattern = (json["alpha_pattern"] as? [String: Any] ?? [:]).compactMapValues { ($0 as? NSNumber)?.doubleValue }
@@ -88,7 +116,8 @@ extension LoRAAdapter {
             let a = patternValue(alphaPattern, moduleName) ?? alpha
             let scale = rslora ? a / Double(rank).squareRoot() : a / Double(rank)
             updates[key.layer][key.projection.rawValue] = LoRAUpdate(
-                a: try file.floats(an), b: try file.floats(bn), rank: rank, scale: Float(scale))
+                a: try finiteFloats(file, an), b: try finiteFloats(file, bn), rank: rank,
+                scale: try checkedScale(scale, "lora_alpha \(a) with rank \(rank)", file: configPath))
         }
         guard !pairs.isEmpty else { throw ModelFileError(weights, "holds no LoRA weights") }
         return LoRAAdapter(updates: updates, path: dir, format: "peft")
@@ -116,7 +145,7 @@ extension LoRAAdapter {
         guard let params = json["lora_parameters"] as? [String: Any] else { throw fail("lora_parameters is missing") }
         guard let rank = (params["rank"] as? NSNumber)?.intValue, rank > 0 else { throw fail("lora_parameters.rank is missing or not positive") }
         // mlx-lm's LoRALinear default when a config leaves it out.
-        let scale = (params["scale"] as? NSNumber)?.doubleValue ?? 20.0
+        let scale = try checkedScale((params["scale"] as? NSNumber)?.doubleValue ?? 20.0, "lora_parameters.scale", file: configPath)
 
         let file = try SafetensorsFile(path: weights)
         var pairs: [Key: (a: String?, b: String?)] = [:]
@@ -140,8 +169,8 @@ extension LoRAAdapter {
                 throw ModelFileError(weights, "\(bn) has shape \(file.shape(of: bn) ?? []), expected [\(rank), \(outDim)] for this base model and rank")
             }
             updates[key.layer][key.projection.rawValue] = LoRAUpdate(
-                a: transpose(try file.floats(an), rows: inDim, cols: rank),
-                b: transpose(try file.floats(bn), rows: rank, cols: outDim), rank: rank, scale: Float(scale))
+                a: transpose(try finiteFloats(file, an), rows: inDim, cols: rank),
+                b: transpose(try finiteFloats(file, bn), rows: rank, cols: outDim), rank: rank, scale: scale)
         }
         guard !pairs.isEmpty else { throw ModelFileError(weights, "holds no LoRA weights") }
         return LoRAAdapter(updates: updates, path: dir, format: "mlx")
@@ -175,6 +204,7 @@ extension LoRAAdapter {
     }
 
     static func transpose(_ m: FloatBuffer, rows: Int, cols: Int) -> FloatBuffer {
+        precondition(rows * cols == m.count, "transpose of a buffer whose size is not rows × cols")
         let t = FloatBuffer(count: m.count)
         for i in 0..<rows { for j in 0..<cols { t[j * rows + i] = m[i * cols + j] } }
         return t

@@ -1,4 +1,5 @@
 import Foundation
+import QwenFormats
 import QwenModel
 
 /// The LoRA adapters being served, by name. Loading reads the files off the request
@@ -48,6 +49,9 @@ public final class AdapterRegistry: @unchecked Sendable {
         return entries.values.sorted { $0.name < $1.name }
     }
 
+    /// How long a load may take before its caller gets an error.
+    public var loadTimeout: Double = 120
+
     /// Reads and checks the adapter (throws ModelFileError naming the file), then serves it
     /// under `name`, replacing an adapter of that name in one step.
     @discardableResult
@@ -57,11 +61,18 @@ public final class AdapterRegistry: @unchecked Sendable {
         }
         guard name != baseName else { throw RegistryError(description: "'\(name)' is the base model's name") }
         let config = self.config
-        // Reading files can block (slow disks, network mounts, even a FIFO): a thread of its
-        // own keeps that away from the few threads that serve requests.
+        // Reading files can block (slow disks, network mounts): a thread of its own keeps that
+        // away from the few threads that serve requests, and the caller waits at most
+        // `loadTimeout` (a read stuck in the kernel cannot be interrupted; its thread is
+        // abandoned and whatever it returns is dropped).
+        let timeout = loadTimeout
         let adapter = try await background.run("load adapter \(name)") {
             try await withCheckedThrowingContinuation { (cont: CheckedContinuation<LoRAAdapter, Error>) in
-                Thread.detachNewThread { cont.resume(with: Result { try LoRAAdapter.load(path: path, config: config) }) }
+                let once = ResumeOnce(cont)
+                Thread.detachNewThread { once.resume(with: Result { try LoRAAdapter.load(path: path, config: config) }) }
+                DispatchQueue.global().asyncAfter(deadline: .now() + timeout) {
+                    once.resume(with: .failure(ModelFileError(path, "reading the adapter took longer than \(Int(timeout)) s; gave up")))
+                }
             }
         }
         let entry = Entry(name: name, adapter: adapter, origin: origin, created: Int(Date().timeIntervalSince1970))
@@ -102,5 +113,19 @@ public final class AdapterRegistry: @unchecked Sendable {
         let keep = Set(wanted.map(\.0))
         for e in all where e.origin == "startup" && !keep.contains(e.name) { _ = remove(e.name) }
         return problems
+    }
+}
+
+/// A continuation resumed by whichever of two racers comes first.
+final class ResumeOnce<T: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var cont: CheckedContinuation<T, Error>?
+    init(_ c: CheckedContinuation<T, Error>) { cont = c }
+    func resume(with r: Result<T, Error>) {
+        let c: CheckedContinuation<T, Error>? = lock.withLock {
+            defer { cont = nil }
+            return cont
+        }
+        c?.resume(with: r)
     }
 }
