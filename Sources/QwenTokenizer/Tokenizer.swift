@@ -82,17 +82,36 @@ public final class Tokenizer: @unchecked Sendable {
 
     public func isSpecial(_ id: Int32) -> Bool { specialIds.contains(id) }
 
+    /// The token of one byte, the merge of two tokens (its rank and result), and the BPE of
+    /// one pre-tokenised piece: the pieces the encoder is built from, open for checking.
+    public func byteToken(_ b: UInt8) -> Int32 { byteIds[Int(b)] }
+    public func merge(_ left: Int32, _ right: Int32) -> (rank: Int32, id: Int32)? { merges[UInt64(UInt32(left)) << 32 | UInt64(UInt32(right))] }
+    public func mergePiece(_ bytes: [UInt8]) -> [Int32] { bpe(bytes) }
+
     // MARK: Encoding
 
     /// Token ids for `text`. Added tokens written in the text are recognised as such
     /// (as Hugging Face tokenizers do by default) unless `parseSpecial` is false.
     public func encode(_ text: String, parseSpecial: Bool = true) -> [Int32] {
+        encode(text, literal: parseSpecial ? [] : [0..<text.utf8.count])
+    }
+
+    /// Token ids for `text`, where added tokens are recognised except those starting inside
+    /// one of the `literal` UTF-8 byte ranges (sorted, not overlapping): text there is
+    /// plain text even when it spells a control token (user content in a chat prompt).
+    public func encode(_ text: String, literal: [Range<Int>]) -> [Int32] {
         var out: [Int32] = []
         let utf8 = Array(text.utf8)
         var segmentStart = 0
         var i = 0
-        if parseSpecial && !addedByFirstByte.isEmpty {
+        var nextLiteral = 0
+        if !addedByFirstByte.isEmpty {
             while i < utf8.count {
+                while nextLiteral < literal.count && literal[nextLiteral].upperBound <= i { nextLiteral += 1 }
+                if nextLiteral < literal.count && literal[nextLiteral].contains(i) {
+                    i = literal[nextLiteral].upperBound
+                    continue
+                }
                 if let candidates = addedByFirstByte[utf8[i]],
                    let hit = candidates.first(where: { matches(utf8, at: i, $0.content) }) {
                     encodeOrdinary(utf8[segmentStart..<i], into: &out)
@@ -133,6 +152,11 @@ public final class Tokenizer: @unchecked Sendable {
                 continue
             }
             let ids = bpe(Array(pieceText.utf8))
+            // Long pieces (a run of one letter, say) are rare and not worth their memory.
+            guard pieceText.utf8.count <= 256 else {
+                out.append(contentsOf: ids)
+                continue
+            }
             cacheLock.lock()
             if cache.count > 100_000 { cache.removeAll(keepingCapacity: true) }
             cache[pieceText] = ids
@@ -142,23 +166,47 @@ public final class Tokenizer: @unchecked Sendable {
     }
 
     /// Merges the byte tokens of one piece, lowest rank first, leftmost among equals.
+    /// A heap of candidate pairs over a linked list of symbols: O(n log n) in the piece's
+    /// length (rescanning every pair after each merge is quadratic, and one long run of a
+    /// repeated letter is a single piece).
     func bpe(_ bytes: [UInt8]) -> [Int32] {
         var syms = bytes.map { byteIds[Int($0)] }
-        if syms.count < 2 { return syms }
-        while true {
-            var best = Int32.max, at = -1, mergedId: Int32 = 0
-            for p in 0..<(syms.count - 1) {
-                let key = UInt64(UInt32(syms[p])) << 32 | UInt64(UInt32(syms[p + 1]))
-                if let m = merges[key], m.rank < best {
-                    best = m.rank
-                    at = p
-                    mergedId = m.id
-                }
+        let n = syms.count
+        if n < 2 { return syms }
+        var next = Array(1...n)  // n: none
+        var prev = Array(-1..<(n - 1))
+        var alive = [Bool](repeating: true, count: n)
+        var heap = PairHeap()
+        func consider(_ left: Int) {
+            let right = next[left]
+            guard left >= 0, right < n else { return }
+            if let m = merges[UInt64(UInt32(syms[left])) << 32 | UInt64(UInt32(syms[right]))] {
+                heap.push(.init(rank: m.rank, left: Int32(left), leftId: syms[left], rightId: syms[right]))
             }
-            if at < 0 { return syms }
-            syms[at] = mergedId
-            syms.remove(at: at + 1)
         }
+        for i in 0..<(n - 1) { consider(i) }
+        while let c = heap.pop() {
+            let left = Int(c.left)
+            guard alive[left], syms[left] == c.leftId else { continue }
+            let right = next[left]
+            guard right < n, syms[right] == c.rightId, let m = merges[UInt64(UInt32(c.leftId)) << 32 | UInt64(UInt32(c.rightId))] else {
+                continue
+            }
+            syms[left] = m.id
+            alive[right] = false
+            next[left] = next[right]
+            if next[right] < n { prev[next[right]] = left }
+            if prev[left] >= 0 { consider(prev[left]) }
+            consider(left)
+        }
+        var out: [Int32] = []
+        out.reserveCapacity(n)
+        var i = 0
+        while i < n {
+            out.append(syms[i])
+            i = next[i]
+        }
+        return out
     }
 
     // MARK: Decoding
@@ -176,5 +224,48 @@ public final class Tokenizer: @unchecked Sendable {
     /// Text for `ids`; invalid UTF-8 becomes U+FFFD, as in Hugging Face's decoder.
     public func decode(_ ids: [Int32], skipSpecial: Bool = false) -> String {
         String(decoding: bytes(ids, skipSpecial: skipSpecial), as: UTF8.self)
+    }
+}
+
+/// A binary min-heap of merge candidates ordered by (rank, position of the left symbol).
+struct PairHeap {
+    struct Candidate {
+        let rank: Int32
+        let left: Int32
+        let leftId: Int32
+        let rightId: Int32
+        func precedes(_ o: Candidate) -> Bool { rank != o.rank ? rank < o.rank : left < o.left }
+    }
+
+    private var items: [Candidate] = []
+
+    mutating func push(_ c: Candidate) {
+        items.append(c)
+        var i = items.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            guard items[i].precedes(items[parent]) else { break }
+            items.swapAt(i, parent)
+            i = parent
+        }
+    }
+
+    mutating func pop() -> Candidate? {
+        guard let top = items.first else { return nil }
+        let last = items.removeLast()
+        if !items.isEmpty {
+            items[0] = last
+            var i = 0
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var m = i
+                if l < items.count && items[l].precedes(items[m]) { m = l }
+                if r < items.count && items[r].precedes(items[m]) { m = r }
+                if m == i { break }
+                items.swapAt(i, m)
+                i = m
+            }
+        }
+        return top
     }
 }
