@@ -107,6 +107,10 @@ public final class Engine: @unchecked Sendable {
         public func cancel(choice: Int) { group.cancel(choice: choice) }
     }
 
+    /// Events a request may have waiting for its reader; a reader this far behind is cut
+    /// off (its sequences cancelled) instead of growing memory without bound.
+    public static let maxBufferedEvents = 16384
+
     public func submit(_ r: EngineRequest) throws -> Stream {
         guard !r.prompt.isEmpty else { throw EngineError.invalidRequest("the prompt is empty") }
         guard r.n >= 1 else { throw EngineError.invalidRequest("n must be at least 1") }
@@ -117,7 +121,7 @@ public final class Engine: @unchecked Sendable {
         let limit = maxSequenceTokens
         guard r.prompt.count + 1 <= limit else { throw EngineError.promptTooLong(tokens: r.prompt.count, limit: limit - 1) }
         var cont: AsyncStream<EngineEvent>.Continuation!
-        let events = AsyncStream<EngineEvent>(bufferingPolicy: .unbounded) { cont = $0 }
+        let events = AsyncStream<EngineEvent>(bufferingPolicy: .bufferingOldest(Self.maxBufferedEvents)) { cont = $0 }
         cond.lock()
         defer { cond.unlock() }
         guard accepting else { throw EngineError.shuttingDown }
@@ -230,13 +234,20 @@ public final class Engine: @unchecked Sendable {
             let (s, n) = batch[i]
             if s.finished || s.cache == nil { batch.remove(at: i); continue }
             if s.cache!.reserve(n) { i += 1; continue }
-            guard let victim = running.filter({ !$0.finished && $0 !== s && $0.cache != nil }).max(by: { $0.admittedAt < $1.admittedAt }) else {
+            // Out of memory: the newest sequence gives its memory back (as vLLM does), which
+            // is this one when it is the newest, so old requests are never pushed out by new ones.
+            let holders = running.filter { !$0.finished && $0.cache != nil }
+            guard holders.count > 1, let victim = holders.max(by: { $0.admittedAt < $1.admittedAt }) else {
                 // Alone and still out of memory: it cannot grow any more.
                 finish(s, .length)
                 batch.remove(at: i)
                 continue
             }
             preempt(victim)
+            if victim === s {
+                batch.remove(at: i)
+                continue
+            }
             if let j = batch.firstIndex(where: { $0.0 === victim }), j < i { i -= 1 }
             batch.removeAll { $0.0 === victim }
         }
@@ -297,14 +308,15 @@ public final class Engine: @unchecked Sendable {
             // Room for the whole known sequence plus the first new token, so an admitted
             // request is not preempted straight away.
             let need = s.cache!.blocksNeeded(forAdding: s.tokens.count - s.cache!.length + 1)
+            // (Available blocks already count the prefix cache's unused ones: evicting it gains nothing.)
             if need > pool.availableBlocks {
-                if running.isEmpty {
-                    // Nothing will free memory: the cached prefix is all there is to reclaim.
-                    pool.clearPrefixCache()
-                    if need > pool.availableBlocks { s.cache!.free(); s.cache = nil; finish(s, .length); waiting.removeFirst(); continue }
-                } else {
-                    break
-                }
+                guard running.isEmpty else { break }
+                // Nothing will free memory: this request can never fit.
+                s.cache!.free()
+                s.cache = nil
+                finish(s, .length)
+                waiting.removeFirst()
+                continue
             }
             waiting.removeFirst()
             admissionCounter += 1
@@ -325,7 +337,13 @@ public final class Engine: @unchecked Sendable {
     private func sample(_ s: Seq, _ logits: [Float]) {
         var l = logits
         s.sampler.adjust(&l, history: Array(s.tokens[s.group.request.prompt.count...]))
-        let tok = s.sampler.sample(l)
+        // NaN or +infinity (a broken adapter, an overflow): this sequence ends with an error
+        // of its own; its batch-mates, whose rows are independent, go on.
+        guard let tok = s.sampler.sampleIfFinite(l) else {
+            s.group.fail("the model produced non-finite logits for this sequence; it was stopped")
+            finish(s, .cancelled)
+            return
+        }
         let r = s.group.request
         if (!r.ignoreEOS && tokenizer.eosTokenIds.contains(tok)) || r.stopTokenIds.contains(tok) {
             finish(s, .stop)
@@ -393,7 +411,10 @@ final class Group: @unchecked Sendable {
 
     func emit(_ e: EngineEvent) {
         lastEmit = DispatchTime.now().uptimeNanoseconds
-        continuation.yield(e)
+        if case .dropped = continuation.yield(e) {
+            // The reader is `maxBufferedEvents` behind: stop producing for it.
+            cancel()
+        }
     }
 
     func fail(_ message: String) { continuation.yield(.failed(message)) }

@@ -19,11 +19,23 @@ public final class KVPool {
     /// Prefix-cache bookkeeping: the content hash of each full block, and which unreferenced
     /// blocks still hold reusable content (evicted oldest first when memory runs out).
     private(set) var blockHash: [UInt64?]
+    /// What a published block holds, checked on every hit so that a hash collision (made on
+    /// purpose or not) can never hand one sequence another's keys and values: its tokens,
+    /// its cache salt, and the block before it (by id and allocation generation).
+    private var blockContent: [PublishedBlock?]
+    /// Bumped each time a block is allocated, so a parent reference to a reused block is stale.
+    private var generation: [UInt32]
     private var cachedByHash: [UInt64: Int32] = [:]
     private var evictable: [Int32: UInt64] = [:]  // block -> last-use tick
     private var tick: UInt64 = 0
 
-    public init(config: QwenConfig, blocks: Int, blockSize: Int = 16, growable: Bool = false) {
+    /// How a block's content is hashed into the chain (replaceable so tests can force collisions).
+    public typealias BlockHasher = @Sendable (_ previous: UInt64, _ tokens: ArraySlice<Int32>) -> UInt64
+    let hasher: BlockHasher
+
+    public init(config: QwenConfig, blocks: Int, blockSize: Int = 16, growable: Bool = false,
+                hasher: @escaping BlockHasher = KVCache.hash) {
+        self.hasher = hasher
         layers = config.layers
         width = config.kvHeads * config.headDim
         self.blockSize = blockSize
@@ -33,6 +45,8 @@ public final class KVPool {
         values = (0..<config.layers).map { _ in FloatBuffer(count: max(blocks, 1) * blockSize * config.kvHeads * config.headDim) }
         refCount = Array(repeating: 0, count: max(blocks, 1))
         blockHash = Array(repeating: nil, count: max(blocks, 1))
+        blockContent = Array(repeating: nil, count: max(blocks, 1))
+        generation = Array(repeating: 0, count: max(blocks, 1))
         freeList = (0..<Int32(max(blocks, 1))).reversed()
     }
 
@@ -42,16 +56,26 @@ public final class KVPool {
     public var usedBlocks: Int { blockCount - availableBlocks }
     public var cachedBlocks: Int { evictable.count }
 
+    struct PublishedBlock {
+        let tokens: [Int32]
+        let salt: UInt64
+        let parent: Int32
+        let parentGeneration: UInt32
+    }
+
     func allocate() -> Int32? {
         if let b = freeList.popLast() {
             refCount[Int(b)] = 1
+            generation[Int(b)] &+= 1
             return b
         }
         if let (b, _) = evictable.min(by: { $0.value < $1.value }) {
             evictable[b] = nil
             if let h = blockHash[Int(b)] { cachedByHash[h] = nil }
             blockHash[Int(b)] = nil
+            blockContent[Int(b)] = nil
             refCount[Int(b)] = 1
+            generation[Int(b)] &+= 1
             return b
         }
         if growable {
@@ -72,6 +96,8 @@ public final class KVPool {
         }
         refCount += Array(repeating: 0, count: newCount - blockCount)
         blockHash += Array(repeating: nil, count: newCount - blockCount)
+        blockContent += Array(repeating: nil, count: newCount - blockCount)
+        generation += Array(repeating: 0, count: newCount - blockCount)
         freeList += (Int32(blockCount)..<Int32(newCount)).reversed()
         blockCount = newCount
     }
@@ -94,14 +120,23 @@ public final class KVPool {
         }
     }
 
-    /// Records that block `b` now holds the full content identified by `hash`.
-    func publish(_ b: Int32, hash: UInt64) {
+    /// Records that block `b` now holds `tokens` after block `parent` (-1: first block),
+    /// identified by `hash`.
+    func publish(_ b: Int32, hash: UInt64, tokens: ArraySlice<Int32>, salt: UInt64, parent: Int32) {
         guard blockHash[Int(b)] == nil, cachedByHash[hash] == nil else { return }
         blockHash[Int(b)] = hash
+        blockContent[Int(b)] = PublishedBlock(tokens: Array(tokens), salt: salt, parent: parent,
+                                              parentGeneration: parent >= 0 ? generation[Int(parent)] : 0)
         cachedByHash[hash] = b
     }
 
-    func lookup(_ hash: UInt64) -> Int32? { cachedByHash[hash] }
+    /// The cached block for `hash`, only if it really holds `tokens` after `parent` under `salt`.
+    func lookup(_ hash: UInt64, tokens: ArraySlice<Int32>, salt: UInt64, parent: Int32) -> Int32? {
+        guard let b = cachedByHash[hash], let c = blockContent[Int(b)] else { return nil }
+        guard c.salt == salt, c.parent == parent, parent < 0 || c.parentGeneration == generation[Int(parent)],
+              c.tokens.elementsEqual(tokens) else { return nil }
+        return b
+    }
 
     /// Copies block `src` into a fresh block (for copy-on-write); nil when memory is full.
     func copy(_ src: Int32) -> Int32? {
@@ -119,6 +154,7 @@ public final class KVPool {
         for (b, _) in evictable {
             if let h = blockHash[Int(b)] { cachedByHash[h] = nil }
             blockHash[Int(b)] = nil
+            blockContent[Int(b)] = nil
             freeList.append(b)
         }
         evictable.removeAll()
@@ -179,9 +215,9 @@ public final class KVCache {
         let bs = pool.blockSize
         while hashes.count < length / bs {
             let i = hashes.count
-            let h = KVCache.hash(previous: i == 0 ? salt : hashes[i - 1], tokens[(i * bs)..<((i + 1) * bs)])
+            let h = pool.hasher(i == 0 ? salt : hashes[i - 1], tokens[(i * bs)..<((i + 1) * bs)])
             hashes.append(h)
-            pool.publish(blocks[i], hash: h)
+            pool.publish(blocks[i], hash: h, tokens: tokens[(i * bs)..<((i + 1) * bs)], salt: salt, parent: i == 0 ? -1 : blocks[i - 1])
         }
     }
 
@@ -194,8 +230,8 @@ public final class KVCache {
         var h = salt
         var i = 0
         while (i + 1) * bs <= prompt.count - 1 {
-            h = KVCache.hash(previous: h, prompt[(i * bs)..<((i + 1) * bs)])
-            guard let b = pool.lookup(h) else { break }
+            h = pool.hasher(h, prompt[(i * bs)..<((i + 1) * bs)])
+            guard let b = pool.lookup(h, tokens: prompt[(i * bs)..<((i + 1) * bs)], salt: salt, parent: i == 0 ? -1 : blocks[i - 1]) else { break }
             pool.retain(b)
             blocks.append(b)
             hashes.append(h)
@@ -228,7 +264,7 @@ public final class KVCache {
 
     deinit { for b in blocks { pool.release(b) } }
 
-    static func hash(previous: UInt64, _ toks: ArraySlice<Int32>) -> UInt64 {
+    @Sendable public static func hash(previous: UInt64, _ toks: ArraySlice<Int32>) -> UInt64 {
         // FNV-1a over the previous hash and the block's tokens, then a final mix.
         var h: UInt64 = 0xcbf2_9ce4_8422_2325 ^ previous
         for t in toks {

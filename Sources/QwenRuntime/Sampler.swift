@@ -81,6 +81,12 @@ public struct Sampler {
         for (t, b) in p.logitBias where t >= 0 && Int(t) < logits.count { logits[Int(t)] += b }
     }
 
+    /// The next token, or nil when a logit is NaN or +infinity (no distribution to sample).
+    public mutating func sampleIfFinite(_ logits: [Float]) -> Int32? {
+        for l in logits where l.isNaN || l == .infinity { return nil }
+        return sample(logits)
+    }
+
     /// The next token. `logits` already carries penalties and bias.
     public mutating func sample(_ logits: [Float]) -> Int32 {
         let p = params
@@ -120,7 +126,7 @@ public struct Sampler {
             r -= c.p
             if r < 0 { return c.id }
         }
-        return cand.last!.id
+        return cand.last?.id ?? Self.argmax(logits)
     }
 
     public static func argmax(_ logits: [Float]) -> Int32 {
