@@ -10,6 +10,13 @@ public final class ChatTemplate: @unchecked Sendable {
         template = try JinjaTemplate(source)
     }
 
+    /// Names the renderer defines itself: the inputs above, the special tokens and the
+    /// template functions. Extra arguments never replace them (a request could otherwise
+    /// swap in messages that were never validated, or turn `raise_exception` off).
+    public static let reservedVariables: Set<String> = Set(["messages", "tools", "documents", "add_generation_prompt",
+                                                            "bos_token", "eos_token", "pad_token", "unk_token"])
+        .union(JinjaBuiltins.functions)
+
     public func render(messages: [JSONValue], tools: [JSONValue]? = nil, addGenerationPrompt: Bool,
                        extra: [(String, JSONValue)] = [], specialTokens: [String: String] = [:]) throws -> String {
         var ctx: [String: JinjaValue] = [:]
@@ -18,7 +25,7 @@ public final class ChatTemplate: @unchecked Sendable {
         ctx["tools"] = tools.map { .list($0.map(JinjaValue.init)) } ?? .none
         ctx["documents"] = JinjaValue.none
         ctx["add_generation_prompt"] = .bool(addGenerationPrompt)
-        for (k, v) in extra { ctx[k] = JinjaValue(v) }
+        for (k, v) in extra where !Self.reservedVariables.contains(k) { ctx[k] = JinjaValue(v) }
         return try template.render(ctx)
     }
 }

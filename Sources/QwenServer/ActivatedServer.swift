@@ -15,7 +15,8 @@ import ServiceLifecycle
 /// loads wait in its backlog and a restart never closes the port.
 struct ActivatedServer: Service {
     let fd: CInt
-    let responder: RouterResponder<BasicRequestContext>
+    let responder: RouterResponder<QwenRequestContext>
+    let http1: HTTP1Channel.Configuration
     let tls: TLSConfiguration?
     let onRunning: @Sendable (Int) async -> Void
     let logger: Logger
@@ -24,14 +25,14 @@ struct ActivatedServer: Service {
         let responder = self.responder
         let logger = self.logger
         let http = HTTP1Channel(responder: { request, writer, channel in
-            let context = BasicRequestContext(source: .init(channel: channel, logger: logger))
+            let context = QwenRequestContext(source: .init(channel: channel, logger: logger))
             var response: Response
             do { response = try await responder.respond(to: request, context: context) } catch {
                 response = Response(status: .internalServerError)
             }
             response.headers[.server] = "qwen-serve"
             try await writer.write(response: response.head, body: response.body)
-        })
+        }, configuration: http1)
         if let tls { try await serve(try TLSChannel(http, tlsConfiguration: tls)) } else { try await serve(http) }
     }
 
@@ -70,6 +71,6 @@ extension HTTPServer {
     public func makeActivatedService(fd: CInt, onRunning: @escaping @Sendable (Int) async -> Void) throws -> some Service {
         var logger = Logger(label: "qwen-serve.http")
         logger.logLevel = .warning
-        return ActivatedServer(fd: fd, responder: makeRouter().buildResponder(), tls: try tlsConfiguration(), onRunning: onRunning, logger: logger)
+        return ActivatedServer(fd: fd, responder: makeRouter().buildResponder(), http1: http1Configuration, tls: try tlsConfiguration(), onRunning: onRunning, logger: logger)
     }
 }

@@ -2,24 +2,25 @@ import Foundation
 import Hummingbird
 import QwenRuntime
 
-/// Optional API keys: `Authorization: Bearer <key>` on every /v1 route. Keys are compared
-/// by their SHA-256 digests in constant time, so timing says nothing about a key.
+/// Optional API keys: `Authorization: Bearer <key>`. Keys are compared by their SHA-256
+/// digests in constant time, so timing says nothing about a key.
 func apiKeyDigest(_ s: String) -> [UInt8] {
     var h = SHA256()
     h.update(Array(s.utf8))
     return h.finalize()
 }
 
-/// Two permissions. With admin keys configured, the admin routes (adapters, and whatever
-/// else changes what the server serves) take only an admin key, which also opens every
-/// other route; without them, the admin routes follow the ordinary rule.
-struct AuthMiddleware<Context: RequestContext>: RouterMiddleware {
+/// The permission a route group needs. It is attached to the group (never decided from
+/// the request's path), so it runs only after the router has matched a route of that
+/// group: no spelling of a path reaches a handler without its group's check.
+/// - `user`: with API keys configured, an API key or an admin key.
+/// - `admin`: with admin keys configured, only an admin key (an API key gets 403);
+///   without them, the `user` rule.
+struct APIKeyAuth: RouterMiddleware {
+    typealias Context = QwenRequestContext
+    enum Permission { case user, admin }
     let live: LiveSettings
-
-    static func isAdminRoute(_ path: String) -> Bool {
-        path == "/v1/adapters" || path.hasPrefix("/v1/adapters/") || path == "/v1/load_lora_adapter" || path == "/v1/unload_lora_adapter"
-            || path.hasPrefix("/v1/fine_tuning") || path == "/v1/files" || path.hasPrefix("/v1/files/")
-    }
+    let permission: Permission
 
     static func matches(_ given: [UInt8], _ digests: [[UInt8]]) -> Bool {
         var ok: UInt8 = 0
@@ -31,25 +32,44 @@ struct AuthMiddleware<Context: RequestContext>: RouterMiddleware {
         return ok == 1
     }
 
+    /// The key of an `Authorization` header: the scheme is case-insensitive (RFC 9110);
+    /// an empty key is no key.
+    static func bearerKey(_ header: String?) -> String? {
+        guard let h = header else { return nil }
+        let parts = h.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+        let key = parts[1].trimmingCharacters(in: .whitespaces)
+        return key.isEmpty ? nil : key
+    }
+
+    /// A prefix-cache salt from a key's digest.
+    static func salt(_ digest: [UInt8]) -> UInt64 {
+        var s: UInt64 = 0
+        for i in 0..<8 { s = s << 8 | UInt64(digest[i]) }
+        return s | 1
+    }
+
     func handle(_ req: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard req.uri.path.hasPrefix("/v1/") else { return try await next(req, context) }
         let keys = live.apiKeyDigests, admin = live.adminKeyDigests
-        let adminRoute = Self.isAdminRoute(req.uri.path)
+        var context = context
         guard !keys.isEmpty || !admin.isEmpty else { return try await next(req, context) }
-        var given: [UInt8]? = nil
-        if let h = req.headers[.authorization], h.hasPrefix("Bearer ") {
-            given = apiKeyDigest(String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces))
-        }
+        let given = Self.bearerKey(req.headers[.authorization]).map(apiKeyDigest)
         let isAdmin = given.map { Self.matches($0, admin) } ?? false
         let isUser = given.map { Self.matches($0, keys) } ?? false
-        if adminRoute && !admin.isEmpty {
+        context.caller = Caller(role: .open, cacheSalt: 0, seesServerPaths: admin.isEmpty)
+        if isAdmin || isUser, let given {
+            context.caller = Caller(role: isAdmin ? .admin : .user, cacheSalt: Self.salt(given), seesServerPaths: isAdmin || admin.isEmpty)
+        }
+        switch permission {
+        case .admin where !admin.isEmpty:
             if isAdmin { return try await next(req, context) }
             if isUser {
                 throw APIError(.forbidden, "this API key may not change adapters or fine-tuning jobs; use an admin key",
                                type: "permission_error", code: "insufficient_permissions")
             }
-        } else if isUser || isAdmin || keys.isEmpty {
-            return try await next(req, context)
+        default:
+            // No API keys but admin keys: ordinary routes stay open to everyone.
+            if isUser || isAdmin || keys.isEmpty { return try await next(req, context) }
         }
         var e = APIError(.unauthorized, given == nil ? "Missing API key: send 'Authorization: Bearer <key>'" : "Incorrect API key provided",
                          type: "invalid_request_error", code: "invalid_api_key")

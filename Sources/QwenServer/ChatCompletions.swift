@@ -5,14 +5,19 @@ import QwenEngine
 
 /// POST /v1/chat/completions.
 extension ModelService {
-    func chatCompletions(_ body: JSONValue) async throws -> Response {
+    func chatCompletions(_ body: JSONValue, _ ctx: QwenRequestContext) async throws -> Response {
         let started = Date()
         let f = try RequestFields(body)
         let target = try resolveModel(f)
         let o = try GenerationOptions.parse(f, chat: true, vocabSize: tokenizer.vocabularySize)
-        let (promptText, tools) = try chatPrompt(f)
-        let prompt = tokenizer.encode(promptText)
-        let stream = try submit(try engineRequest(prompt: prompt, o, adapter: target.adapter))
+        // Rendering and tokenising are CPU work proportional to the body: off the request threads.
+        let (promptText, prompt, tools) = try await Offload.run { [self] in
+            let p = try chatPrompt(f)
+            return (p.text, promptTokens(p), p.tools)
+        }
+        let stream = try submit(try engineRequest(prompt: prompt, o, adapter: target.adapter, caller: ctx.caller))
+        // A client that goes away (streaming or not) frees its sequence at once.
+        let gone = ctx.cancelWhenClientGoes(stream)
         let startInReasoning = thinkingModel && promptText.hasSuffix("<think>\n")
         let states = (0..<o.n).map { _ in
             ChoiceState(tokenizer: tokenizer, stops: o.stops, reasoning: thinkingModel, tools: tools != nil, toolNames: tools ?? [],
@@ -26,7 +31,7 @@ extension ModelService {
             var states = states
             let (usage, firstToken) = try await Self.collect(stream, &states, promptTokens: prompt.count)
             if Task.isCancelled { stream.cancel() }
-            requests.finished(record, firstToken: firstToken, completionTokens: usage.1)
+            requests.finished(record, firstToken: firstToken, completionTokens: usage.1, cancelled: gone.isSet)
             let choices: [JSONValue] = states.enumerated().map { i, s in
                 var msg: [(String, JSONValue)] = [("role", .string("assistant")), ("content", s.content.isEmpty && !s.toolCalls.isEmpty ? .null : .string(s.content))]
                 if !s.reasoning.isEmpty { msg.append(("reasoning_content", .string(s.reasoning))) }
@@ -103,7 +108,7 @@ extension ModelService {
                     }
                 }
                 try await Self.endStream(&writer, usage: o.includeUsage ? chunk(nil, delta: [], logprobs: nil, finish: nil, usage: Self.usageJSON(usage)) : nil)
-                requests.finished(record, firstToken: firstToken, completionTokens: usage.1)
+                requests.finished(record, firstToken: firstToken, completionTokens: usage.1, cancelled: gone.isSet)
             } catch {
                 // The client went away: free the sequence now.
                 stream.cancel()
@@ -127,7 +132,9 @@ extension ModelService {
                 if states[i].stoppedByString { stream.cancel(choice: i) }
             case .finished(let i, let reason): _ = states[i].finish(reason: reason == .length ? "length" : "stop")
             case .done(let p, _, let cached): usage = (p, states.reduce(0) { $0 + $1.tokens }, cached)
-            case .failed(let m): throw APIError(.internalServerError, m)
+            case .failed(let m):
+                stream.cancel()
+                throw APIError(.internalServerError, m)
             case .heartbeat: break
             }
         }

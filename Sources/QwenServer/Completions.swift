@@ -5,7 +5,7 @@ import QwenEngine
 
 /// POST /v1/completions: raw text in, text out (no chat template).
 extension ModelService {
-    func completions(_ body: JSONValue) async throws -> Response {
+    func completions(_ body: JSONValue, _ ctx: QwenRequestContext) async throws -> Response {
         let started = Date()
         let f = try RequestFields(body)
         let target = try resolveModel(f)
@@ -15,11 +15,11 @@ extension ModelService {
         let promptText: String
         switch f.body["prompt"] {
         case .string(let s)?:
-            prompt = tokenizer.encode(s)
             promptText = s
+            prompt = try await Offload.run { tokenizer.encode(s) }
         case .array(let a)? where a.count == 1 && a[0].string != nil:
             promptText = a[0].string!
-            prompt = tokenizer.encode(promptText)
+            prompt = try await Offload.run { tokenizer.encode(promptText) }
         case .array(let a)? where !a.isEmpty && a.allSatisfy({ $0.int != nil }):
             prompt = a.map { Int32(clamping: $0.int!) }
             guard prompt.allSatisfy({ $0 >= 0 && Int($0) < tokenizer.vocabularySize }) else {
@@ -35,7 +35,8 @@ extension ModelService {
         if o.echo && o.logprobs != nil {
             throw APIError.badParam("echo", "'echo' together with 'logprobs' is not supported (prompt log-probabilities are not computed)")
         }
-        let stream = try submit(try engineRequest(prompt: prompt, o, adapter: target.adapter))
+        let stream = try submit(try engineRequest(prompt: prompt, o, adapter: target.adapter, caller: ctx.caller))
+        let gone = ctx.cancelWhenClientGoes(stream)
         let states = (0..<o.n).map { _ in ChoiceState(tokenizer: tokenizer, stops: o.stops, reasoning: false, tools: false, startInReasoning: false) }
         let id = IDs.make("cmpl-")
         let created = Int(Date().timeIntervalSince1970)
@@ -60,7 +61,7 @@ extension ModelService {
         if !o.stream {
             var states = states
             let (usage, firstToken) = try await Self.collect(stream, &states, promptTokens: prompt.count)
-            requests.finished(record, firstToken: firstToken, completionTokens: usage.1)
+            requests.finished(record, firstToken: firstToken, completionTokens: usage.1, cancelled: gone.isSet)
             let choices: [JSONValue] = states.enumerated().map { i, s in
                 .object([("index", .int(i)), ("text", .string(echoText + s.content)),
                          ("logprobs", o.logprobs == nil ? .null : logprobsJSON(s.rawLogprobs, offset: echoText.count)),
@@ -113,7 +114,7 @@ extension ModelService {
                     }
                 }
                 try await Self.endStream(&writer, usage: o.includeUsage ? chunk(nil, text: "", logprobs: nil, finish: nil, usage: Self.usageJSON(usage)) : nil)
-                requests.finished(record, firstToken: firstToken, completionTokens: usage.1)
+                requests.finished(record, firstToken: firstToken, completionTokens: usage.1, cancelled: gone.isSet)
             } catch {
                 stream.cancel()
                 requests.finished(record, firstToken: firstToken, completionTokens: states.reduce(0) { $0 + $1.tokens }, cancelled: true)

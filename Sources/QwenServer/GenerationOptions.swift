@@ -27,7 +27,8 @@ struct GenerationOptions {
         if let v = try f.number("presence_penalty", -2...2) { p.presencePenalty = Float(v) }
         if let v = try f.number("frequency_penalty", -2...2) { p.frequencyPenalty = Float(v) }
         if let v = try f.number("repetition_penalty", 0...10) {
-            guard v > 0 else { throw APIError.badParam("repetition_penalty", "'repetition_penalty' must be greater than 0") }
+            // Below 0.01 the penalty divides logits by almost nothing (1e-300 is 0 in f32).
+            guard v >= 0.01 else { throw APIError.badParam("repetition_penalty", "'repetition_penalty' must be at least 0.01") }
             p.repetitionPenalty = Float(v)
         }
         if let s = f.body["seed"], !s.isNull {

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import HummingbirdCore
 import HummingbirdTLS
+import NIOCore
 import NIOSSL
 import Logging
 import QwenChat
@@ -16,6 +17,8 @@ public struct HTTPServer {
         /// PEM files; with both set the server speaks HTTPS only.
         public var tlsCertificateFile: String?
         public var tlsKeyFile: String?
+        /// Connection count and per-connection timeouts.
+        public var limits = ConnectionLimits()
         public init() {}
     }
 
@@ -33,8 +36,8 @@ public struct HTTPServer {
 
     /// The HTTP/1.1 server, wrapped in TLS when certificate and key are configured.
     func serverBuilder() throws -> HTTPServerBuilder {
-        guard let tls = try tlsConfiguration() else { return .http1() }
-        do { return try .tls(.http1(), tlsConfiguration: tls) } catch {
+        guard let tls = try tlsConfiguration() else { return .http1(configuration: http1Configuration) }
+        do { return try .tls(.http1(configuration: http1Configuration), tlsConfiguration: tls) } catch {
             throw TLSError(description: "\(config.tlsCertificateFile ?? ""), \(config.tlsKeyFile ?? ""): the certificate and key cannot be used together (\(error))")
         }
     }
@@ -61,45 +64,21 @@ public struct HTTPServer {
                            onServerRunning: { ch in await onRunning(ch.localAddress?.port ?? 0) }, logger: logger)
     }
 
-    /// Every route, behind the error and authentication middleware.
-    func makeRouter() -> Router<BasicRequestContext> {
-        let router = Router()
+    /// HTTP/1.1 with a `ConnectionGuard` on every connection.
+    var http1Configuration: HTTP1Channel.Configuration {
+        let limits = config.limits
+        return HTTP1Channel.Configuration(additionalChannelHandlers: [ConnectionGuard(limits: limits)])
+    }
+
+    /// Every route. Permissions belong to route groups: each group's middleware runs only
+    /// for the routes the router matched in it, whatever spelling of the path was sent.
+    func makeRouter() -> Router<QwenRequestContext> {
+        let router = Router(context: QwenRequestContext.self)
         router.middlewares.add(ErrorMiddleware(metrics: service.metrics))
-        router.middlewares.add(AuthMiddleware(live: service.live))
         let s = service
         let limit = config.maxBodyBytes
-        router.post("/v1/chat/completions") { req, _ -> Response in
-            try await s.chatCompletions(try await Self.body(req, limit: limit))
-        }
-        router.post("/v1/completions") { req, _ -> Response in
-            try await s.completions(try await Self.body(req, limit: limit))
-        }
-        router.get("/v1/models") { _, _ -> Response in
-            let models = [s.modelJSON] + s.adapters.all.map(s.adapterModelJSON)
-            return ModelService.jsonResponse(.object([("object", .string("list")), ("data", .array(models))]))
-        }
-        router.get("/v1/models/:id") { _, ctx -> Response in
-            let id = ctx.parameters.get("id") ?? ""
-            if id == s.name { return ModelService.jsonResponse(s.modelJSON) }
-            if let e = s.adapters.get(id) { return ModelService.jsonResponse(s.adapterModelJSON(e)) }
-            throw APIError(.notFound, "The model '\(id)' does not exist", param: "model", code: "model_not_found")
-        }
-        // LoRA adapters (admin routes when admin keys are configured).
-        router.get("/v1/adapters") { _, _ -> Response in s.listAdapters() }
-        router.post("/v1/adapters") { req, _ -> Response in
-            try await s.loadAdapter(try await Self.body(req, limit: limit), vllm: false)
-        }
-        router.delete("/v1/adapters/:name") { _, ctx -> Response in
-            try await s.unloadAdapter(name: ctx.parameters.get("name") ?? "", vllm: false)
-        }
-        router.post("/v1/load_lora_adapter") { req, _ -> Response in
-            try await s.loadAdapter(try await Self.body(req, limit: limit), vllm: true)
-        }
-        router.post("/v1/unload_lora_adapter") { req, _ -> Response in
-            let f = try RequestFields(try await Self.body(req, limit: limit))
-            guard let n = try f.string("lora_name") else { throw APIError.badParam("lora_name", "'lora_name' is required") }
-            return try await s.unloadAdapter(name: n, vllm: true)
-        }
+
+        // Open to everyone: liveness and Prometheus metrics (counts only, no request content).
         for path in ["/health", "/healthz"] {
             router.get(RouterPath(stringLiteral: path)) { _, _ -> Response in
                 ModelService.jsonResponse(.object([("status", .string("ok"))]))
@@ -109,14 +88,54 @@ public struct HTTPServer {
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: s.metrics.render(engine: s.engine.snapshot, adapters: s.adapters.all.count))))
         }
+
+        // Inference: any API key (or none, when no keys are configured).
+        let api = router.group("v1").add(middleware: APIKeyAuth(live: service.live, permission: .user))
+        api.post("chat/completions") { req, ctx -> Response in
+            try await s.chatCompletions(try await Self.body(req, limit: limit), ctx)
+        }
+        api.post("completions") { req, ctx -> Response in
+            try await s.completions(try await Self.body(req, limit: limit), ctx)
+        }
+        api.get("models") { _, ctx -> Response in
+            let models = [s.modelJSON] + s.adapters.all.map { s.adapterModelJSON($0, showPath: ctx.caller.seesServerPaths) }
+            return ModelService.jsonResponse(.object([("object", .string("list")), ("data", .array(models))]))
+        }
+        api.get("models/:id") { _, ctx -> Response in
+            let id = ctx.parameters.get("id") ?? ""
+            if id == s.name { return ModelService.jsonResponse(s.modelJSON) }
+            if let e = s.adapters.get(id) { return ModelService.jsonResponse(s.adapterModelJSON(e, showPath: ctx.caller.seesServerPaths)) }
+            throw APIError(.notFound, "The model '\(id)' does not exist", param: "model", code: "model_not_found")
+        }
+
+        // What changes what is served: an admin key when admin keys are configured.
+        let admin = router.group("v1").add(middleware: APIKeyAuth(live: service.live, permission: .admin))
+        admin.get("adapters") { _, _ -> Response in s.listAdapters() }
+        admin.post("adapters") { req, _ -> Response in
+            try await s.loadAdapter(try await Self.body(req, limit: limit), vllm: false)
+        }
+        admin.delete("adapters/:name") { _, ctx -> Response in
+            try await s.unloadAdapter(name: ctx.parameters.get("name") ?? "", vllm: false)
+        }
+        admin.post("load_lora_adapter") { req, _ -> Response in
+            try await s.loadAdapter(try await Self.body(req, limit: limit), vllm: true)
+        }
+        admin.post("unload_lora_adapter") { req, _ -> Response in
+            let f = try RequestFields(try await Self.body(req, limit: limit))
+            guard let n = try f.string("lora_name") else { throw APIError.badParam("lora_name", "'lora_name' is required") }
+            return try await s.unloadAdapter(name: n, vllm: true)
+        }
         return router
     }
 
     static func body(_ req: Request, limit: Int) async throws -> JSONValue {
         var req = req
         let buf: ByteBuffer
-        do { buf = try await req.collectBody(upTo: limit) } catch {
+        do { buf = try await req.collectBody(upTo: limit) } catch is NIOTooManyBytesError {
             throw APIError(.contentTooLarge, "the request body is larger than \(limit) bytes", code: "request_too_large")
+        } catch {
+            // The client closed the connection or stopped sending: nobody will read an answer.
+            throw APIError(.badRequest, "the request body could not be read (the client went away)", code: "incomplete_body")
         }
         do { return try JSONValue.parse(Array(buf.readableBytesView)) } catch {
             throw APIError(.badRequest, "the request body is not valid JSON: \(error)")
@@ -131,41 +150,40 @@ extension ModelService {
     }
 }
 
-/// Turns every thrown error, and every 404/405 from the router, into an OpenAI-style body.
+/// Turns every thrown error, and every 404/405 from the router, into an OpenAI-style body,
+/// and counts each answer under the route the router matched.
 struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     let metrics: ServerMetrics
 
-    /// The endpoint label for a path with a parameter, or one of the vLLM adapter routes.
-    static func routeName(_ path: String) -> String {
-        if path.hasPrefix("/v1/models/") { return "/v1/models/{id}" }
-        if path == "/v1/adapters" || path == "/v1/load_lora_adapter" || path == "/v1/unload_lora_adapter" { return path }
-        if path.hasPrefix("/v1/adapters/") { return "/v1/adapters/{name}" }
-        return "other"
-    }
-
     func handle(_ req: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/healthz", "/metrics"]
-            .first { req.uri.path == $0 } ?? Self.routeName(req.uri.path)
+        var status: Int
+        var response: Response
         do {
-            let r = try await next(req, context)
-            metrics.countRequest(endpoint: endpoint, status: Int(r.status.code))
-            return r
+            response = try await next(req, context)
+            status = Int(response.status.code)
         } catch let e as APIError {
-            metrics.countRequest(endpoint: endpoint, status: e.status.code)
-            return ModelService.jsonResponse(e.json, status: e.status, headers: e.headers)
+            status = e.status.code
+            response = ModelService.jsonResponse(e.json, status: e.status, headers: e.headers)
         } catch let e as HTTPError {
-            metrics.countRequest(endpoint: endpoint, status: e.status.code)
+            status = e.status.code
             let msg: String
             switch e.status {
             case .notFound: msg = "no route for \(req.method) \(req.uri.path)"
             case .methodNotAllowed: msg = "\(req.method) is not allowed on \(req.uri.path)"
             case .contentTooLarge: msg = "the request body is too large"
-            default: msg = e.body ?? e.status.reasonPhrase
+            default: msg = e.status.reasonPhrase
             }
-            return ModelService.jsonResponse(APIError(e.status, msg).json, status: e.status)
+            response = ModelService.jsonResponse(APIError(e.status, msg).json, status: e.status)
         } catch {
-            metrics.countRequest(endpoint: endpoint, status: 500)
-            return ModelService.jsonResponse(APIError(.internalServerError, "\(error)").json, status: .internalServerError)
+            // Internal detail stays in the log, not in the answer.
+            let id = IDs.make("err-")
+            Logger(label: "qwen-serve.http").error("internal error \(id) on \(req.method) \(context.endpointPath ?? "?"): \(error)")
+            status = 500
+            response = ModelService.jsonResponse(APIError(.internalServerError, "internal server error (\(id))").json, status: .internalServerError)
         }
+        // The matched route's pattern: no label per spelling or per adapter name.
+        let endpoint = context.endpointPath.map { $0.hasPrefix("/") ? $0 : "/" + $0 } ?? "other"
+        metrics.countRequest(endpoint: endpoint, status: status)
+        return response
     }
 }

@@ -22,9 +22,13 @@ public final class ModelService: @unchecked Sendable {
     public let adapters: AdapterRegistry
     /// Applied when a request names the base model (mlx_lm.server's --adapter-path).
     public let defaultAdapter: LoRAAdapter?
+    /// How control-token text inside message content is tokenised.
+    public let contentSpecialTokens: ContentSpecialTokens
 
     public init(name: String, engine: Engine, tokenizer: Tokenizer, live: LiveSettings = LiveSettings(),
-                defaultAdapter: LoRAAdapter? = nil, requestLog: RequestLog? = nil, background: BackgroundWork = BackgroundWork()) throws {
+                defaultAdapter: LoRAAdapter? = nil, requestLog: RequestLog? = nil, background: BackgroundWork = BackgroundWork(),
+                contentSpecialTokens: ContentSpecialTokens = .text) throws {
+        self.contentSpecialTokens = contentSpecialTokens
         self.name = name
         requests = requestLog ?? RequestLog(metrics: ServerMetrics())
         self.defaultAdapter = defaultAdapter
@@ -52,8 +56,19 @@ public final class ModelService: @unchecked Sendable {
 
     // MARK: Prompts
 
+    /// A rendered chat prompt: its text, the UTF-8 ranges that came from the request's
+    /// strings and spell control tokens (tokenised as plain text), and the tool names.
+    struct ChatPrompt {
+        let text: String
+        let literal: [Range<Int>]
+        let tools: Set<String>?
+    }
+
+    /// The chat prompt's token ids.
+    func promptTokens(_ p: ChatPrompt) -> [Int32] { tokenizer.encode(p.text, literal: p.literal) }
+
     /// The chat prompt, rendered with the model's template.
-    func chatPrompt(_ f: RequestFields) throws -> (text: String, tools: Set<String>?) {
+    func chatPrompt(_ f: RequestFields) throws -> ChatPrompt {
         guard let msgs = f.body["messages"]?.array, !msgs.isEmpty else {
             throw APIError.badParam("messages", "'messages' must be a non-empty list")
         }
@@ -107,9 +122,20 @@ public final class ModelService: @unchecked Sendable {
         if let kw = f.body["chat_template_kwargs"], !kw.isNull {
             guard let pairs = kw.object else { throw APIError.badParam("chat_template_kwargs", "'chat_template_kwargs' must be an object") }
             for (k, v) in pairs {
+                guard !ChatTemplate.reservedVariables.contains(k) else {
+                    throw APIError.badParam("chat_template_kwargs", "'chat_template_kwargs' may not set '\(k)': the server sets it from the request's own fields")
+                }
                 extra.removeAll { $0.0 == k }
                 extra.append((k, v))
             }
+        }
+        // Control tokens typed into the request's strings stay text (as OpenAI treats them):
+        // swapped for placeholders while the template renders, then marked literal.
+        let shield = contentSpecialTokens == .text ? ContentShield(tokenizer: tokenizer) : nil
+        if let shield, shield.needed(messages, tools, extra) {
+            messages = messages.map(shield.hide)
+            tools = tools.map { $0.map(shield.hide) }
+            extra = extra.map { ($0.0, shield.hide($0.1)) }
         }
         let text: String
         if let template {
@@ -124,10 +150,15 @@ public final class ModelService: @unchecked Sendable {
         } else {
             text = messages.map { "<|im_start|>\($0["role"]?.string ?? "user")\n\($0["content"]?.string ?? "")<|im_end|>\n" }.joined() + "<|im_start|>assistant\n"
         }
-        return (text, tools.map { Set($0.compactMap { $0["function"]?["name"]?.string }) })
+        let names = tools.map { Set($0.compactMap { $0["function"]?["name"]?.string }) }
+        if let shield {
+            let (restored, literal) = shield.restore(text)
+            return ChatPrompt(text: restored, literal: literal, tools: names)
+        }
+        return ChatPrompt(text: text, literal: [], tools: names)
     }
 
-    func engineRequest(prompt: [Int32], _ o: GenerationOptions, adapter: LoRAAdapter? = nil) throws -> EngineRequest {
+    func engineRequest(prompt: [Int32], _ o: GenerationOptions, adapter: LoRAAdapter? = nil, caller: Caller = Caller()) throws -> EngineRequest {
         let limit = contextLimit
         guard prompt.count < limit else {
             throw APIError(.badRequest, "This model's maximum context length is \(limit) tokens, but the prompt has \(prompt.count) tokens.",
@@ -142,6 +173,7 @@ public final class ModelService: @unchecked Sendable {
         r.ignoreEOS = o.ignoreEOS
         r.logprobs = o.logprobs
         r.adapter = adapter
+        r.cacheSalt = caller.cacheSalt
         return r
     }
 

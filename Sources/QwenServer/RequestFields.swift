@@ -37,13 +37,22 @@ struct RequestFields {
         return d
     }
 
-    /// `stop`: a string or a list of up to 16 strings.
+    /// Longest stop sequence, in UTF-8 bytes: each is matched against every new piece of text.
+    static let maxStopBytes = 1024
+
+    /// `stop`: a string or a list of up to 16 strings, none empty or longer than `maxStopBytes`.
     func stops() throws -> [String] {
         guard let v = body["stop"], !v.isNull else { return [] }
-        if let s = v.string { return [s] }
-        guard let a = v.array, a.count <= 16, a.allSatisfy({ $0.string != nil }) else {
-            throw APIError.badParam("stop", "'stop' must be a string or a list of at most 16 strings")
+        let list: [String]
+        if let s = v.string { list = [s] } else {
+            guard let a = v.array, a.count <= 16, a.allSatisfy({ $0.string != nil }) else {
+                throw APIError.badParam("stop", "'stop' must be a string or a list of at most 16 strings")
+            }
+            list = a.compactMap(\.string)
         }
-        return a.compactMap(\.string)
+        for s in list where s.utf8.count > Self.maxStopBytes {
+            throw APIError.badParam("stop", "each 'stop' sequence may be at most \(Self.maxStopBytes) bytes")
+        }
+        return list
     }
 }

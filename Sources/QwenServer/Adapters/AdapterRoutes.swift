@@ -14,10 +14,11 @@ extension ModelService {
                  ("origin", .string(e.origin))])
     }
 
-    /// An adapter as a model of /v1/models (vLLM lists them the same way).
-    func adapterModelJSON(_ e: AdapterRegistry.Entry) -> JSONValue {
+    /// An adapter as a model of /v1/models (vLLM lists them the same way, with its
+    /// directory as `root`; callers who may not see server paths get its name there).
+    func adapterModelJSON(_ e: AdapterRegistry.Entry, showPath: Bool) -> JSONValue {
         .object([("id", .string(e.name)), ("object", .string("model")), ("created", .int(e.created)), ("owned_by", .string("qwen-serve")),
-                 ("root", .string(e.adapter.path)), ("parent", .string(name)), ("max_model_len", .int(contextLimit))])
+                 ("root", .string(showPath ? e.adapter.path : e.name)), ("parent", .string(name)), ("max_model_len", .int(contextLimit))])
     }
 
     func listAdapters() -> Response {
