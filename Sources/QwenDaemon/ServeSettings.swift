@@ -1,4 +1,5 @@
 import Foundation
+import QwenFormats
 
 /// Everything `qwen-serve serve` can be told, from three places in rising precedence:
 /// a config file (flat YAML, one `key: value` per line), `QWEN_SERVE_*` environment
@@ -35,6 +36,14 @@ public struct ServeSettings: Equatable, Sendable {
     /// HTTPS: a PEM certificate chain and its private key (both or neither).
     public var tlsCertFile: String?
     public var tlsKeyFile: String?
+    /// Connections at most, and per-connection timeouts in seconds (headers, body, a write
+    /// the client does not read).
+    public var maxConnections = 1024
+    public var headerTimeout = 30.0
+    public var bodyTimeout = 60.0
+    public var writeTimeout = 60.0
+    /// Control-token text in message content: `text` (plain text, as OpenAI) or `tokens` (as transformers).
+    public var contentSpecialTokens = "text"
 
     public struct NamedPath: Equatable, Sendable {
         public let name: String
@@ -50,7 +59,8 @@ public struct ServeSettings: Equatable, Sendable {
     public static let keys = ["model", "host", "port", "served-model-name", "kv-cache-gb", "max-running", "max-waiting",
                               "step-tokens", "chat-template-args", "max-body-mb", "shutdown-grace", "api-key-file", "api-key",
                               "admin-api-key-file", "admin-api-key", "adapter", "adapter-path",
-                              "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file", "f32-weights", "compute"]
+                              "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file", "f32-weights", "compute",
+                              "max-connections", "header-timeout", "body-timeout", "write-timeout", "content-special-tokens"]
 
     /// Applies one setting given as text; `source` names where it came from for errors.
     public mutating func set(_ key: String, _ raw: String, source: String) throws {
@@ -83,9 +93,20 @@ public struct ServeSettings: Equatable, Sendable {
             guard let d = Double(value), d >= 0 else { throw bad("0 or more seconds") }
             shutdownGrace = d
         case "api-key-file": apiKeyFile = value
-        case "api-key": apiKeys.append(value)
+        case "api-key":
+            guard !value.isEmpty else { throw bad("a non-empty key") }
+            apiKeys.append(value)
         case "admin-api-key-file": adminKeyFile = value
-        case "admin-api-key": adminKeys.append(value)
+        case "admin-api-key":
+            guard !value.isEmpty else { throw bad("a non-empty key") }
+            adminKeys.append(value)
+        case "max-connections": maxConnections = try int(1...1_000_000)
+        case "header-timeout": headerTimeout = try double()
+        case "body-timeout": bodyTimeout = try double()
+        case "write-timeout": writeTimeout = try double()
+        case "content-special-tokens":
+            guard value == "text" || value == "tokens" else { throw bad("text or tokens") }
+            contentSpecialTokens = value
         case "adapter":
             // NAME=PATH; several may be given at once separated by commas (handy in one variable).
             for item in value.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !item.isEmpty {
@@ -124,8 +145,9 @@ public struct ServeSettings: Equatable, Sendable {
 
     /// Reads a flat YAML file: `key: value` lines, `#` comments, optional quotes.
     public mutating func apply(file path: String) throws {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw SettingError(description: "\(path): cannot read the config file")
+        let data: Data
+        do { data = try SafeFile.read(path, maxBytes: 1 << 20) } catch {
+            throw SettingError(description: "cannot read the config file: \(error)")
         }
         for (n, line) in String(decoding: data, as: UTF8.self).components(separatedBy: "\n").enumerated() {
             let t = line.trimmingCharacters(in: .whitespaces)
@@ -151,6 +173,15 @@ public struct ServeSettings: Equatable, Sendable {
         }
     }
 
+    /// Why replacing `self` (the settings in force) by `new` on a reload is refused: a reload
+    /// never switches authentication off. A file cut short, or emptied by mistake, would
+    /// otherwise open the server; turning keys off takes a restart.
+    public func reloadRefusal(_ new: ServeSettings) -> String? {
+        if !apiKeys.isEmpty && new.apiKeys.isEmpty { return "the new settings have no API keys; a reload never turns API-key authentication off (restart to do that)" }
+        if !adminKeys.isEmpty && new.adminKeys.isEmpty { return "the new settings have no admin keys; a reload never turns admin-key authentication off (restart to do that)" }
+        return nil
+    }
+
     /// Checks settings that only make sense together.
     public func validate() throws {
         if (tlsCertFile == nil) != (tlsKeyFile == nil) {
@@ -165,8 +196,9 @@ public struct ServeSettings: Equatable, Sendable {
     }
 
     static func keys(file path: String, setting: String) throws -> [String] {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw SettingError(description: "\(setting): cannot read \(path)")
+        let data: Data
+        do { data = try SafeFile.read(path, maxBytes: 1 << 20) } catch {
+            throw SettingError(description: "\(setting): cannot read \(error)")
         }
         let keys = String(decoding: data, as: UTF8.self).components(separatedBy: .newlines)
             .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
@@ -202,6 +234,11 @@ public struct ServeSettings: Equatable, Sendable {
         lines.append("log-level: \(logLevel)")
         lines.append("log-format: \(logFormat)")
         lines.append("log-prompts: \(logPrompts)")
+        lines.append("max-connections: \(maxConnections)")
+        lines.append("header-timeout: \(headerTimeout)")
+        lines.append("body-timeout: \(bodyTimeout)")
+        lines.append("write-timeout: \(writeTimeout)")
+        lines.append("content-special-tokens: \(contentSpecialTokens)")
         return lines.joined(separator: "\n") + "\n"
     }
 }

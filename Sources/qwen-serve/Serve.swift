@@ -46,6 +46,11 @@ struct Serve: AsyncParsableCommand {
     var adapterPath: String?
     @Option(name: .customLong("tls-cert-file"), help: "Serve HTTPS with this PEM certificate chain (needs --tls-key-file).") var tlsCertFile: String?
     @Option(name: .customLong("tls-key-file"), help: "The PEM private key of --tls-cert-file.") var tlsKeyFile: String?
+    @Option(name: .customLong("max-connections"), help: "Open connections at most; more are closed as they arrive. [default: 1024]") var maxConnections: String?
+    @Option(name: .customLong("header-timeout"), help: "Seconds a connection may take to send request headers (also the keep-alive idle limit). [default: 30]") var headerTimeout: String?
+    @Option(name: .customLong("body-timeout"), help: "Seconds from a request's headers to the end of its body. [default: 60]") var bodyTimeout: String?
+    @Option(name: .customLong("write-timeout"), help: "Seconds a response may wait on a client that does not read; then the connection closes and its work stops. [default: 60]") var writeTimeout: String?
+    @Option(name: .customLong("content-special-tokens"), help: "Control-token text in message content: text (plain text, as OpenAI) or tokens (as transformers). [default: text]") var contentSpecialTokens: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. [default: info]") var logLevel: String?
     @Option(name: .customLong("log-format"), help: "text (logfmt) or json, one line per event on stderr. [default: text]") var logFormat: String?
     @Option(name: .customLong("log-prompts"), help: "Put prompt text in request log lines (true/false). [default: false]") var logPrompts: String?
@@ -61,6 +66,8 @@ struct Serve: AsyncParsableCommand {
             ("api-key-file", apiKeyFile), ("admin-api-key-file", adminAPIKeyFile), ("adapter-path", adapterPath),
             ("log-level", logLevel), ("log-format", logFormat), ("log-prompts", logPrompts),
             ("tls-cert-file", tlsCertFile), ("tls-key-file", tlsKeyFile),
+            ("max-connections", maxConnections), ("header-timeout", headerTimeout), ("body-timeout", bodyTimeout),
+            ("write-timeout", writeTimeout), ("content-special-tokens", contentSpecialTokens),
         ]
         for (k, v) in flags { if let v { try s.set(k, v, source: "--\(k)") } }
         for k in apiKey { try s.set("api-key", k, source: "--api-key") }
@@ -70,6 +77,8 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // SIGHUP's default action ends the process: ignored until the reload handler is set.
+        signal(SIGHUP, SIG_IGN)
         let notifier = SystemdNotifier()
         do {
             var s = try settings()
@@ -104,11 +113,12 @@ struct Serve: AsyncParsableCommand {
             let baseAdapter = try s.adapterPath.map { try LoRAAdapter.load(path: $0, config: loaded.model.config) }
             let requestLog = RequestLog(metrics: ServerMetrics(), logPrompts: s.logPrompts)
             let service = try ModelService(name: loaded.name, engine: engine, tokenizer: loaded.tokenizer, live: live,
-                                           defaultAdapter: baseAdapter, requestLog: requestLog)
+                                           defaultAdapter: baseAdapter, requestLog: requestLog,
+                                           contentSpecialTokens: ContentSpecialTokens(rawValue: s.contentSpecialTokens) ?? .text)
             let problems = await service.adapters.reconcileStartup(s.adapters.map { ($0.name, $0.path) })
             if let first = problems.first { throw StartupError(description: first) }
             if !s.adapters.isEmpty { log("adapters: \(s.adapters.map(\.name).joined(separator: ", "))") }
-            let hangup = reloadOnHangup(live: live, adapters: service.adapters, notifier: notifier, status: "serving \(loaded.name)")
+            let hangup = reloadOnHangup(current: s, live: live, adapters: service.adapters, notifier: notifier, status: "serving \(loaded.name)")
             // The engine loop pets the watchdog (a hung engine gets the service restarted) and reports status.
             let metricsStep = engine.onStep
             engine.onStep = { stats in
@@ -124,6 +134,10 @@ struct Serve: AsyncParsableCommand {
             hc.maxBodyBytes = s.maxBodyMB << 20
             hc.tlsCertificateFile = s.tlsCertFile
             hc.tlsKeyFile = s.tlsKeyFile
+            hc.limits.maxConnections = s.maxConnections
+            hc.limits.headerTimeout = s.headerTimeout
+            hc.limits.bodyTimeout = s.bodyTimeout
+            hc.limits.writeTimeout = s.writeTimeout
             let scheme = s.tlsCertFile == nil ? "http" : "https"
             let name = loaded.name, listenHost = s.host, positions = ec.kvBlocks * ec.blockSize
             let http = HTTPServer(service: service, config: hc)
@@ -186,28 +200,52 @@ extension Serve {
     /// SIGHUP re-reads the settings (file, environment, flags) and applies what can change
     /// live: the API keys and the default chat-template arguments. A bad file keeps the
     /// old settings and says why.
-    func reloadOnHangup(live: LiveSettings, adapters: AdapterRegistry, notifier: SystemdNotifier, status: String) -> DispatchSourceSignal {
-        signal(SIGHUP, SIG_IGN)
+    func reloadOnHangup(current: ServeSettings, live: LiveSettings, adapters: AdapterRegistry, notifier: SystemdNotifier, status: String) -> DispatchSourceSignal {
         let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
         let command = self
+        // Reloads run one at a time, each against the settings the last good one applied.
+        let state = ReloadState(current)
         source.setEventHandler {
             notifier.reloading()
             Task {
+                await state.lock()
                 do {
+                    // The whole file, the environment and the flags parse and validate, or nothing changes.
                     var s = try command.settings()
+                    try s.validate()
                     try s.loadAPIKeys()
+                    if let why = await state.settings.reloadRefusal(s) { throw StartupError(description: why) }
+                    _ = try Self.templateArgs(s)
+                    await state.set(s)
                     live.update(apiKeys: s.apiKeys, adminKeys: s.adminKeys, chatTemplateArgs: try Self.templateArgs(s))
                     let problems = await adapters.reconcileStartup(s.adapters.map { ($0.name, $0.path) })
                     for p in problems { log("reload: \(p) (left as it was)") }
                     log("reloaded: \(s.apiKeys.count) API key(s), \(s.adminKeys.count) admin key(s), adapters: \(adapters.all.map(\.name).joined(separator: ", "))")
                 } catch {
-                    log("reload failed, keeping the previous settings: \(error)")
+                    log("reload failed, keeping the previous settings: \(error)", level: .error)
                 }
+                await state.unlock()
                 notifier.reloaded(status: status)
             }
         }
         source.resume()
         return source
+    }
+}
+
+/// The settings the last successful reload applied, and a turn for reloads.
+actor ReloadState {
+    private(set) var settings: ServeSettings
+    private var busy = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+    init(_ s: ServeSettings) { settings = s }
+    func set(_ s: ServeSettings) { settings = s }
+    func lock() async {
+        if !busy { busy = true; return }
+        await withCheckedContinuation { waiters.append($0) }
+    }
+    func unlock() {
+        if waiters.isEmpty { busy = false } else { waiters.removeFirst().resume() }
     }
 }
 
