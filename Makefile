@@ -2,11 +2,11 @@
 SWIFT       ?= swift
 CONFIG      ?= release
 BIN         := .build/$(CONFIG)/qwen-serve
-APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev pkg-config python3-pip python3-venv
+APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev pkg-config python3-pip python3-venv strace
 VENV        := .venv-test
 PYTHON      ?= python3
 
-.PHONY: all deps build model run test bench bench-serve bench-adapters fixtures fixture-deps clean install uninstall
+.PHONY: all deps build model run test fuzz bench bench-serve bench-adapters fixtures fixture-deps clean install uninstall
 PREFIX      ?= /usr/local
 UNITDIR     ?= /etc/systemd/system
 
@@ -46,6 +46,11 @@ $(VENV)/ok: Tests/api/requirements.txt
 	$(VENV)/bin/pip install -q -r Tests/api/requirements.txt
 	touch $@
 
+# libFuzzer on every parser of untrusted input (FUZZ_SECONDS each, default 60); crashing inputs
+# land in Tests/Fuzz/<target>/, which the tests replay.
+fuzz: deps
+	scripts/fuzz.sh
+
 bench-serve: model
 	$(PYTHON) scripts/bench_serve.py --binary $(BIN)
 
@@ -71,6 +76,8 @@ install: build
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/qwen-serve/README.md
 	[ -e $(DESTDIR)/etc/qwen-serve/config.yaml ] || install -D -m 0644 deploy/config.yaml $(DESTDIR)/etc/qwen-serve/config.yaml
 	[ -e $(DESTDIR)/etc/qwen-serve/env ] || install -D -m 0600 deploy/env $(DESTDIR)/etc/qwen-serve/env
+	# The unit allows loopback traffic only, so the default model is fetched into its cache now.
+	[ -n "$(DESTDIR)" ] || QWEN_SERVE_CACHE=/var/cache/qwen-serve $(BIN) fetch default >/dev/null
 	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
 
 uninstall:

@@ -13,7 +13,13 @@ import PackageDescription
 //   QwenServer   (the OpenAI-compatible HTTP API on Hummingbird)
 //   QwenDaemon   (systemd notification, configuration)
 //   qwen-serve   (the command line)
+// Unchecked arithmetic only where the numbers are the kernels' own (buffers and products):
+// every target that reads requests, files or templates keeps Swift's bounds and overflow
+// checks, and the engine keeps its preconditions.
 let unsafeFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+// QWEN_FUZZ=1 (make fuzz) builds qwen-fuzz as a libFuzzer target: libFuzzer supplies main.
+let fuzzing = Context.environment["QWEN_FUZZ"] != nil
+let fuzzSettings: [SwiftSetting] = fuzzing ? [.define("FUZZING")] : []
 
 let package = Package(
     name: "qwen-serve",
@@ -37,40 +43,41 @@ let package = Package(
             linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]
         ),
         .target(name: "QwenKernels", dependencies: ["CQwenKernels"], swiftSettings: unsafeFlags),
-        .target(name: "QwenFormats", dependencies: ["QwenKernels"], swiftSettings: unsafeFlags),
-        .target(name: "QwenModel", dependencies: ["CQwenKernels", "QwenKernels", "QwenFormats"], swiftSettings: unsafeFlags),
-        .target(name: "QwenTokenizer", dependencies: ["QwenFormats"], swiftSettings: unsafeFlags),
-        .target(name: "QwenChat", swiftSettings: unsafeFlags),
+        .target(name: "QwenFormats", dependencies: ["QwenKernels"]),
+        .target(name: "QwenModel", dependencies: ["CQwenKernels", "QwenKernels", "QwenFormats"]),
+        .target(name: "QwenTokenizer", dependencies: ["QwenFormats"]),
+        .target(name: "QwenChat"),
         .target(
             name: "QwenRuntime",
-            dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer"],
-            swiftSettings: unsafeFlags
+            dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer"]
         ),
-        .target(name: "QwenEngine", dependencies: ["QwenModel", "QwenTokenizer", "QwenRuntime"], swiftSettings: unsafeFlags),
+        .target(name: "QwenEngine", dependencies: ["QwenModel", "QwenTokenizer", "QwenRuntime"]),
         .target(
             name: "QwenServer",
             dependencies: ["QwenChat", "QwenEngine", "QwenRuntime", "QwenTokenizer", .product(name: "Hummingbird", package: "hummingbird"),
                            .product(name: "HummingbirdCore", package: "hummingbird"), .product(name: "HummingbirdTLS", package: "hummingbird"),
                            .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "Logging", package: "swift-log"),
                            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
-                           .product(name: "NIOExtras", package: "swift-nio-extras"),
-                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
-            swiftSettings: unsafeFlags
+                           .product(name: "NIOExtras", package: "swift-nio-extras"), .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                           .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]
         ),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
-        .target(name: "QwenDaemon", dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")], swiftSettings: unsafeFlags),
+        .target(name: "QwenDaemon", dependencies: ["CSystemd", "QwenFormats", .product(name: "Logging", package: "swift-log")]),
         .executableTarget(
             name: "qwen-serve",
             dependencies: [
                 "QwenRuntime", "QwenServer", "QwenDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: unsafeFlags
+            ]
         ),
+        // The parsers' fuzz entry points, and the libFuzzer driver / replayer (make fuzz).
+        .target(name: "QwenFuzzTargets", dependencies: ["QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat"]),
+        .executableTarget(name: "qwen-fuzz", dependencies: ["QwenFuzzTargets"], swiftSettings: fuzzSettings),
         .testTarget(
             name: "QwenTests",
-            dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat", "QwenRuntime", "QwenEngine", "QwenServer"]
+            dependencies: ["QwenFuzzTargets", "QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat", "QwenRuntime", "QwenEngine", "QwenServer"]
         ),
     ],
     swiftLanguageModes: [.v5]
