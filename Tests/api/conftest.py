@@ -18,9 +18,9 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared")
 
 
 class Server:
-    def __init__(self, model, *extra, env=None):
+    def __init__(self, model, *extra, env=None, wrapper=()):
         self.log = []
-        self.proc = subprocess.Popen([BIN, "serve", "--model", model, "--port", "0", *extra],
+        self.proc = subprocess.Popen([*wrapper, BIN, "serve", "--model", model, "--port", "0", *extra],
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                      env={**os.environ, **(env or {})})
         deadline = time.time() + 300

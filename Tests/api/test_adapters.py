@@ -279,7 +279,7 @@ def test_a_fifo_load_is_refused_at_once_and_serving_goes_on(server, tmp_path):
     for t in loads:
         t.start()
     for _ in range(3):
-        st, r = server.json("POST", "/v1/completions", {"prompt": "x", "max_tokens": 3}, timeout=20)
+        st, r = server.json("POST", "/v1/completions", {"prompt": "x", "max_tokens": 3, "ignore_eos": True}, timeout=20)
         assert st == 200 and r["usage"]["completion_tokens"] == 3
         assert server.json("GET", "/v1/adapters", timeout=20)[0] == 200
     for t in loads:
