@@ -130,7 +130,7 @@ def main():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     default = subprocess.run([a.binary, "fetch", "default"], check=True, capture_output=True, text=True).stdout.strip()
     # (label, model, extra flags, index of an earlier row whose baseline applies)
-    models = [("Qwen2.5-Coder-0.5B-Instruct Q4_K_M (default)", default, [], None),
+    models = [("Qwen2.5-Coder-0.5B-Instruct Q4_K_M, `--compute f32`", default, ["--compute", "f32"], None),
               ("the same, `--f32-weights no` (blocks only)", default, ["--f32-weights", "no"], 0),
               ("the same, `--compute int8` (8-bit inputs, integer products)", default, ["--compute", "int8"], 0),
               ("Qwen3-0.6B config, random bf16", random_qwen3(repo), [], None)]

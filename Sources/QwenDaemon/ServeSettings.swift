@@ -31,8 +31,8 @@ public struct ServeSettings: Equatable, Sendable {
     public var logPrompts = false
     /// f32 copies of compact weights: auto, yes or no (see F32Weights).
     public var f32Weights = "auto"
-    /// Products with quantized weights: f32 or int8 (see ComputeMode).
-    public var compute = "f32"
+    /// Products with quantized weights: auto, f32 or int8 (see ComputeChoice).
+    public var compute = "auto"
     /// HTTPS: a PEM certificate chain and its private key (both or neither).
     public var tlsCertFile: String?
     public var tlsKeyFile: String?
@@ -126,7 +126,7 @@ public struct ServeSettings: Equatable, Sendable {
             guard ["auto", "yes", "no"].contains(value) else { throw bad("auto, yes or no") }
             f32Weights = value
         case "compute":
-            guard ["f32", "int8"].contains(value) else { throw bad("f32 or int8") }
+            guard ["auto", "f32", "int8"].contains(value) else { throw bad("auto, f32 or int8") }
             compute = value
         case "tls-cert-file": tlsCertFile = value
         case "tls-key-file": tlsKeyFile = value

@@ -22,22 +22,54 @@ public enum F32Weights: String, Sendable, CaseIterable {
     }
 }
 
+/// What the user asked for: a compute mode, or `auto` — int8 where the weights are quantized
+/// and the CPU has fast 8-bit dot products (AVX-512 VNNI), f32 otherwise (float weights, other
+/// CPUs, or panels that would not fit in memory).
+public enum ComputeChoice: String, Sendable, CaseIterable {
+    case auto, f32, int8
+
+    /// The mode for `source`, and why.
+    func resolve(_ source: TensorSource) -> (ComputeMode, String) {
+        switch self {
+        case .f32: return (.f32, "asked for")
+        case .int8: return (.int8, "asked for")
+        case .auto:
+            guard source.int8PanelBytes > 0 else { return (.f32, "auto: the weights are not quantized") }
+            guard CPUFeatures.hasAVX512VNNI else { return (.f32, "auto: this CPU has no AVX-512 VNNI") }
+            guard UInt64(source.int8PanelBytes) <= ProcessInfo.processInfo.physicalMemory / 10 * 8 else {
+                return (.f32, "auto: the int8 panels would not fit in memory")
+            }
+            return (.int8, "auto: quantized weights on a CPU with AVX-512 VNNI")
+        }
+    }
+}
+
 /// A model ready to run: weights, tokenizer and the name clients call it by.
 public final class LoadedModel {
     public let name: String
     public let path: String
     public let model: QwenModel
     public let tokenizer: Tokenizer
+    /// How its quantized products compute, and why that mode was chosen.
+    public let compute: ComputeMode
+    public let computeReason: String
 
-    public init(name: String, path: String, model: QwenModel, tokenizer: Tokenizer) {
+    public init(name: String, path: String, model: QwenModel, tokenizer: Tokenizer, compute: ComputeMode = .f32, computeReason: String = "") {
         self.name = name
         self.path = path
         self.model = model
         self.tokenizer = tokenizer
+        self.compute = compute
+        self.computeReason = computeReason
     }
 
     /// Loads a Hugging Face directory or a GGUF file from disk.
     public static func load(path: String, name: String? = nil, f32Weights: F32Weights = .auto, compute: ComputeMode = .f32) throws -> LoadedModel {
+        try load(path: path, name: name, f32Weights: f32Weights, choice: compute == .int8 ? .int8 : .f32)
+    }
+
+    /// Loads a Hugging Face directory or a GGUF file from disk, choosing the compute mode.
+    public static func load(path: String, name: String? = nil, f32Weights: F32Weights = .auto, choice: ComputeChoice) throws -> LoadedModel {
         try BLAS.load()
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
@@ -46,7 +78,7 @@ public final class LoadedModel {
         let displayName = name ?? URL(fileURLWithPath: path).lastPathComponent
         /// The int8 panels are a second copy of the quantized weights: refuse what cannot fit
         /// rather than be killed for memory halfway through loading.
-        func checkInt8Memory(_ source: TensorSource) throws {
+        func checkInt8Memory(_ source: TensorSource, _ compute: ComputeMode) throws {
             let need = source.int8PanelBytes, have = ProcessInfo.processInfo.physicalMemory
             guard compute != .int8 || UInt64(need) <= have / 10 * 8 else {
                 throw ModelFileError(path, String(format: "--compute int8 needs %.1f GB for repacked weights, more than 80%% of this machine's %.1f GB; use --compute f32",
@@ -56,19 +88,21 @@ public final class LoadedModel {
         if isDir.boolValue {
             let config = try QwenConfig.fromHuggingFace(path: (path as NSString).appendingPathComponent("config.json"))
             let source = try SafetensorsDirectory(directory: path)
-            try checkInt8Memory(source)
+            let (compute, why) = choice.resolve(source)
+            try checkInt8Memory(source, compute)
             let tokenizer = try Tokenizer.load(directory: path)
             let model = try QwenModel(config: config, source: source, f32Copies: f32Weights.keep(copyBytes: source.f32CopyBytes(compute: compute)),
                                       compute: compute)
-            return LoadedModel(name: displayName, path: path, model: model, tokenizer: tokenizer)
+            return LoadedModel(name: displayName, path: path, model: model, tokenizer: tokenizer, compute: compute, computeReason: why)
         }
         let gguf = try GGUFFile(path: path)
-        try checkInt8Memory(gguf)
+        let (compute, why) = choice.resolve(gguf)
+        try checkInt8Memory(gguf, compute)
         let config = try QwenConfig.fromGGUF(gguf)
         let tokenizer = try Tokenizer.load(gguf: gguf)
         let model = try QwenModel(config: config, source: gguf, f32Copies: f32Weights.keep(copyBytes: gguf.f32CopyBytes(compute: compute)),
                                   compute: compute)
         return LoadedModel(name: displayName.hasSuffix(".gguf") ? String(displayName.dropLast(5)) : displayName,
-                           path: path, model: model, tokenizer: tokenizer)
+                           path: path, model: model, tokenizer: tokenizer, compute: compute, computeReason: why)
     }
 }

@@ -146,7 +146,7 @@ public struct HTTPServer {
 extension ModelService {
     var modelJSON: JSONValue {
         .object([("id", .string(name)), ("object", .string("model")), ("created", .int(created)), ("owned_by", .string("qwen-serve")),
-                 ("root", .string(name)), ("parent", .null), ("max_model_len", .int(contextLimit))])
+                 ("root", .string(name)), ("parent", .null), ("max_model_len", .int(contextLimit)), ("compute", .string(compute))])
     }
 }
 

@@ -24,11 +24,14 @@ public final class ModelService: @unchecked Sendable {
     public let defaultAdapter: LoRAAdapter?
     /// How control-token text inside message content is tokenised.
     public let contentSpecialTokens: ContentSpecialTokens
+    /// The compute mode that ran (`f32` or `int8`), shown in /v1/models.
+    public let compute: String
 
     public init(name: String, engine: Engine, tokenizer: Tokenizer, live: LiveSettings = LiveSettings(),
                 defaultAdapter: LoRAAdapter? = nil, requestLog: RequestLog? = nil, background: BackgroundWork = BackgroundWork(),
-                contentSpecialTokens: ContentSpecialTokens = .text) throws {
+                contentSpecialTokens: ContentSpecialTokens = .text, compute: String = "f32") throws {
         self.contentSpecialTokens = contentSpecialTokens
+        self.compute = compute
         self.name = name
         requests = requestLog ?? RequestLog(metrics: ServerMetrics())
         self.defaultAdapter = defaultAdapter

@@ -11,8 +11,8 @@ struct Generate: ParsableCommand {
     var model = "default"
     @Option(name: .customLong("f32-weights"), help: "f32 copies of compact weights: auto, yes or no.")
     var f32Weights: F32Weights = .auto
-    @Option(help: "Products with quantized weights: f32 or int8 (8-bit inputs, integer dot products).")
-    var compute: ComputeMode = .f32
+    @Option(help: "Products with quantized weights: auto (int8 on CPUs with AVX-512 VNNI, else f32), f32 or int8.")
+    var compute: ComputeChoice = .auto
     @Option(name: .customLong("adapter-path"), help: "A LoRA adapter directory (PEFT or mlx-lm) to apply.")
     var adapterPath: String?
     @Option(help: "The prompt text.")
@@ -48,7 +48,7 @@ struct Generate: ParsableCommand {
                 log("OpenBLAS kernels: \(info.coreName)\(info.chosenCoreType.map { " (OPENBLAS_CORETYPE=\($0) chosen for this CPU)" } ?? ""), \(info.threads) threads")
             }
             let path = try ModelLocator.resolve(model, log: log)
-            let loaded = try LoadedModel.load(path: path, f32Weights: f32Weights, compute: compute)
+            let loaded = try LoadedModel.load(path: path, f32Weights: f32Weights, choice: compute)
             let text = chat ? ChatFormat.chatML(user: prompt) : prompt
             let ids = loaded.tokenizer.encode(text)
             var params = SamplingParams(temperature: temperature, topK: topK, topP: topP, minP: minP, seed: seed)

@@ -44,3 +44,4 @@ func reportingErrors(_ body: () throws -> Void) throws {
 
 extension F32Weights: ExpressibleByArgument {}
 extension ComputeMode: ExpressibleByArgument {}
+extension ComputeChoice: ExpressibleByArgument {}

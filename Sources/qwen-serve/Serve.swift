@@ -26,7 +26,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("kv-cache-gb"), help: "Memory for the KV cache, in GiB. [default: 2]") var kvCacheGB: String?
     @Option(name: .customLong("f32-weights"), help: "Keep f32 copies of quantized/bf16 weights for faster prompts: auto (if they take under half the RAM), yes or no. [default: auto]")
     var f32Weights: String?
-    @Option(help: "Products with quantized GGUF weights: f32 (as transformers computes them) or int8 (inputs rounded to 8 bits, integer dot products as llama.cpp; on the default model ~2.7× faster prompts, ~2.5× faster batched decoding). [default: f32]")
+    @Option(help: "Products with quantized GGUF weights: auto (int8 on CPUs with AVX-512 VNNI, else f32), f32 (as transformers computes them) or int8 (inputs rounded to 8 bits, integer dot products as llama.cpp; on the default model ~2.7× faster prompts, ~2.5× faster batched decoding). [default: auto]")
     var compute: String?
     @Option(name: .customLong("max-running"), help: "Sequences batched together at most. [default: 64]") var maxRunning: String?
     @Option(name: .customLong("max-waiting"), help: "Requests that may wait; more get HTTP 429. [default: 256]") var maxWaiting: String?
@@ -95,12 +95,12 @@ struct Serve: AsyncParsableCommand {
             log("OpenBLAS kernels: \(info.coreName)\(info.chosenCoreType.map { " (OPENBLAS_CORETYPE=\($0) chosen for this CPU)" } ?? ""), \(info.threads) threads")
             let path = try ModelLocator.resolve(s.model, log: log)
             let loaded = try LoadedModel.load(path: path, name: s.servedModelName, f32Weights: F32Weights(rawValue: s.f32Weights) ?? .auto,
-                                            compute: ComputeMode(rawValue: s.compute) ?? .f32)
+                                            choice: ComputeChoice(rawValue: s.compute) ?? .auto)
             let matrices = loaded.model.weights.layers.flatMap { [$0.q, $0.k, $0.v, $0.o, $0.gate, $0.up, $0.down] }
             let repacked = matrices.filter { ($0 as? CompactMatrix)?.computesInt8 == true }.count
             let rest = repacked < matrices.count ? "; the rest in f32" : ""
-            log("compute: \(s.compute)" + (s.compute == "int8" ? " (\(repacked) of \(matrices.count) layer matrices in int8 panels\(rest))" : ""))
-            if s.compute == "int8" && !CPUFeatures.hasAVX512VNNI {
+            log("compute: \(loaded.compute.rawValue) (\(loaded.computeReason))" + (loaded.compute == .int8 ? "; \(repacked) of \(matrices.count) layer matrices in int8 panels\(rest)" : ""))
+            if loaded.compute == .int8 && !CPUFeatures.hasAVX512VNNI {
                 log("this CPU has no AVX-512 VNNI: the int8 mode runs its portable C kernel, far slower than --compute f32", level: .warning)
             }
             var ec = Engine.Config()
@@ -114,7 +114,8 @@ struct Serve: AsyncParsableCommand {
             let requestLog = RequestLog(metrics: ServerMetrics(), logPrompts: s.logPrompts)
             let service = try ModelService(name: loaded.name, engine: engine, tokenizer: loaded.tokenizer, live: live,
                                            defaultAdapter: baseAdapter, requestLog: requestLog,
-                                           contentSpecialTokens: ContentSpecialTokens(rawValue: s.contentSpecialTokens) ?? .text)
+                                           contentSpecialTokens: ContentSpecialTokens(rawValue: s.contentSpecialTokens) ?? .text,
+                                           compute: loaded.compute.rawValue)
             let problems = await service.adapters.reconcileStartup(s.adapters.map { ($0.name, $0.path) })
             if let first = problems.first { throw StartupError(description: first) }
             if !s.adapters.isEmpty { log("adapters: \(s.adapters.map(\.name).joined(separator: ", "))") }

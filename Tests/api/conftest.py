@@ -124,7 +124,8 @@ def real():
     path = subprocess.run([BIN, "fetch", "default"], capture_output=True, text=True).stdout.strip()
     if not path or not os.path.exists(path):
         pytest.skip("the default model is not available (make model fetches it)")
-    s = Server(path)
+    # Pinned to f32: these tests hold the server to transformers' greedy tokens.
+    s = Server(path, "--compute", "f32")
     yield s
     s.stop()
 

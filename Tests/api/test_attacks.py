@@ -429,3 +429,19 @@ def test_errors_do_not_leak_internals(guarded):
         st, data = raw(guarded, method, path, key=USER)
         assert st in (404, 405)
         assert "error" in json.loads(data) and ".swift" not in data.decode()
+
+
+def test_an_aborted_upload_is_not_counted_as_too_large(guarded):
+    def count(status):
+        _, _, data = guarded.request("GET", "/metrics")
+        return sum(float(l.rsplit(" ", 1)[1]) for l in data.decode().splitlines()
+                   if l.startswith("qwen_requests_total{") and f'status="{status}"' in l)
+    before = count(413)
+    s = socket.create_connection(("127.0.0.1", guarded.port), timeout=10)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              + f"Authorization: Bearer {USER}\r\nContent-Length: 100000\r\n\r\n".encode() + b"{\"messages\": [")
+    time.sleep(0.3)
+    s.close()
+    time.sleep(0.5)
+    assert count(413) == before
+    assert health_ms(guarded) < 1000

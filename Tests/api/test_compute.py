@@ -32,3 +32,23 @@ def test_int8_server_batches_like_solo_and_streams_consistently():
         assert s.metric("qwen_kv_blocks_used") == 0
     finally:
         s.stop()
+
+
+def test_auto_compute_is_the_default_and_says_what_ran():
+    """Without --compute, quantized weights run in int8 where the CPU has AVX-512 VNNI and in
+    f32 elsewhere; float weights always in f32. /v1/models and the start-up log say which."""
+    vnni = "avx512_vnni" in open("/proc/cpuinfo").read()
+    for model, want in [(os.path.join(FIXTURES, "qwen3-tiny.gguf"), "int8" if vnni else "f32"),
+                        (os.path.join(FIXTURES, "qwen3-tiny-f32"), "f32")]:
+        s = Server(model, "--kv-cache-gb", "0.05")
+        try:
+            _, models = s.json("GET", "/v1/models")
+            assert models["data"][0]["compute"] == want
+            assert any(f"compute: {want} (auto:" in line for line in s.log)
+        finally:
+            s.stop()
+    s = Server(os.path.join(FIXTURES, "qwen3-tiny.gguf"), "--kv-cache-gb", "0.05", "--compute", "f32")
+    try:
+        assert s.json("GET", "/v1/models")[1]["data"][0]["compute"] == "f32"
+    finally:
+        s.stop()
