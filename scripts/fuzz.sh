@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes every parser that reads untrusted bytes with libFuzzer (make fuzz).
-#   FUZZ_SECONDS=600 FUZZ_TARGETS="json jinja" scripts/fuzz.sh
+#   FUZZ_SECONDS=600 FUZZ_TARGETS="json jinja" scripts/fuzz.sh   (FUZZ_SKIP_BUILD=1: use the last build)
 # Seeds come from the test fixtures; inputs that crash are copied to Tests/Fuzz/<target>/,
 # where the test suite replays them for good (commit them with the fix).
 set -euo pipefail
@@ -10,7 +10,7 @@ TARGETS=${FUZZ_TARGETS:-"safetensors gguf tokenizer jinja json request adapter-c
 WORK=.build-fuzz/corpus
 BIN=.build-fuzz/release/qwen-fuzz
 
-QWEN_FUZZ=1 swift build -c release --product qwen-fuzz --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address
+[ -n "${FUZZ_SKIP_BUILD:-}" ] || QWEN_FUZZ=1 swift build -c release --product qwen-fuzz --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address
 
 seed() {  # seed TARGET FILE...
     mkdir -p "$WORK/$1"
