@@ -28,6 +28,11 @@ int qwen_cpu_has_avx512vnni(void) {
     return avx512vnni;
 }
 
+int qwen_cpu_has_avx2(void) {
+    pthread_once(&once, detect);
+    return avx2fma;
+}
+
 const char *qwen_cpu_coretype(void) {
     pthread_once(&once, detect);
     return avx512 ? "SkylakeX" : avx2fma ? "Haswell" : "";

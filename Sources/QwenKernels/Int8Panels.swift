@@ -57,7 +57,7 @@ final class Int8Panels: @unchecked Sendable {
     func multiply(_ x: QuantizedRows, _ terms: QuantizedRows.Terms, panels p0: Int, _ p1: Int, into out: UnsafeMutablePointer<Float>,
                   ldo: Int, accumulate: Bool) {
         qwen_i8_matmul(type, q.assumingMemoryBound(to: UInt8.self), scale, min, Int32(rows), Int32(cols), Int32(p0), Int32(p1),
-                       x.q, terms.corr, terms.dx, terms.dmin, Int32(x.n), out, Int32(ldo), accumulate ? 1 : 0, 1)
+                       x.q, terms.corr, terms.dx, terms.dmin, Int32(x.n), out, Int32(ldo), accumulate ? 1 : 0, -1)
     }
 }
 

@@ -23,8 +23,8 @@ public enum F32Weights: String, Sendable, CaseIterable {
 }
 
 /// What the user asked for: a compute mode, or `auto` — int8 where the weights are quantized
-/// and the CPU has fast 8-bit dot products (AVX-512 VNNI), f32 otherwise (float weights, other
-/// CPUs, or panels that would not fit in memory).
+/// and the CPU has fast 8-bit dot products (AVX-512 VNNI, or AVX2), f32 otherwise (float
+/// weights, CPUs with neither, or panels that would not fit in memory).
 public enum ComputeChoice: String, Sendable, CaseIterable {
     case auto, f32, int8
 
@@ -35,11 +35,11 @@ public enum ComputeChoice: String, Sendable, CaseIterable {
         case .int8: return (.int8, "asked for")
         case .auto:
             guard source.int8PanelBytes > 0 else { return (.f32, "auto: the weights are not quantized") }
-            guard CPUFeatures.hasAVX512VNNI else { return (.f32, "auto: this CPU has no AVX-512 VNNI") }
+            guard CPUFeatures.int8Kernel != "portable" else { return (.f32, "auto: this CPU has neither AVX-512 VNNI nor AVX2") }
             guard UInt64(source.int8PanelBytes) <= ProcessInfo.processInfo.physicalMemory / 10 * 8 else {
                 return (.f32, "auto: the int8 panels would not fit in memory")
             }
-            return (.int8, "auto: quantized weights on a CPU with AVX-512 VNNI")
+            return (.int8, "auto: quantized weights, \(CPUFeatures.int8Kernel) kernels")
         }
     }
 }

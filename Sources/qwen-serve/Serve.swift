@@ -99,9 +99,9 @@ struct Serve: AsyncParsableCommand {
             let matrices = loaded.model.weights.layers.flatMap { [$0.q, $0.k, $0.v, $0.o, $0.gate, $0.up, $0.down] }
             let repacked = matrices.filter { ($0 as? CompactMatrix)?.computesInt8 == true }.count
             let rest = repacked < matrices.count ? "; the rest in f32" : ""
-            log("compute: \(loaded.compute.rawValue) (\(loaded.computeReason))" + (loaded.compute == .int8 ? "; \(repacked) of \(matrices.count) layer matrices in int8 panels\(rest)" : ""))
-            if loaded.compute == .int8 && !CPUFeatures.hasAVX512VNNI {
-                log("this CPU has no AVX-512 VNNI: the int8 mode runs its portable C kernel, far slower than --compute f32", level: .warning)
+            log("compute: \(loaded.compute.rawValue) (\(loaded.computeReason))" + (loaded.compute == .int8 ? "; \(repacked) of \(matrices.count) layer matrices in int8 panels\(rest), \(CPUFeatures.int8Kernel) kernels" : ""))
+            if loaded.compute == .int8 && CPUFeatures.int8Kernel == "portable" {
+                log("int8 products run their portable C kernel here (no AVX-512 VNNI or AVX2, or QWEN_INT8_KERNEL=portable): far slower than --compute f32", level: .warning)
             }
             var ec = Engine.Config()
             ec.maxRunning = s.maxRunning

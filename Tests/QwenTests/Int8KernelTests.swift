@@ -86,18 +86,49 @@ final class Int8KernelTests: XCTestCase {
         }
     }
 
-    /// The C fallback for CPUs without VNNI, called directly.
+    /// The C fallback for CPUs without VNNI or AVX2, called directly.
     func plainKernel(_ type: GGMLType, _ bytes: [UInt8], rows: Int, cols: Int, _ x: [Float], n: Int) -> [Float] {
+        kernel(Int32(QWEN_I8_PORTABLE), type, bytes, rows: rows, cols: cols, x, n: n)
+    }
+
+    /// Every kernel set this CPU can run gives bit-identical results to the plain C version, for
+    /// every repacked type, 1–14 input rows (the AVX2 kernel's groups of ≤ 4, VNNI's of ≤ 12) and
+    /// a partial last panel. (A set the CPU lacks is skipped: on this machine AVX2 and VNNI run.)
+    func testEveryKernelSetIsBitIdenticalToPlainC() throws {
+        var rng = SeededRandom(seed: 29)
+        var ran = Set<Int32>()
+        for type in Self.types {
+            let cols = type.blockSize == 256 ? 512 : 96, rows = 37
+            let blocks = RandomBlocks(type, rows: rows, cols: cols, rng: &rng)
+            for n in [1, 2, 3, 4, 5, 7, 9, 13, 14] {
+                // Inputs with large values of both signs, so Q8_0's pairwise sums would overflow 16 bits unrecentred.
+                let x = (0..<(n * cols)).map { i in i % 7 == 0 ? Float(i % 2 == 0 ? 1 : -1) : rng.unit() * 2 - 1 }
+                let plain = plainKernel(type, blocks.bytes, rows: rows, cols: cols, x, n: n)
+                for (k, available) in [(Int32(QWEN_I8_AVX2), qwen_cpu_has_avx2() != 0), (Int32(QWEN_I8_VNNI), qwen_cpu_has_avx512vnni() != 0)] where available {
+                    ran.insert(k)
+                    let got = kernel(k, type, blocks.bytes, rows: rows, cols: cols, x, n: n)
+                    XCTAssertEqual(got.map(\.bitPattern), plain.map(\.bitPattern), "kernel \(k), \(type), n=\(n)")
+                }
+            }
+        }
+        if ran.isEmpty { throw XCTSkip("this CPU has neither AVX2 nor AVX-512 VNNI") }
+    }
+
+    func kernel(_ k: Int32, _ type: GGMLType, _ bytes: [UInt8], rows: Int, cols: Int, _ x: [Float], n: Int) -> [Float] {
         let t = Int32(type.rawValue), panels = (rows + 15) / 16, g = Int(qwen_i8_group(t))
-        var q = [UInt8](repeating: 0, count: panels * cols / g * qwen_i8_group_bytes(t))
-        var scale = [Float](repeating: 0, count: panels * cols / g * 16), mins = [Float](repeating: 0, count: panels * cols / 32 * 16)
-        qwen_i8_pack(t, bytes, Int32(rows), Int32(cols), 0, Int32(panels), &q, &scale, &mins)
+        // Panels and scales 64-byte aligned, as Int8Panels allocates them (the VNNI kernel loads them aligned).
+        let qBytes = panels * cols / g * qwen_i8_group_bytes(t)
+        let q = UnsafeMutablePointer<UInt8>(OpaquePointer(UnsafeMutableRawPointer.allocate(byteCount: qBytes, alignment: 64)))
+        let scale = UnsafeMutablePointer<Float>(OpaquePointer(UnsafeMutableRawPointer.allocate(byteCount: panels * cols / g * 16 * 4, alignment: 64)))
+        let mins = UnsafeMutablePointer<Float>(OpaquePointer(UnsafeMutableRawPointer.allocate(byteCount: panels * cols / 32 * 16 * 4, alignment: 64)))
+        defer { q.deallocate(); scale.deallocate(); mins.deallocate() }
+        qwen_i8_pack(t, bytes, Int32(rows), Int32(cols), 0, Int32(panels), q, scale, mins)
         let r = quantize(x, n: n, cols: cols)
         var corr = [Int32](repeating: 0, count: n * cols / g), dx = [Float](repeating: 0, count: n * cols / g)
         var dmin = [Float](repeating: 0, count: n * cols / 32)
         qwen_i8_terms(t, r.d, r.sums, Int32(n), Int32(cols), &corr, &dx, &dmin)
         var out = [Float](repeating: 0, count: n * rows)
-        qwen_i8_matmul(t, q, scale, mins, Int32(rows), Int32(cols), 0, Int32(panels), r.q, corr, dx, dmin, Int32(n), &out, Int32(rows), 0, 0)
+        qwen_i8_matmul(t, q, scale, mins, Int32(rows), Int32(cols), 0, Int32(panels), r.q, corr, dx, dmin, Int32(n), &out, Int32(rows), 0, k)
         return out
     }
 

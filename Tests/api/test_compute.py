@@ -1,6 +1,7 @@
 """The server in the int8 compute mode on a quantized GGUF: the same API, concurrent requests
 batched together get what each gets alone, and streaming matches the one-shot response."""
 import concurrent.futures
+import json
 import os
 
 from conftest import FIXTURES, Server
@@ -35,10 +36,11 @@ def test_int8_server_batches_like_solo_and_streams_consistently():
 
 
 def test_auto_compute_is_the_default_and_says_what_ran():
-    """Without --compute, quantized weights run in int8 where the CPU has AVX-512 VNNI and in
+    """Without --compute, quantized weights run in int8 where the CPU has AVX-512 VNNI or AVX2 and in
     f32 elsewhere; float weights always in f32. /v1/models and the start-up log say which."""
-    vnni = "avx512_vnni" in open("/proc/cpuinfo").read()
-    for model, want in [(os.path.join(FIXTURES, "qwen3-tiny.gguf"), "int8" if vnni else "f32"),
+    flags = open("/proc/cpuinfo").read()
+    fast8 = "avx512_vnni" in flags or ("avx2" in flags and " fma" in flags)
+    for model, want in [(os.path.join(FIXTURES, "qwen3-tiny.gguf"), "int8" if fast8 else "f32"),
                         (os.path.join(FIXTURES, "qwen3-tiny-f32"), "f32")]:
         s = Server(model, "--kv-cache-gb", "0.05")
         try:
@@ -52,3 +54,23 @@ def test_auto_compute_is_the_default_and_says_what_ran():
         assert s.json("GET", "/v1/models")[1]["data"][0]["compute"] == "f32"
     finally:
         s.stop()
+
+
+def test_every_int8_kernel_set_gives_the_same_answers():
+    """The AVX2 kernels (for CPUs without AVX-512 VNNI) and the plain C ones are bit-identical to
+    VNNI: a server forced onto each gives the same tokens and log-probabilities."""
+    flags = open("/proc/cpuinfo").read()
+    sets = ["portable"] + (["avx2"] if "avx2" in flags else []) + (["vnni"] if "avx512_vnni" in flags else [])
+    body = {"prompt": "The kernels agree:", "max_tokens": 12, "temperature": 0, "logprobs": 3, "ignore_eos": True}
+    answers = {}
+    for k in sets:
+        s = Server(os.path.join(FIXTURES, "qwen3-tiny.gguf"), "--compute", "int8", "--kv-cache-gb", "0.05",
+                   env={"QWEN_INT8_KERNEL": k})
+        try:
+            assert any(f"{k} kernels" in line for line in s.log), s.log
+            st, r = s.json("POST", "/v1/completions", body)
+            assert st == 200
+            answers[k] = (r["choices"][0]["text"], r["choices"][0]["logprobs"])
+        finally:
+            s.stop()
+    assert len(set(json.dumps(a, sort_keys=True) for a in answers.values())) == 1, answers

@@ -12,6 +12,8 @@ int qwen_cpu_has_avx512(void);
 int qwen_cpu_has_avx512bf16(void);
 /// The above and AVX512_VNNI (the int8 kernels).
 int qwen_cpu_has_avx512vnni(void);
+/// AVX2 with FMA.
+int qwen_cpu_has_avx2(void);
 /// The OpenBLAS core type that suits this CPU: "SkylakeX" with AVX-512, "Haswell" with
 /// AVX2+FMA, "" otherwise.
 const char *qwen_cpu_coretype(void);

@@ -42,12 +42,17 @@ void qwen_q8_dequantize(const int8_t *q, const float *d, int n, int cols, float 
 /// corr, dx: n × (cols/g); dmin: n × (cols/32).
 void qwen_i8_terms(int type, const float *xd, const int32_t *xs16, int n, int cols, int32_t *corr, float *dx, float *dmin);
 
+/// Kernel sets for the products: plain C, AVX2 (+FMA), AVX-512 VNNI. All give bit-identical results.
+enum { QWEN_I8_PORTABLE = 0, QWEN_I8_AVX2 = 1, QWEN_I8_VNNI = 2 };
+/// The set in use: the best the CPU has, or the one QWEN_INT8_KERNEL (portable, avx2, vnni) names.
+int qwen_i8_kernel(void);
+
 /// For panels [panel0, panel1) of a repacked W and n quantized input rows (xq, with their terms):
-/// out[i·ldo + r] = Σ_k W[r,k]·d·q[i,k] (added to out when `accumulate`). `simd` 0 forces the
-/// plain C version (tests); otherwise VNNI is used when the CPU has it.
+/// out[i·ldo + r] = Σ_k W[r,k]·d·q[i,k] (added to out when `accumulate`). `kernel`: one of the
+/// sets above (a set the CPU lacks runs as plain C), or −1 for qwen_i8_kernel().
 void qwen_i8_matmul(int type, const uint8_t *q, const float *scale, const float *min, int rows, int cols,
                     int panel0, int panel1, const int8_t *xq, const int32_t *corr, const float *dx, const float *dmin, int n,
-                    float *out, int ldo, int accumulate, int simd);
+                    float *out, int ldo, int accumulate, int kernel);
 
 #ifdef __cplusplus
 }
