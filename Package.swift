@@ -67,7 +67,7 @@ let package = Package(
         .executableTarget(
             name: "qwen-serve",
             dependencies: [
-                "QwenRuntime", "QwenServer", "QwenDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "QwenRuntime", "QwenServer", "QwenDaemon", "QwenTokenizer", "QwenChat", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ]

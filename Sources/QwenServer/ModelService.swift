@@ -10,7 +10,7 @@ public final class ModelService: @unchecked Sendable {
     public let name: String
     public let engine: Engine
     public let tokenizer: Tokenizer
-    let template: ChatTemplate?
+    let renderer: PromptRenderer
     /// API keys and default template arguments, which SIGHUP may replace.
     public let live: LiveSettings
     let thinkingModel: Bool
@@ -39,7 +39,7 @@ public final class ModelService: @unchecked Sendable {
         self.engine = engine
         self.tokenizer = tokenizer
         // Parse the template now: an unsupported construct stops start-up, not a request.
-        template = try tokenizer.chatTemplate.map(ChatTemplate.init)
+        renderer = try PromptRenderer(tokenizer: tokenizer, contentSpecialTokens: contentSpecialTokens)
         self.live = live
         thinkingModel = tokenizer.chatTemplate?.contains("<think>") ?? false
         engine.onStep = { [metrics] stats in if let stats { metrics.observeStep(stats) } }
@@ -68,7 +68,7 @@ public final class ModelService: @unchecked Sendable {
     }
 
     /// The chat prompt's token ids.
-    func promptTokens(_ p: ChatPrompt) -> [Int32] { tokenizer.encode(p.text, literal: p.literal) }
+    func promptTokens(_ p: ChatPrompt) -> [Int32] { renderer.tokens(.init(text: p.text, literal: p.literal)) }
 
     /// The chat prompt, rendered with the model's template.
     func chatPrompt(_ f: RequestFields) throws -> ChatPrompt {
@@ -132,33 +132,11 @@ public final class ModelService: @unchecked Sendable {
                 extra.append((k, v))
             }
         }
-        // Control tokens typed into the request's strings stay text (as OpenAI treats them):
-        // swapped for placeholders while the template renders, then marked literal.
-        let shield = contentSpecialTokens == .text ? ContentShield(tokenizer: tokenizer) : nil
-        if let shield, shield.needed(messages, tools, extra) {
-            messages = messages.map(shield.hide)
-            tools = tools.map { $0.map(shield.hide) }
-            extra = extra.map { ($0.0, shield.hide($0.1)) }
+        let p: PromptRenderer.Prompt
+        do { p = try renderer.render(messages: messages, tools: tools, extra: extra) } catch let e as PromptRenderer.RenderError {
+            throw APIError(.badRequest, e.description, param: "messages")
         }
-        let text: String
-        if let template {
-            var special: [String: String] = [:]
-            if let e = tokenizer.eosTokenIds.sorted().first { special["eos_token"] = tokenizer.decode([e]) }
-            if let b = tokenizer.bosTokenId { special["bos_token"] = tokenizer.decode([b]) }
-            do {
-                text = try template.render(messages: messages, tools: tools, addGenerationPrompt: true, extra: extra, specialTokens: special)
-            } catch {
-                throw APIError(.badRequest, "the chat template could not render these messages: \(error)", param: "messages")
-            }
-        } else {
-            text = messages.map { "<|im_start|>\($0["role"]?.string ?? "user")\n\($0["content"]?.string ?? "")<|im_end|>\n" }.joined() + "<|im_start|>assistant\n"
-        }
-        let names = tools.map { Set($0.compactMap { $0["function"]?["name"]?.string }) }
-        if let shield {
-            let (restored, literal) = shield.restore(text)
-            return ChatPrompt(text: restored, literal: literal, tools: names)
-        }
-        return ChatPrompt(text: text, literal: [], tools: names)
+        return ChatPrompt(text: p.text, literal: p.literal, tools: tools.map { Set($0.compactMap { $0["function"]?["name"]?.string }) })
     }
 
     func engineRequest(prompt: [Int32], _ o: GenerationOptions, adapter: LoRAAdapter? = nil, caller: Caller = Caller()) throws -> EngineRequest {

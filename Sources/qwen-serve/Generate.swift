@@ -3,6 +3,9 @@ import Foundation
 import QwenKernels
 import QwenModel
 import QwenRuntime
+import QwenChat
+import QwenServer
+import QwenTokenizer
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Generate text from a prompt.")
@@ -17,8 +20,12 @@ struct Generate: ParsableCommand {
     var adapterPath: String?
     @Option(help: "The prompt text.")
     var prompt: String
-    @Flag(help: "Wrap the prompt as a user message in the chat format.")
+    @Flag(help: "Send the prompt as a user message, rendered with the model's own chat template exactly as /v1/chat/completions renders it.")
     var chat = false
+    @Option(help: "With --chat: a system message before the prompt.")
+    var system: String?
+    @Option(name: .customLong("chat-template-args"), help: #"With --chat: template arguments as JSON, e.g. '{"enable_thinking":false}' (as serve's)."#)
+    var chatTemplateArgs: String?
     @Option(name: .customLong("max-tokens"), help: "How many tokens to generate at most.")
     var maxTokens = 128
     @Option(help: "Sampling temperature; 0 is greedy.")
@@ -39,6 +46,7 @@ struct Generate: ParsableCommand {
         guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
         guard minP >= 0, minP <= 1 else { throw ValidationError("--min-p must be in [0, 1]") }
         guard topK >= 0 else { throw ValidationError("--top-k must be 0 (off) or more") }
+        if !chat && (system != nil || chatTemplateArgs != nil) { throw ValidationError("--system and --chat-template-args need --chat") }
     }
 
     func run() throws {
@@ -49,8 +57,7 @@ struct Generate: ParsableCommand {
             }
             let path = try ModelLocator.resolve(model, log: log)
             let loaded = try LoadedModel.load(path: path, f32Weights: f32Weights, choice: compute)
-            let text = chat ? ChatFormat.chatML(user: prompt) : prompt
-            let ids = loaded.tokenizer.encode(text)
+            let ids = chat ? try chatPromptTokens(loaded.tokenizer) : loaded.tokenizer.encode(prompt)
             var params = SamplingParams(temperature: temperature, topK: topK, topP: topP, minP: minP, seed: seed)
             if temperature == 0 { params = .greedy }
             let adapter = try adapterPath.map { try LoRAAdapter.load(path: $0, config: loaded.model.config) }
@@ -67,5 +74,22 @@ struct Generate: ParsableCommand {
                            result.promptTokens, pp, result.tokens.count, tg, result.finishReason.rawValue))
             }
         }
+    }
+
+    /// The prompt as a one-turn chat (with the system message), rendered as the server renders it.
+    func chatPromptTokens(_ tokenizer: Tokenizer) throws -> [Int32] {
+        var extra: [(String, JSONValue)] = []
+        if let args = chatTemplateArgs {
+            guard let o = (try? JSONValue.parse(args))?.object else { throw ValidationError("--chat-template-args must be a JSON object") }
+            for (k, _) in o where ChatTemplate.reservedVariables.contains(k) {
+                throw ValidationError("--chat-template-args may not set '\(k)'")
+            }
+            extra = o
+        }
+        var messages: [JSONValue] = []
+        if let system { messages.append(.object([("role", .string("system")), ("content", .string(system))])) }
+        messages.append(.object([("role", .string("user")), ("content", .string(prompt))]))
+        let renderer = try PromptRenderer(tokenizer: tokenizer)
+        return renderer.tokens(try renderer.render(messages: messages, extra: extra))
     }
 }
