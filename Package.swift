@@ -43,7 +43,7 @@ let package = Package(
             linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]
         ),
         .target(name: "QwenKernels", dependencies: ["CQwenKernels"], swiftSettings: unsafeFlags),
-        .target(name: "QwenFormats", dependencies: ["QwenKernels"]),
+        .target(name: "QwenFormats", dependencies: ["CQwenKernels", "QwenKernels"]),
         .target(name: "QwenModel", dependencies: ["CQwenKernels", "QwenKernels", "QwenFormats"]),
         .target(name: "QwenTokenizer", dependencies: ["QwenFormats"]),
         .target(name: "QwenChat"),
@@ -67,7 +67,7 @@ let package = Package(
         .executableTarget(
             name: "qwen-serve",
             dependencies: [
-                "QwenRuntime", "QwenServer", "QwenDaemon", "QwenTokenizer", "QwenChat", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "QwenFormats", "QwenRuntime", "QwenServer", "QwenDaemon", "QwenTokenizer", "QwenChat", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -298,6 +298,20 @@ def make_dequant(out):
 
 # ---------------------------------------------------------------- real model
 
+def make_quantize(out):
+    """ggml's reference Q8_0 and Q4_0 quantization (the gguf package's), for --quantize."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as T, quants
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((3, 96)) * np.array([[1.0], [0.01], [300.0]])).astype(np.float32)
+    x[0, :32] = 0  # an all-zero block
+    x[1, 40] = -5.0  # a dominant negative value
+    cases = {"rows": 3, "cols": 96, "x": [float(v) for v in x.flatten()]}
+    for name, t in [("q8_0", T.Q8_0), ("q4_0", T.Q4_0)]:
+        cases[name] = quants.quantize(x, t).tobytes().hex()
+    dump(os.path.join(out, "expected", "quantize.json"), cases)
+
+
 def make_real(out, gguf_path, tiny_tok):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     d, f = os.path.split(os.path.abspath(gguf_path))
@@ -528,6 +542,7 @@ def main():
     make_models(a.out, tok, prompts)
     make_adapters(a.out, tok, prompts)
     make_dequant(a.out)
+    make_quantize(a.out)
     make_templates(a.out, a.gguf, a.qwen3_template)
     if not a.skip_real:
         make_real(a.out, a.gguf, tok)

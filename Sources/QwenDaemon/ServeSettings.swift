@@ -33,6 +33,8 @@ public struct ServeSettings: Equatable, Sendable {
     public var f32Weights = "auto"
     /// Products with quantized weights: auto, f32 or int8 (see ComputeChoice).
     public var compute = "auto"
+    /// Quantize float weight matrices at load: nil, q8_0 or q4_0 (see QuantizeType).
+    public var quantize: String?
     /// HTTPS: a PEM certificate chain and its private key (both or neither).
     public var tlsCertFile: String?
     public var tlsKeyFile: String?
@@ -60,7 +62,7 @@ public struct ServeSettings: Equatable, Sendable {
                               "step-tokens", "chat-template-args", "max-body-mb", "shutdown-grace", "api-key-file", "api-key",
                               "admin-api-key-file", "admin-api-key", "adapter", "adapter-path",
                               "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file", "f32-weights", "compute",
-                              "max-connections", "header-timeout", "body-timeout", "write-timeout", "content-special-tokens"]
+                              "quantize", "max-connections", "header-timeout", "body-timeout", "write-timeout", "content-special-tokens"]
 
     /// Applies one setting given as text; `source` names where it came from for errors.
     public mutating func set(_ key: String, _ raw: String, source: String) throws {
@@ -100,6 +102,9 @@ public struct ServeSettings: Equatable, Sendable {
         case "admin-api-key":
             guard !value.isEmpty else { throw bad("a non-empty key") }
             adminKeys.append(value)
+        case "quantize":
+            guard ["q8_0", "q4_0", "none"].contains(value) else { throw bad("q8_0, q4_0 or none") }
+            quantize = value == "none" ? nil : value
         case "max-connections": maxConnections = try int(1...1_000_000)
         case "header-timeout": headerTimeout = try double()
         case "body-timeout": bodyTimeout = try double()
@@ -217,6 +222,7 @@ public struct ServeSettings: Equatable, Sendable {
         lines.append("kv-cache-gb: \(kvCacheGB)")
         lines.append("f32-weights: \(f32Weights)")
         lines.append("compute: \(compute)")
+        if let q = quantize { lines.append("quantize: \(q)") }
         lines.append("max-running: \(maxRunning)")
         lines.append("max-waiting: \(maxWaiting)")
         lines.append("step-tokens: \(stepTokens)")

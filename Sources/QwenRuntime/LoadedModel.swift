@@ -68,8 +68,12 @@ public final class LoadedModel {
         try load(path: path, name: name, f32Weights: f32Weights, choice: compute == .int8 ? .int8 : .f32)
     }
 
+    /// `quantize`: float weight matrices become blocks of that type at load (see QuantizedSource).
+
     /// Loads a Hugging Face directory or a GGUF file from disk, choosing the compute mode.
-    public static func load(path: String, name: String? = nil, f32Weights: F32Weights = .auto, choice: ComputeChoice) throws -> LoadedModel {
+    public static func load(path: String, name: String? = nil, f32Weights: F32Weights = .auto, choice: ComputeChoice,
+                            quantize: QuantizeType? = nil) throws -> LoadedModel {
+        func view(_ s: TensorSource) -> TensorSource { quantize.map { QuantizedSource(s, type: $0) } ?? s }
         try BLAS.load()
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
@@ -87,7 +91,7 @@ public final class LoadedModel {
         }
         if isDir.boolValue {
             let config = try QwenConfig.fromHuggingFace(path: (path as NSString).appendingPathComponent("config.json"))
-            let source = try SafetensorsDirectory(directory: path)
+            let source = view(try SafetensorsDirectory(directory: path))
             let (compute, why) = choice.resolve(source)
             try checkInt8Memory(source, compute)
             let tokenizer = try Tokenizer.load(directory: path)
@@ -96,11 +100,12 @@ public final class LoadedModel {
             return LoadedModel(name: displayName, path: path, model: model, tokenizer: tokenizer, compute: compute, computeReason: why)
         }
         let gguf = try GGUFFile(path: path)
-        let (compute, why) = choice.resolve(gguf)
-        try checkInt8Memory(gguf, compute)
+        let source = view(gguf)
+        let (compute, why) = choice.resolve(source)
+        try checkInt8Memory(source, compute)
         let config = try QwenConfig.fromGGUF(gguf)
         let tokenizer = try Tokenizer.load(gguf: gguf)
-        let model = try QwenModel(config: config, source: gguf, f32Copies: f32Weights.keep(copyBytes: gguf.f32CopyBytes(compute: compute)),
+        let model = try QwenModel(config: config, source: source, f32Copies: f32Weights.keep(copyBytes: source.f32CopyBytes(compute: compute)),
                                   compute: compute)
         return LoadedModel(name: displayName.hasSuffix(".gguf") ? String(displayName.dropLast(5)) : displayName,
                            path: path, model: model, tokenizer: tokenizer, compute: compute, computeReason: why)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import QwenFormats
 import QwenKernels
 import QwenModel
 import QwenRuntime
@@ -14,6 +15,8 @@ struct Bench: ParsableCommand {
     var f32Weights: F32Weights = .auto
     @Option(help: "Products with quantized weights: f32 or int8 (8-bit inputs, integer dot products).")
     var compute: ComputeMode = .f32
+    @Option(help: "Quantize float weight matrices at load: q8_0 or q4_0.")
+    var quantize: QuantizeType?
     @Option(name: .customLong("prompt-tokens")) var promptTokens = 128
     @Option(name: .customLong("gen-tokens")) var genTokens = 64
     @Option(help: "Repetitions; medians are reported.") var reps = 3
@@ -24,7 +27,8 @@ struct Bench: ParsableCommand {
         try reportingErrors {
             let info = try BLAS.load()
             let t0 = Date()
-            let loaded = try LoadedModel.load(path: try ModelLocator.resolve(model, log: log), f32Weights: f32Weights, compute: compute)
+            let loaded = try LoadedModel.load(path: try ModelLocator.resolve(model, log: log), f32Weights: f32Weights,
+                                              choice: compute == .int8 ? .int8 : .f32, quantize: quantize)
             let loadSeconds = Date().timeIntervalSince(t0)
             let m = loaded.model
             var rng = SeededRandom(seed: 1)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import QwenFormats
 import QwenKernels
 import QwenModel
 import QwenRuntime
@@ -16,6 +17,8 @@ struct Generate: ParsableCommand {
     var f32Weights: F32Weights = .auto
     @Option(help: "Products with quantized weights: auto (int8 on CPUs with AVX-512 VNNI, else f32), f32 or int8.")
     var compute: ComputeChoice = .auto
+    @Option(help: "Quantize float weight matrices at load: q8_0 or q4_0.")
+    var quantize: QuantizeType?
     @Option(name: .customLong("adapter-path"), help: "A LoRA adapter directory (PEFT or mlx-lm) to apply.")
     var adapterPath: String?
     @Option(help: "The prompt text.")
@@ -56,7 +59,7 @@ struct Generate: ParsableCommand {
                 log("OpenBLAS kernels: \(info.coreName)\(info.chosenCoreType.map { " (OPENBLAS_CORETYPE=\($0) chosen for this CPU)" } ?? ""), \(info.threads) threads")
             }
             let path = try ModelLocator.resolve(model, log: log)
-            let loaded = try LoadedModel.load(path: path, f32Weights: f32Weights, choice: compute)
+            let loaded = try LoadedModel.load(path: path, f32Weights: f32Weights, choice: compute, quantize: quantize)
             let ids = chat ? try chatPromptTokens(loaded.tokenizer) : loaded.tokenizer.encode(prompt)
             var params = SamplingParams(temperature: temperature, topK: topK, topP: topP, minP: minP, seed: seed)
             if temperature == 0 { params = .greedy }

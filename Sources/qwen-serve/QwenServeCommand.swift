@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import QwenFormats
 import QwenKernels
 import QwenRuntime
 
@@ -45,3 +46,4 @@ func reportingErrors(_ body: () throws -> Void) throws {
 extension F32Weights: ExpressibleByArgument {}
 extension ComputeMode: ExpressibleByArgument {}
 extension ComputeChoice: ExpressibleByArgument {}
+extension QuantizeType: ExpressibleByArgument {}

@@ -74,3 +74,21 @@ def test_every_int8_kernel_set_gives_the_same_answers():
         finally:
             s.stop()
     assert len(set(json.dumps(a, sort_keys=True) for a in answers.values())) == 1, answers
+
+
+def test_quantize_on_load_gives_float_checkpoints_the_int8_kernels():
+    """A bf16 checkpoint (as Qwen3 is published) with --quantize q8_0 runs its products in int8
+    under auto compute and answers; an unknown type is refused by name."""
+    flags = open("/proc/cpuinfo").read()
+    fast8 = "avx512_vnni" in flags or "avx2" in flags
+    body = {"prompt": "Quantized:", "max_tokens": 1, "temperature": 0}
+    s = Server(os.path.join(FIXTURES, "qwen3-tiny-bf16"), "--kv-cache-gb", "0.05", "--quantize", "q8_0")
+    try:
+        assert s.json("GET", "/v1/models")[1]["data"][0]["compute"] == ("int8" if fast8 else "f32")
+        st, r = s.json("POST", "/v1/completions", body)
+        assert st == 200 and r["usage"]["completion_tokens"] == 1
+    finally:
+        s.stop()
+    r = __import__("subprocess").run([os.environ.get("QWEN_SERVE_BIN", "qwen-serve"), "serve", "--model", "x",
+                                      "--quantize", "q3_k", "--print-config"], capture_output=True, text=True)
+    assert r.returncode != 0 and "quantize must be q8_0, q4_0 or none" in r.stderr

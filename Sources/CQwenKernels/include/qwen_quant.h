@@ -24,6 +24,10 @@ void qwen_dequant_row(int type, const void *row, int cols, float *out);
 /// Bytes of one row of `cols` values stored as `type`.
 long qwen_quant_row_bytes(int type, int cols);
 
+/// Quantizes `rows` rows of `cols` f32 values (cols a multiple of 32) into Q8_0 or Q4_0 blocks
+/// with ggml's reference rules; returns the bytes written, or −1 for another type.
+long qwen_quantize_rows(int type, const float *x, long rows, int cols, void *out);
+
 #ifdef __cplusplus
 }
 #endif
