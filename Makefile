@@ -6,7 +6,7 @@ APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev pkg-config python3-pip 
 VENV        := .venv-test
 PYTHON      ?= python3
 
-.PHONY: all deps build model run test fuzz bench bench-serve bench-adapters fixtures fixture-deps clean install uninstall
+.PHONY: all deps build model run test fuzz bench bench-builds bench-serve bench-adapters fixtures fixture-deps clean install uninstall
 PREFIX      ?= /usr/local
 UNITDIR     ?= /etc/systemd/system
 
@@ -60,6 +60,10 @@ bench-adapters: model
 
 bench: model
 	$(PYTHON) scripts/bench.py --binary $(BIN)
+
+# This build against another (OLD=path/to/its/qwen-serve), alternated: did a change cost speed?
+bench-builds: model
+	$(PYTHON) scripts/bench_builds.py --binary $(BIN) --old $(OLD)
 
 # Regenerating the committed fixtures needs PyTorch and transformers (CPU build of torch).
 fixture-deps:

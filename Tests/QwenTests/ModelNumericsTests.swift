@@ -59,18 +59,7 @@ final class ModelNumericsTests: XCTestCase {
     func testQwen3GGUFInt8StaysCloseToF32() throws {
         let m = try LoadedModel.load(path: Fixtures.path("qwen3-tiny.gguf"), compute: .int8).model
         XCTAssertTrue(try XCTUnwrap(m.weights.layers[0].q as? CompactMatrix).computesInt8)
-        let vocab = m.config.vocabSize
-        var rows = 0, agree = 0, worst: Float = 0
-        for c in try cases("qwen3_gguf") {
-            let got = try m.forward([.init(cache: KVCache(config: m.config), tokens: c.prompt, logits: .all)])[0]
-            for (r, row) in c.logits.enumerated() {
-                let spread = row.max()! - row.min()!
-                for (j, v) in row.enumerated() { worst = max(worst, abs(got[r * vocab + j] - v) / spread) }
-                let mine = (0..<vocab).max { got[r * vocab + $0] < got[r * vocab + $1] }!
-                agree += mine == row.indices.max { row[$0] < row[$1] }! ? 1 : 0
-                rows += 1
-            }
-        }
+        let (worst, agree, rows) = try logitDistance(m, expected: "qwen3_gguf")
         print("int8 tiny: worst |Δlogit|/spread \(worst), top-1 agreement \(agree)/\(rows)")
         XCTAssertGreaterThan(worst, 0, "int8 products should differ from f32 ones somewhere")
         XCTAssertLessThan(worst, 0.05)

@@ -30,27 +30,13 @@ final class QuantizeTests: XCTestCase {
     /// broken quantizer (garbage gives errors past the spread and chance agreement); the exact
     /// check is the byte comparison with ggml's reference above.
     func testQuantizedLogitsStayClose() throws {
-        let list = try XCTUnwrap(try Fixtures.json("expected/model_qwen3.json") as? [[String: Any]])
         for (type, bound) in [(QuantizeType.q8_0, Float(0.05)), (.q4_0, 0.6)] {
             for compute in [ComputeChoice.f32, .int8] {
                 let loaded = try LoadedModel.load(path: Fixtures.path("qwen3-tiny-f32"), choice: compute, quantize: type)
                 let m = loaded.model
                 XCTAssertEqual(try XCTUnwrap(m.weights.layers[0].q as? CompactMatrix).storageType, Int32(type == .q8_0 ? QWEN_Q8_0 : QWEN_Q4_0))
                 XCTAssertEqual(try XCTUnwrap(m.weights.layers[0].q as? CompactMatrix).computesInt8, compute == .int8)
-                var worst: Float = 0, rows = 0, agree = 0
-                for c in list {
-                    let prompt = (c["prompt"] as! [NSNumber]).map(\.int32Value)
-                    let logits = (c["logits"] as! [[NSNumber]]).map { $0.map(\.floatValue) }
-                    let got = try m.forward([.init(cache: KVCache(config: m.config), tokens: prompt, logits: .all)])[0]
-                    let vocab = m.config.vocabSize
-                    for (r, row) in logits.enumerated() {
-                        let spread = row.max()! - row.min()!
-                        for (j, v) in row.enumerated() { worst = max(worst, abs(got[r * vocab + j] - v) / spread) }
-                        let mine = (0..<vocab).max { got[r * vocab + $0] < got[r * vocab + $1] }!
-                        agree += mine == row.indices.max { row[$0] < row[$1] }! ? 1 : 0
-                        rows += 1
-                    }
-                }
+                let (worst, agree, rows) = try logitDistance(m, expected: "qwen3")
                 print("--quantize \(type.rawValue), compute \(compute.rawValue): worst |Δlogit|/spread \(worst), top-1 agreement \(agree)/\(rows)")
                 XCTAssertGreaterThan(worst, 0)
                 XCTAssertLessThan(worst, bound, "\(type) \(compute)")

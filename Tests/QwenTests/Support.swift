@@ -1,6 +1,7 @@
 import Foundation
 import QwenFormats
 import QwenKernels
+import QwenModel
 import QwenRuntime
 import XCTest
 
@@ -110,4 +111,25 @@ func randomBlocks(_ type: GGMLType, rows: Int, cols: Int, rng: inout SeededRando
         }
     }
     return bytes
+}
+
+/// How far a model's logits are from transformers' (expected/model_<name>.json): the worst
+/// |Δlogit| as a share of each row's spread, and at how many positions the top token agrees.
+func logitDistance(_ m: QwenModel, expected name: String) throws -> (worst: Float, agree: Int, rows: Int) {
+    let list = try XCTUnwrap(try Fixtures.json("expected/model_\(name).json") as? [[String: Any]])
+    let vocab = m.config.vocabSize
+    var worst: Float = 0, agree = 0, rows = 0
+    for c in list {
+        let prompt = (c["prompt"] as! [NSNumber]).map(\.int32Value)
+        let logits = (c["logits"] as! [[NSNumber]]).map { $0.map(\.floatValue) }
+        let got = try m.forward([.init(cache: KVCache(config: m.config), tokens: prompt, logits: .all)])[0]
+        for (r, row) in logits.enumerated() {
+            let spread = row.max()! - row.min()!
+            for (j, v) in row.enumerated() { worst = max(worst, abs(got[r * vocab + j] - v) / spread) }
+            let mine = (0..<vocab).max { got[r * vocab + $0] < got[r * vocab + $1] }!
+            agree += mine == row.indices.max { row[$0] < row[$1] }! ? 1 : 0
+            rows += 1
+        }
+    }
+    return (worst, agree, rows)
 }
