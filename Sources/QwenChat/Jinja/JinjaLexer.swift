@@ -96,7 +96,8 @@ struct JinjaLexer {
                 texts[k + 1] = texts[k + 1].trimmingLeadingWhitespace
             } else if isBlock && tag.body != "__raw__" {
                 // trim_blocks: the first newline after a block tag goes.
-                if texts[k + 1].hasPrefix("\r\n") { texts[k + 1].removeFirst(2) } else if texts[k + 1].hasPrefix("\n") { texts[k + 1].removeFirst() }
+                // ("\r\n" is one Character in Swift: removing two would also take the next one, or trap.)
+                if texts[k + 1].hasPrefix("\r\n") || texts[k + 1].hasPrefix("\n") { texts[k + 1].removeFirst() }
             }
         }
         var out: [Segment] = []
