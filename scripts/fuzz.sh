@@ -53,7 +53,7 @@ status=0
 for t in $TARGETS; do
     mkdir -p "$WORK/$t" "Tests/Fuzz/$t" ".build-fuzz/artifacts/$t"
     echo "== $t: ${SECONDS_EACH}s"
-    if ! QWEN_FUZZ_TARGET=$t "$BIN" -max_total_time="$SECONDS_EACH" -timeout=10 -detect_leaks=0 -rss_limit_mb=4096 -max_len=65536 \
+    if ! ASAN_OPTIONS=detect_leaks=0 QWEN_FUZZ_TARGET=$t "$BIN" -max_total_time="$SECONDS_EACH" -timeout=10 -detect_leaks=0 -rss_limit_mb=4096 -max_len=65536 \
             -artifact_prefix=".build-fuzz/artifacts/$t/" -print_final_stats=1 "$WORK/$t" "Tests/Fuzz/$t" 2>&1 | tail -n 12; then
         status=1
     fi

@@ -320,8 +320,9 @@ def test_a_megabyte_of_one_letter_tokenises_quickly_while_health_answers(guarded
     for t in threads:
         t.join()
     assert results["status"] == 400  # longer than the tiny model's context, found out after tokenising
-    assert results["seconds"] < 10, results
-    assert worst < 250, worst
+    # Measured on the 2-core machine: 0.2 s for each megabyte, /health at most 7.5 ms meanwhile.
+    assert results["seconds"] < 3, results
+    assert worst < 100, worst
 
 
 def test_template_variables_cannot_be_overridden(guarded):
