@@ -13,7 +13,7 @@ extension ModelService {
         // Rendering and tokenising are CPU work proportional to the body: off the request threads.
         let (promptText, prompt, tools) = try await Offload.run { [self] in
             let p = try chatPrompt(f)
-            return (p.text, promptTokens(p), p.tools)
+            return (p.prompt.text, renderer.tokens(p.prompt), p.tools)
         }
         let stream = try submit(try engineRequest(prompt: prompt, o, adapter: target.adapter, caller: ctx.caller))
         // A client that goes away (streaming or not) frees its sequence at once.

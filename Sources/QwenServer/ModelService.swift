@@ -22,15 +22,12 @@ public final class ModelService: @unchecked Sendable {
     public let adapters: AdapterRegistry
     /// Applied when a request names the base model (mlx_lm.server's --adapter-path).
     public let defaultAdapter: LoRAAdapter?
-    /// How control-token text inside message content is tokenised.
-    public let contentSpecialTokens: ContentSpecialTokens
     /// The compute mode that ran (`f32` or `int8`), shown in /v1/models.
     public let compute: String
 
     public init(name: String, engine: Engine, tokenizer: Tokenizer, live: LiveSettings = LiveSettings(),
                 defaultAdapter: LoRAAdapter? = nil, requestLog: RequestLog? = nil, background: BackgroundWork = BackgroundWork(),
                 contentSpecialTokens: ContentSpecialTokens = .text, compute: String = "f32") throws {
-        self.contentSpecialTokens = contentSpecialTokens
         self.compute = compute
         self.name = name
         requests = requestLog ?? RequestLog(metrics: ServerMetrics())
@@ -59,16 +56,11 @@ public final class ModelService: @unchecked Sendable {
 
     // MARK: Prompts
 
-    /// A rendered chat prompt: its text, the UTF-8 ranges that came from the request's
-    /// strings and spell control tokens (tokenised as plain text), and the tool names.
+    /// A rendered chat prompt and the names of the tools the request offered.
     struct ChatPrompt {
-        let text: String
-        let literal: [Range<Int>]
+        let prompt: PromptRenderer.Prompt
         let tools: Set<String>?
     }
-
-    /// The chat prompt's token ids.
-    func promptTokens(_ p: ChatPrompt) -> [Int32] { renderer.tokens(.init(text: p.text, literal: p.literal)) }
 
     /// The chat prompt, rendered with the model's template.
     func chatPrompt(_ f: RequestFields) throws -> ChatPrompt {
@@ -136,7 +128,7 @@ public final class ModelService: @unchecked Sendable {
         do { p = try renderer.render(messages: messages, tools: tools, extra: extra) } catch let e as PromptRenderer.RenderError {
             throw APIError(.badRequest, e.description, param: "messages")
         }
-        return ChatPrompt(text: p.text, literal: p.literal, tools: tools.map { Set($0.compactMap { $0["function"]?["name"]?.string }) })
+        return ChatPrompt(prompt: p, tools: tools.map { Set($0.compactMap { $0["function"]?["name"]?.string }) })
     }
 
     func engineRequest(prompt: [Int32], _ o: GenerationOptions, adapter: LoRAAdapter? = nil, caller: Caller = Caller()) throws -> EngineRequest {
