@@ -145,4 +145,10 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     public var hasF32Copy: Bool { dense != nil }
     /// Whether products run in the int8 mode (the matrix was repacked).
     public var computesInt8: Bool { int8 != nil }
+
+    /// Bytes a product with few rows reads: the int8 panels, or the stored blocks.
+    public var bytesReadPerProduct: Int {
+        computesInt8 ? Self.int8Bytes(storageType: storageType, rows: rows, cols: cols)
+            : rows * Int(qwen_quant_row_bytes(storageType, Int32(cols)))
+    }
 }

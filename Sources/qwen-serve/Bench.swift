@@ -22,6 +22,8 @@ struct Bench: ParsableCommand {
     @Option(help: "Repetitions; medians are reported.") var reps = 3
     @Option(help: "Also decode this many sequences in lockstep (one forward per step, as the engine batches them).")
     var batch = 0
+    @Flag(help: "Also measure how fast this machine reads memory (all cores, 1 GiB), the ceiling for single-stream generation.")
+    var bandwidth = false
 
     func run() throws {
         try reportingErrors {
@@ -57,16 +59,27 @@ struct Bench: ParsableCommand {
                 }
                 batchTokS = median(times)
             }
+            // Bytes a decode step reads: every layer matrix and the head once, in the form decoding reads them.
+            let matrices: [WeightMatrix] = m.weights.layers.flatMap { [$0.q, $0.k, $0.v, $0.o, $0.gate, $0.up, $0.down] } + [m.weights.lmHead]
+            let bytesPerToken = matrices.reduce(0) { $0 + Self.decodeBytes($1) }
+            var extra: [String: Any] = ["weight_mb_per_token": Double(bytesPerToken) / 1e6,
+                                        "achieved_gb_s": Double(bytesPerToken) * median(tg) / 1e9]
+            if bandwidth { extra["read_gb_s"] = MemoryProbe.readGBPerSecond() }
             var usage = rusage()
             getrusage(RUSAGE_SELF.rawValue, &usage)
             let out: [String: Any] = [
                 "model": loaded.name, "prompt_tokens": promptTokens, "gen_tokens": genTokens, "reps": reps,
                 "pp_tok_s": median(pp), "tg_tok_s": median(tg), "load_s": loadSeconds,
                 "peak_rss_mb": Double(usage.ru_maxrss) / 1024, "blas_core": info.coreName, "blas_threads": info.threads,
-            ].merging(batchTokS.map { ["batch": batch, "batch_tg_tok_s": $0] } ?? [:]) { a, _ in a }
+            ].merging(batchTokS.map { ["batch": batch, "batch_tg_tok_s": $0] } ?? [:]) { a, _ in a }.merging(extra) { a, _ in a }
             let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         }
+    }
+
+    /// Bytes one single-row product reads from `w`: int8 panels, compact blocks, or f32.
+    static func decodeBytes(_ w: WeightMatrix) -> Int {
+        (w as? CompactMatrix)?.bytesReadPerProduct ?? w.rows * w.cols * 4
     }
 
     func median(_ a: [Double]) -> Double {

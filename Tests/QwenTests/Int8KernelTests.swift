@@ -151,6 +151,17 @@ final class Int8KernelTests: XCTestCase {
         }
     }
 
+    /// What a product reads, as the benchmarks count it: the stored blocks, or the int8 panels.
+    func testBytesReadPerProduct() {
+        var rng = SeededRandom(seed: 31)
+        let blocks = RandomBlocks(.q4_0, rows: 40, cols: 64, rng: &rng)
+        let plain = CompactMatrix(rows: 40, cols: 64, storageType: Int32(GGMLType.q4_0.rawValue), data: blocks.raw, owner: blocks, dense: nil)
+        XCTAssertEqual(plain.bytesReadPerProduct, 40 * 64 / 32 * 18)
+        let packed = CompactMatrix(rows: 40, cols: 64, storageType: Int32(GGMLType.q4_0.rawValue), data: blocks.raw, owner: blocks, dense: nil, int8: true)
+        // 3 panels of 16 rows: per 32 values 16 × 16 bytes of nibbles and 16 f32 scales.
+        XCTAssertEqual(packed.bytesReadPerProduct, 3 * 2 * (16 * 16 + 16 * 4))
+    }
+
     /// Types without integer weights stay on the f32 path.
     func testOtherTypesAreNotRepacked() {
         let bytes = [UInt8](repeating: 0, count: 16 * 64 * 2)

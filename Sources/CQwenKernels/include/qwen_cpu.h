@@ -18,6 +18,9 @@ int qwen_cpu_has_avx2(void);
 /// AVX2+FMA, "" otherwise.
 const char *qwen_cpu_coretype(void);
 
+/// The sum of n floats, read as fast as the CPU can (the benchmarks' memory-bandwidth probe).
+float qwen_read_sum(const float *p, long n);
+
 #ifdef __cplusplus
 }
 #endif
