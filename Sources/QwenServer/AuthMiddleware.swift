@@ -56,9 +56,9 @@ struct APIKeyAuth: RouterMiddleware {
         let given = Self.bearerKey(req.headers[.authorization]).map(apiKeyDigest)
         let isAdmin = given.map { Self.matches($0, admin) } ?? false
         let isUser = given.map { Self.matches($0, keys) } ?? false
-        context.caller = Caller(role: .open, cacheSalt: 0, seesServerPaths: admin.isEmpty)
+        context.caller = Caller(cacheSalt: 0, seesServerPaths: admin.isEmpty)
         if isAdmin || isUser, let given {
-            context.caller = Caller(role: isAdmin ? .admin : .user, cacheSalt: Self.salt(given), seesServerPaths: isAdmin || admin.isEmpty)
+            context.caller = Caller(cacheSalt: Self.salt(given), seesServerPaths: isAdmin || admin.isEmpty)
         }
         switch permission {
         case .admin where !admin.isEmpty:

@@ -32,7 +32,6 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     final class Registry: @unchecked Sendable {
         private let lock = NIOLock()
         private var guards: [ObjectIdentifier: ConnectionGuard] = [:]
-        var count: Int { lock.withLock { guards.count } }
 
         /// Adds a connection unless `limit` are open already.
         func add(_ g: ConnectionGuard, _ channel: any Channel, limit: Int) -> Bool {
@@ -137,7 +136,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let isEnd: Bool
         if case .end = unwrapOutboundIn(data) { isEnd = true } else { isEnd = false }
-        let done = context.eventLoop.makePromise(of: Void.self)
+        let done = promise ?? context.eventLoop.makePromise(of: Void.self)
         if pendingWrites == 0 { writeStalledSince = .now() }
         pendingWrites += 1
         let loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -147,7 +146,6 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             // Progress: the client reads.
             me.writeStalledSince = me.pendingWrites == 0 ? nil : .now()
         }
-        if let promise { done.futureResult.cascade(to: promise) }
         if isEnd {
             inFlight = max(0, inFlight - 1)
             if inFlight == 0 && !reading { phaseSince = .now() }

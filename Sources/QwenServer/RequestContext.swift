@@ -5,8 +5,6 @@ import NIOCore
 
 /// Who is calling, as the authentication middleware of the matched route decided it.
 public struct Caller: Sendable {
-    public enum Role: Sendable { case open, user, admin }
-    public var role: Role = .open
     /// Separates prefix-cache entries per API key (0 when no keys are configured), so one
     /// tenant's cached-token counts say nothing about another's prompts.
     public var cacheSalt: UInt64 = 0

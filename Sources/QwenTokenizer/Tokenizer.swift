@@ -82,11 +82,11 @@ public final class Tokenizer: @unchecked Sendable {
 
     public func isSpecial(_ id: Int32) -> Bool { specialIds.contains(id) }
 
-    /// The token of one byte, the merge of two tokens (its rank and result), and the BPE of
-    /// one pre-tokenised piece: the pieces the encoder is built from, open for checking.
+    /// The token of one byte, and the merge of two tokens (its rank and result): what
+    /// `mergePiece` is built from, open for checking.
     public func byteToken(_ b: UInt8) -> Int32 { byteIds[Int(b)] }
+    @inline(__always)
     public func merge(_ left: Int32, _ right: Int32) -> (rank: Int32, id: Int32)? { merges[UInt64(UInt32(left)) << 32 | UInt64(UInt32(right))] }
-    public func mergePiece(_ bytes: [UInt8]) -> [Int32] { bpe(bytes) }
 
     // MARK: Encoding
 
@@ -151,7 +151,7 @@ public final class Tokenizer: @unchecked Sendable {
                 out.append(contentsOf: cached)
                 continue
             }
-            let ids = bpe(Array(pieceText.utf8))
+            let ids = mergePiece(Array(pieceText.utf8))
             // Long pieces (a run of one letter, say) are rare and not worth their memory.
             guard pieceText.utf8.count <= 256 else {
                 out.append(contentsOf: ids)
@@ -169,7 +169,7 @@ public final class Tokenizer: @unchecked Sendable {
     /// A heap of candidate pairs over a linked list of symbols: O(n log n) in the piece's
     /// length (rescanning every pair after each merge is quadratic, and one long run of a
     /// repeated letter is a single piece).
-    func bpe(_ bytes: [UInt8]) -> [Int32] {
+    public func mergePiece(_ bytes: [UInt8]) -> [Int32] {
         var syms = bytes.map { byteIds[Int($0)] }
         let n = syms.count
         if n < 2 { return syms }
@@ -180,7 +180,7 @@ public final class Tokenizer: @unchecked Sendable {
         func consider(_ left: Int) {
             let right = next[left]
             guard left >= 0, right < n else { return }
-            if let m = merges[UInt64(UInt32(syms[left])) << 32 | UInt64(UInt32(syms[right]))] {
+            if let m = merge(syms[left], syms[right]) {
                 heap.push(.init(rank: m.rank, left: Int32(left), leftId: syms[left], rightId: syms[right]))
             }
         }
@@ -189,7 +189,7 @@ public final class Tokenizer: @unchecked Sendable {
             let left = Int(c.left)
             guard alive[left], syms[left] == c.leftId else { continue }
             let right = next[left]
-            guard right < n, syms[right] == c.rightId, let m = merges[UInt64(UInt32(c.leftId)) << 32 | UInt64(UInt32(c.rightId))] else {
+            guard right < n, syms[right] == c.rightId, let m = merge(c.leftId, c.rightId) else {
                 continue
             }
             syms[left] = m.id

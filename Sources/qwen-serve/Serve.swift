@@ -219,9 +219,9 @@ extension Serve {
                     try s.validate()
                     try s.loadAPIKeys()
                     if let why = await state.settings.reloadRefusal(s) { throw StartupError(description: why) }
-                    _ = try Self.templateArgs(s)
+                    let args = try Self.templateArgs(s)
                     await state.set(s)
-                    live.update(apiKeys: s.apiKeys, adminKeys: s.adminKeys, chatTemplateArgs: try Self.templateArgs(s))
+                    live.update(apiKeys: s.apiKeys, adminKeys: s.adminKeys, chatTemplateArgs: args)
                     let problems = await adapters.reconcileStartup(s.adapters.map { ($0.name, $0.path) })
                     for p in problems { log("reload: \(p) (left as it was)") }
                     log("reloaded: \(s.apiKeys.count) API key(s), \(s.adminKeys.count) admin key(s), adapters: \(adapters.all.map(\.name).joined(separator: ", "))")

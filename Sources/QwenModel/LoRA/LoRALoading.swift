@@ -13,15 +13,13 @@ extension LoRAAdapter {
         var isDir: ObjCBool = false
         let dir = path as NSString
         let configPath = dir.appendingPathComponent("adapter_config.json")
-        // One answer for a path that is missing, not a directory, or has no readable config,
-        // so the adapter routes do not tell callers which server paths exist.
-        let notAnAdapter = ModelFileError(path, "is not an adapter directory this server can read (a directory with adapter_config.json and adapter_model.safetensors or adapters.safetensors)")
-        guard fm.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else { throw notAnAdapter }
-        let data: Data
-        do { data = try SafeFile.read(configPath, maxBytes: maxConfigBytes) } catch let e as ModelFileError {
-            if fm.fileExists(atPath: configPath) && e.message.contains("bytes allowed") { throw e }
-            throw notAnAdapter
+        // One answer for a path that is missing, not a directory, or has no config, so the
+        // adapter routes do not tell callers which server paths exist. A config that is there
+        // but unusable (too large, not a regular file) gets its own error.
+        guard fm.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue, fm.fileExists(atPath: configPath) else {
+            throw ModelFileError(path, "is not an adapter directory this server can read (a directory with adapter_config.json and adapter_model.safetensors or adapters.safetensors)")
         }
+        let data = try SafeFile.read(configPath, maxBytes: maxConfigBytes)
         guard let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
             throw ModelFileError(configPath, "not a JSON object")
         }
