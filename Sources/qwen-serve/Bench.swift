@@ -65,12 +65,10 @@ struct Bench: ParsableCommand {
             var extra: [String: Any] = ["weight_mb_per_token": Double(bytesPerToken) / 1e6,
                                         "achieved_gb_s": Double(bytesPerToken) * median(tg) / 1e9]
             if bandwidth { extra["read_gb_s"] = MemoryProbe.readGBPerSecond() }
-            var usage = rusage()
-            getrusage(RUSAGE_SELF.rawValue, &usage)
             let out: [String: Any] = [
                 "model": loaded.name, "prompt_tokens": promptTokens, "gen_tokens": genTokens, "reps": reps,
                 "pp_tok_s": median(pp), "tg_tok_s": median(tg), "load_s": loadSeconds,
-                "peak_rss_mb": Double(usage.ru_maxrss) / 1024, "blas_core": info.coreName, "blas_threads": info.threads,
+                "peak_rss_mb": Self.peakRSSMegabytes(), "blas_core": info.coreName, "blas_threads": info.threads,
             ].merging(batchTokS.map { ["batch": batch, "batch_tg_tok_s": $0] } ?? [:]) { a, _ in a }.merging(extra) { a, _ in a }
             let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
@@ -80,6 +78,18 @@ struct Bench: ParsableCommand {
     /// Bytes one single-row product reads from `w`: int8 panels, compact blocks, or f32.
     static func decodeBytes(_ w: WeightMatrix) -> Int {
         (w as? CompactMatrix)?.bytesReadPerProduct ?? w.rows * w.cols * 4
+    }
+
+    /// This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux that
+    /// carries over from the parent across fork and exec, so a large parent (a benchmark
+    /// script holding a model) would show up as this process's peak.
+    static func peakRSSMegabytes() -> Double {
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+            let kb = line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first.flatMap { Double($0) } ?? 0
+            return kb / 1024
+        }
+        return 0
     }
 
     func median(_ a: [Double]) -> Double {
