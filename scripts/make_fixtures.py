@@ -11,6 +11,7 @@ Writes into --out:
   qwen2-tiny/                a random Qwen2 checkpoint, tied head, sharded safetensors
   qwen3-tiny.gguf            the Qwen3 checkpoint as GGUF, some tensors Q8_0/Q4_0
   adapters/                  random LoRA adapters for the tiny models (PEFT and mlx-lm formats)
+  train/                     LoRA adapters (A and B random) whose gradients expected/train.json holds
   expected/*.json            logits, greedy tokens, tokenizations, dequantized blocks
 """
 import argparse
@@ -521,12 +522,188 @@ def make_adapters(out, tok, prompts_text):
     dump(os.path.join(out, "expected", "adapters.json"), expected)
 
 
+# ---------------------------------------------------------------- LoRA training
+
+def gguf_state(path, cfg):
+    """The committed GGUF's tensors, dequantized, under their Hugging Face names."""
+    import gguf
+    from gguf.quants import dequantize
+    inv = {v: k for k, v in HF_TO_GGUF.items()}
+    r = gguf.GGUFReader(path)
+    sd = {}
+    for t in r.tensors:
+        a = dequantize(t.data, t.tensor_type).astype(np.float32)
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        parts = t.name.split(".")
+        if t.name == "token_embd.weight":
+            hf = "model.embed_tokens.weight"
+        elif t.name == "output_norm.weight":
+            hf = "model.norm.weight"
+        elif t.name == "output.weight":
+            hf = "lm_head.weight"
+        else:
+            hf = f"model.layers.{parts[1]}.{inv[parts[2]]}.{parts[3]}"
+        sd[hf] = torch.from_numpy(a.reshape(shape).copy())
+    return sd
+
+
+def training_batch(rng, vocab, lengths, offsets):
+    """Random token sequences (right-padded with 0 when batched) and, per sequence, the
+    index of its first trained target (mask_prompt's prompt length; 0 trains all)."""
+    seqs = [[rng.randrange(vocab) for _ in range(n)] for n in lengths]
+    return {"sequences": seqs, "offsets": offsets}
+
+
+def batch_loss(model, batch):
+    """Mean cross-entropy over the trained targets: for sequence s, target j (the token at
+    index j, predicted from those before it) counts when max(offset, 1) <= j < len(s)."""
+    seqs = batch["sequences"]
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    total, count = 0.0, 0
+    for i, s in enumerate(seqs):
+        lo = max(batch["offsets"][i], 1)
+        if lo >= len(s):
+            continue
+        lp = torch.log_softmax(logits[i, lo - 1:len(s) - 1], dim=-1)
+        tgt = torch.tensor(s[lo:])
+        total = total - lp.gather(1, tgt[:, None]).sum()
+        count += len(s) - lo
+    return total / count
+
+
+def lora_tensors(pm):
+    """{(layer, module short name): (A param, B param)} of a PEFT model."""
+    out = {}
+    for name, p in pm.named_parameters():
+        if ".lora_A." in name or ".lora_B." in name:
+            parts = name.split(".")
+            layer = int(parts[parts.index("layers") + 1])
+            module = parts[parts.index("lora_A" if ".lora_A." in name else "lora_B") - 1]
+            a_or_b = 0 if ".lora_A." in name else 1
+            out.setdefault((layer, module), [None, None])[a_or_b] = p
+    return out
+
+
+def rounded(t):
+    return [float(f"{v:.8g}") for v in t.detach().reshape(-1).tolist()]
+
+
+def trained_peft(model, out_dir, seed, **lora):
+    from peft import LoraConfig, get_peft_model
+    pm = get_peft_model(model, LoraConfig(lora_dropout=0.0, **lora))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_" in name:  # B random too: at B = 0 the gradient of A is zero and proves nothing
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    pm.save_pretrained(out_dir)
+    readme = os.path.join(out_dir, "README.md")
+    if os.path.exists(readme):
+        os.remove(readme)
+    return pm
+
+
+def gradient_case(pm, batches):
+    cases = []
+    for batch in batches:
+        pm.zero_grad()
+        loss = batch_loss(pm, batch)
+        loss.backward()
+        grads = [{"layer": l, "module": m, "a": rounded(ab[0].grad), "b": rounded(ab[1].grad)}
+                 for (l, m), ab in sorted(lora_tensors(pm).items())]
+        cases.append({"batch": batch, "loss": float(loss), "grads": grads})
+    return cases
+
+
+def adam_steps(pm, batch, steps, lr, betas, eps, wd, bias_correction):
+    """Losses of `steps` AdamW updates (mlx-lm's arithmetic: decoupled decay p *= 1 - lr*wd,
+    then p -= lr * m / (sqrt(v) + eps), m and v bias-corrected only when asked)."""
+    params = [p for _, p in pm.named_parameters() if p.requires_grad]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    losses = []
+    for t in range(1, steps + 1):
+        pm.zero_grad()
+        loss = batch_loss(pm, batch)
+        loss.backward()
+        losses.append(float(loss))
+        with torch.no_grad():
+            for p, mi, vi in zip(params, m, v):
+                mi.mul_(betas[0]).add_((1 - betas[0]) * p.grad)
+                vi.mul_(betas[1]).add_((1 - betas[1]) * p.grad * p.grad)
+                mh, vh = (mi / (1 - betas[0] ** t), vi / (1 - betas[1] ** t)) if bias_correction else (mi, vi)
+                p.mul_(1 - lr * wd)
+                p.sub_(lr * mh / (vh.sqrt() + eps))
+    return losses
+
+
+def make_train(out):
+    """LoRA gradients and AdamW losses from PEFT on the tiny checkpoints, for the trainer."""
+    from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    rng = random.Random(7)
+    d = os.path.join(out, "train")
+    expected = {}
+
+    def base(name):
+        return AutoModelForCausalLM.from_pretrained(os.path.join(out, name), dtype=torch.float32)
+
+    def batches(vocab):
+        lengths = [11, 17, 6]
+        return [training_batch(rng, vocab, lengths, [0, 0, 0]),        # every token trained, batch of 3, padded
+                training_batch(rng, vocab, lengths, [4, 9, 2]),        # mask_prompt
+                training_batch(rng, vocab, [23], [5])]                 # one sequence
+    q3 = base("qwen3-tiny-f32")
+    vocab = q3.config.vocab_size
+    pm = trained_peft(q3, os.path.join(d, "qwen3-all"), 21, r=4, lora_alpha=8, target_modules=ALL_PROJ)
+    expected["qwen3-all"] = gradient_case(pm, batches(vocab))
+    pm = trained_peft(base("qwen3-tiny-f32"), os.path.join(d, "qwen3-qv-top"), 22, r=3, lora_alpha=60,
+                      target_modules=["q_proj", "v_proj"], layers_to_transform=[1, 2])
+    expected["qwen3-qv-top"] = gradient_case(pm, batches(vocab))
+    pm = trained_peft(base("qwen2-tiny"), os.path.join(d, "qwen2-all"), 23, r=3, lora_alpha=6, target_modules=ALL_PROJ)
+    expected["qwen2-all"] = gradient_case(pm, batches(vocab))
+    cfg = Qwen3Config.from_pretrained(os.path.join(out, "qwen3-tiny-f32"))
+    mg = Qwen3ForCausalLM(cfg).float()
+    mg.load_state_dict(gguf_state(os.path.join(out, "qwen3-tiny.gguf"), cfg), strict=False)
+    pm = trained_peft(mg, os.path.join(d, "qwen3-gguf-qv"), 24, r=8, lora_alpha=160, target_modules=["q_proj", "v_proj"])
+    expected["qwen3-gguf-qv"] = gradient_case(pm, batches(vocab))
+
+    batch = training_batch(rng, vocab, [13, 8], [3, 0])
+    adam = {"batch": batch, "lr": 1e-2, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}
+    for bc in [False, True]:
+        pm = trained_peft(base("qwen3-tiny-f32"), os.path.join(d, "qwen3-adam"), 25, r=4, lora_alpha=8,
+                          target_modules=["q_proj", "v_proj", "down_proj"])
+        adam["losses_bias_correction" if bc else "losses"] = adam_steps(pm, batch, 10, adam["lr"], adam["betas"],
+                                                                        adam["eps"], adam["weight_decay"], bc)
+    # torch's own AdamW agrees with the bias-corrected arithmetic above (the same update).
+    pm = trained_peft(base("qwen3-tiny-f32"), os.path.join(d, "qwen3-adam"), 25, r=4, lora_alpha=8,
+                      target_modules=["q_proj", "v_proj", "down_proj"])
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=adam["lr"], betas=adam["betas"],
+                            eps=adam["eps"], weight_decay=adam["weight_decay"])
+    torch_losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        loss = batch_loss(pm, batch)
+        loss.backward()
+        torch_losses.append(float(loss))
+        opt.step()
+    assert np.allclose(torch_losses, adam["losses_bias_correction"], rtol=1e-5), (torch_losses, adam)
+    expected["adam"] = adam
+    dump(os.path.join(out, "expected", "train.json"), expected)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--gguf", required=True, help="the default model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M)")
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--only-adapters", action="store_true", help="rebuild only adapters/ from the committed models")
+    ap.add_argument("--only-train", action="store_true", help="rebuild only train/ (gradients) from the committed models")
     ap.add_argument("--qwen3-template", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                                                              "templates", "qwen3.jinja"))
     a = ap.parse_args()
@@ -539,11 +716,15 @@ def main():
     if a.only_adapters:
         make_adapters(a.out, tok, prompts)
         return
+    if a.only_train:
+        make_train(a.out)
+        return
     make_models(a.out, tok, prompts)
     make_adapters(a.out, tok, prompts)
     make_dequant(a.out)
     make_quantize(a.out)
     make_templates(a.out, a.gguf, a.qwen3_template)
+    make_train(a.out)
     if not a.skip_real:
         make_real(a.out, a.gguf, tok)
 

@@ -31,3 +31,44 @@ void qwen_silu_mul(float *gate, const float *up, long n) {
         silu_mul_scalar(gate, up, 0, n);
     }
 }
+
+/// Both exponentiate in place: z[i] becomes exp(z[i] − m); they return Σ of those (in double,
+/// so 150k-wide rows lose nothing to summation order) and set *max to m.
+static double exp_shifted_scalar(float *z, long n, float *max) {
+    float m = -INFINITY;
+    for (long i = 0; i < n; i++) if (z[i] > m) m = z[i];
+    double sum = 0;
+    for (long i = 0; i < n; i++) { z[i] = expf(z[i] - m); sum += z[i]; }
+    *max = m;
+    return sum;
+}
+
+AVX512 static double exp_shifted_avx512(float *z, long n, float *max) {
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    long i = 0;
+    for (; i + 16 <= n; i += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(z + i));
+    float m = _mm512_reduce_max_ps(mv);
+    for (long j = i; j < n; j++) if (z[j] > m) m = z[j];
+    const __m512 mm = _mm512_set1_ps(m);
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    for (i = 0; i + 16 <= n; i += 16) {
+        const __m512 e = qwen_exp512(_mm512_sub_ps(_mm512_loadu_ps(z + i), mm));
+        _mm512_storeu_ps(z + i, e);
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    double sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    for (; i < n; i++) { z[i] = expf(z[i] - m); sum += z[i]; }
+    *max = m;
+    return sum;
+}
+
+float qwen_cross_entropy_row(float *z, long n, long target, float scale) {
+    const float zt = z[target];
+    float m;
+    const double sum = qwen_cpu_has_avx512() ? exp_shifted_avx512(z, n, &m) : exp_shifted_scalar(z, n, &m);
+    const float k = (float)(scale / sum);
+    for (long i = 0; i < n; i++) z[i] *= k;
+    z[target] -= scale;
+    return (float)((double)m + log(sum) - (double)zt);
+}

@@ -136,6 +136,32 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
         }
     }
 
+    /// Rows of W expanded to f32 per tile of the transposed product (bytes: tile × cols × 4).
+    public static var transposedTileRows = 256
+
+    /// dx = dy · W from the stored blocks: tiles of W's rows are expanded to f32 (in parallel)
+    /// and each multiplied with sgemm, so no f32 copy of the matrix is needed and each stored
+    /// block is read once per product, however many rows dy has.
+    public func multiplyTransposed(_ dy: UnsafePointer<Float>, n: Int, into dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        if let dense { return dense.multiplyTransposed(dy, n: n, into: dx, accumulate: accumulate) }
+        let tile = min(rows, Self.transposedTileRows)
+        let buf = TileBuffer.shared.get(tile * cols)
+        let rowBytes = Int(qwen_quant_row_bytes(storageType, Int32(cols)))
+        var first = true
+        for r0 in stride(from: 0, to: rows, by: tile) {
+            let m = min(tile, rows - r0)
+            let per = (m + Self.workers - 1) / Self.workers
+            DispatchQueue.concurrentPerform(iterations: Self.workers) { w in
+                for r in (w * per)..<min(m, (w + 1) * per) {
+                    qwen_dequant_row(storageType, data + (r0 + r) * rowBytes, Int32(cols), buf + r * cols)
+                }
+            }
+            BLAS.sgemm(m: n, n: cols, k: m, a: dy + r0, lda: rows, b: buf, ldb: cols,
+                       beta: (accumulate || !first) ? 1 : 0, c: dx, ldc: cols)
+            first = false
+        }
+    }
+
     public func copyRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
         if let dense { return dense.copyRow(r, into: out) }
         qwen_dequant_row(storageType, data + r * qwen_quant_row_bytes(storageType, Int32(cols)), Int32(cols), out)
@@ -150,5 +176,19 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     public var bytesReadPerProduct: Int {
         computesInt8 ? Self.int8Bytes(storageType: storageType, rows: rows, cols: cols)
             : rows * Int(qwen_quant_row_bytes(storageType, Int32(cols)))
+    }
+}
+
+/// One growing scratch buffer for transposed products (training runs one product at a time).
+final class TileBuffer: @unchecked Sendable {
+    static let shared = TileBuffer()
+    private let lock = NSLock()
+    private var buffer = FloatBuffer(count: 0)
+
+    func get(_ n: Int) -> UnsafeMutablePointer<Float> {
+        lock.lock()
+        defer { lock.unlock() }
+        if buffer.count < n { buffer = FloatBuffer(count: n) }
+        return buffer.pointer
     }
 }

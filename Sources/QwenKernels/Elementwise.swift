@@ -17,6 +17,27 @@ public enum Ops {
         }
     }
 
+    /// Backward of `rmsNorm` (weight frozen): dx[r] (+)= r·(w⊙dy) − r³/dim · x · Σ(w⊙dy⊙x),
+    /// with r = 1/rms(x[r]). `dx` may equal `dy`.
+    public static func rmsNormBackward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+                                       dx: UnsafeMutablePointer<Float>, rows: Int, dim: Int, eps: Float, accumulate: Bool) {
+        for r in 0..<rows {
+            let xr = x + r * dim, dyr = dy + r * dim, dxr = dx + r * dim
+            var ss: Float = 0, dot: Float = 0
+            for i in 0..<dim {
+                ss += xr[i] * xr[i]
+                dot += weight[i] * dyr[i] * xr[i]
+            }
+            let scale = 1 / (ss / Float(dim) + eps).squareRoot()
+            let k = scale * scale * scale * dot / Float(dim)
+            if accumulate {
+                for i in 0..<dim { dxr[i] += scale * weight[i] * dyr[i] - k * xr[i] }
+            } else {
+                for i in 0..<dim { dxr[i] = scale * weight[i] * dyr[i] - k * xr[i] }
+            }
+        }
+    }
+
     /// In place: y += x.
     public static func add(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count: Int) {
         for i in 0..<count { y[i] += x[i] }
@@ -30,6 +51,17 @@ public enum Ops {
     /// gate[i] = silu(gate[i]) * up[i], in place in `gate` (a vectorised exp in C: libm's is scalar).
     public static func siluMul(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
         qwen_silu_mul(gate, up, count)
+    }
+
+    /// Backward of `siluMul`: given d(silu(gate)·up), dGate = d·up·silu'(gate), dUp = d·silu(gate),
+    /// with silu'(g) = σ(g)(1 + g(1 − σ(g))). `dGate` may equal `d`.
+    public static func siluMulBackward(_ d: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
+                                       dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>, count: Int) {
+        for i in 0..<count {
+            let g = gate[i], sig = 1 / (1 + expf(-g)), di = d[i]
+            dUp[i] = di * g * sig
+            dGate[i] = di * up[i] * sig * (1 + g * (1 - sig))
+        }
     }
 
     /// Softmax over `count` values in place; returns nothing. Skips -inf entries correctly.
@@ -60,6 +92,22 @@ public enum Ops {
                 let a = p[i], b = p[i + half]
                 p[i] = a * c - b * s
                 p[i + half] = b * c + a * s
+            }
+        }
+    }
+
+    /// Backward of `rope`: the rotation's transpose, which is the rotation by −pos.
+    public static func ropeBackward(_ dx: UnsafeMutablePointer<Float>, heads: Int, headDim: Int, pos: Int,
+                                    invFreq: UnsafePointer<Float>) {
+        let half = headDim / 2
+        for i in 0..<half {
+            let angle = Float(pos) * invFreq[i]
+            let c = cosf(angle), s = sinf(angle)
+            for h in 0..<heads {
+                let p = dx + h * headDim
+                let a = p[i], b = p[i + half]
+                p[i] = a * c + b * s
+                p[i + half] = b * c - a * s
             }
         }
     }

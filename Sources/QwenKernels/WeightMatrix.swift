@@ -6,6 +6,9 @@ public protocol WeightMatrix: AnyObject, Sendable {
     var cols: Int { get }
     /// out[n × rows] = x[n × cols] · Wᵀ (+ out when `accumulate`).
     func multiply(_ x: UnsafePointer<Float>, n: Int, into out: UnsafeMutablePointer<Float>, accumulate: Bool)
+    /// dx[n × cols] = dy[n × rows] · W (+ dx when `accumulate`): the product back through the
+    /// matrix, for training (gradients flow through frozen weights without copying them to f32).
+    func multiplyTransposed(_ dy: UnsafePointer<Float>, n: Int, into dx: UnsafeMutablePointer<Float>, accumulate: Bool)
     /// out[0..<cols] = W[r, :].
     func copyRow(_ r: Int, into out: UnsafeMutablePointer<Float>)
 }
@@ -26,6 +29,11 @@ public final class F32Matrix: WeightMatrix, @unchecked Sendable {
     public func multiply(_ x: UnsafePointer<Float>, n: Int, into out: UnsafeMutablePointer<Float>, accumulate: Bool) {
         BLAS.sgemm(transB: true, m: n, n: rows, k: cols, a: x, lda: cols, b: data.pointer, ldb: cols,
                    beta: accumulate ? 1 : 0, c: out, ldc: rows)
+    }
+
+    public func multiplyTransposed(_ dy: UnsafePointer<Float>, n: Int, into dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        BLAS.sgemm(m: n, n: cols, k: rows, a: dy, lda: rows, b: data.pointer, ldb: cols,
+                   beta: accumulate ? 1 : 0, c: dx, ldc: cols)
     }
 
     public func copyRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {

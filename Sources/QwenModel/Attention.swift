@@ -3,31 +3,124 @@ import Dispatch
 import Foundation
 import QwenKernels
 
+/// Where the rows of a forward pass come from: the sequence each row belongs to and its
+/// position in it. Serving and training describe their batches this way; the layers see
+/// nothing else of the batch.
+public struct BatchLayout {
+    /// Row → index of its sequence in the batch.
+    public let rowItem: [Int]
+    /// Row → its position in its sequence (what RoPE rotates by, and how far it attends).
+    public let rowPos: [Int]
+    public var rows: Int { rowItem.count }
+    /// The longest context any row attends over.
+    public let maxContext: Int
+
+    public init(rowItem: [Int], rowPos: [Int]) {
+        precondition(rowItem.count == rowPos.count)
+        self.rowItem = rowItem
+        self.rowPos = rowPos
+        maxContext = (rowPos.max() ?? 0) + 1
+    }
+
+    /// Sequences of the given lengths stacked one after another, each from position 0.
+    public init(lengths: [Int]) {
+        var item: [Int] = [], pos: [Int] = []
+        for (k, n) in lengths.enumerated() {
+            item.append(contentsOf: repeatElement(k, count: n))
+            pos.append(contentsOf: 0..<n)
+        }
+        self.init(rowItem: item, rowPos: pos)
+    }
+}
+
+/// The keys and values attention reads, one layer at a time: the paged KV cache when
+/// serving, each sequence's own freshly computed keys when training.
+protocol KeyValueAccess {
+    /// Keeps the keys and values of the batch's rows (`k`, `v`: [rows × kv width]) for `layer`.
+    func store(layer: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>, layout: BatchLayout)
+    /// Per sequence of the batch: base pointers of its keys and values for `layer`, its block
+    /// table and the block size (slot of position p = table[p / size] * size + p % size).
+    func sources(layer: Int) -> (keys: [UnsafePointer<Float>], values: [UnsafePointer<Float>], tables: [[Int32]], blockSize: Int)
+}
+
+/// Serving: keys and values live in each sequence's pages of the KV pool.
+struct PagedKeyValues: KeyValueAccess {
+    let caches: [KVCache]
+    let width: Int
+
+    func store(layer l: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>, layout: BatchLayout) {
+        for r in 0..<layout.rows {
+            let pos = layout.rowPos[r]
+            let cache = caches[layout.rowItem[r]]
+            let bs = cache.pool.blockSize
+            let slot = (Int(cache.blocks[pos / bs]) * bs + pos % bs) * width
+            (cache.pool.keys[l].pointer + slot).update(from: k + r * width, count: width)
+            (cache.pool.values[l].pointer + slot).update(from: v + r * width, count: width)
+        }
+    }
+
+    func sources(layer l: Int) -> (keys: [UnsafePointer<Float>], values: [UnsafePointer<Float>], tables: [[Int32]], blockSize: Int) {
+        (caches.map { UnsafePointer($0.pool.keys[l].pointer) }, caches.map { UnsafePointer($0.pool.values[l].pointer) },
+         caches.map(\.blocks), caches.first?.pool.blockSize ?? 16)
+    }
+}
+
+/// Training: whole sequences stacked row after row, so a sequence's keys are the rows of the
+/// layer's own key buffer from its first row on (read in order through an identity table).
+struct StackedKeyValues: KeyValueAccess {
+    /// Per layer, the key and value buffers ([rows × kv width]) the layer writes its keys into.
+    let keys: (Int) -> UnsafePointer<Float>
+    let values: (Int) -> UnsafePointer<Float>
+    /// First row of each sequence.
+    let starts: [Int]
+    let width: Int
+    let identity: [Int32]
+    static let blockSize = 16
+
+    init(lengths: [Int], width: Int, keys: @escaping (Int) -> UnsafePointer<Float>, values: @escaping (Int) -> UnsafePointer<Float>) {
+        var s: [Int] = [], r = 0
+        for n in lengths {
+            s.append(r)
+            r += n
+        }
+        starts = s
+        self.width = width
+        self.keys = keys
+        self.values = values
+        identity = (0..<Int32(((lengths.max() ?? 0) + Self.blockSize - 1) / Self.blockSize)).map { $0 }
+    }
+
+    func store(layer: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>, layout: BatchLayout) {}
+
+    func sources(layer l: Int) -> (keys: [UnsafePointer<Float>], values: [UnsafePointer<Float>], tables: [[Int32]], blockSize: Int) {
+        let k = keys(l), v = values(l)
+        return (starts.map { k + $0 * width }, starts.map { v + $0 * width }, starts.map { _ in identity }, Self.blockSize)
+    }
+}
+
 /// Causal attention for a batch of rows from different sequences, each row against its
-/// own sequence's paged keys and values up to and including its position.
+/// own sequence's keys and values up to and including its position.
 enum Attention {
     static let workers = max(1, min(8, ProcessInfo.processInfo.activeProcessorCount))
 
-    static func rows(q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, rows t: Int, rowItem: [Int], rowPos: [Int],
-                     items: [QwenModel.Item], layer: Int, config c: QwenConfig,
+    static func rows(q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, layout: BatchLayout,
+                     kv: KeyValueAccess, layer: Int, config c: QwenConfig,
                      scratch: UnsafeMutablePointer<Float>, scratchPerWorker: Int, workers: Int) {
+        let t = layout.rows
         let qw = c.heads * c.headDim
         let scale = 1 / Float(c.headDim).squareRoot()
         let chunk = (t + workers - 1) / workers
-        // Block tables as contiguous Int32 arrays, one per item, for the C kernel.
-        let tables: [[Int32]] = items.map(\.cache.blocks)
-        let kbases = items.map { UnsafePointer($0.cache.pool.keys[layer].pointer) }
-        let vbases = items.map { UnsafePointer($0.cache.pool.values[layer].pointer) }
-        let bs = Int32(items.first?.cache.pool.blockSize ?? 16)
+        let (kbases, vbases, tables, blockSize) = kv.sources(layer: layer)
+        let bs = Int32(blockSize)
         DispatchQueue.concurrentPerform(iterations: workers) { w in
             let lo = w * chunk, hi = min(t, lo + chunk)
             guard lo < hi else { return }
             let buf = scratch + w * scratchPerWorker
             for r in lo..<hi {
-                let k = rowItem[r]
+                let k = layout.rowItem[r]
                 tables[k].withUnsafeBufferPointer { bt in
                     qwen_attend_paged(q + r * qw, Int32(c.heads), Int32(c.kvHeads), Int32(c.headDim), kbases[k], vbases[k],
-                                      bt.baseAddress, bs, Int32(rowPos[r] + 1), scale, out + r * qw, buf)
+                                      bt.baseAddress, bs, Int32(layout.rowPos[r] + 1), scale, out + r * qw, buf)
                 }
             }
         }

@@ -10,7 +10,7 @@ public final class QwenModel {
     public let config: QwenConfig
     public let weights: QwenWeights
     let invFreq: FloatBuffer
-    private var scratch = Scratch()
+    var scratch = Scratch()
 
     public struct Item {
         public let cache: KVCache
@@ -53,7 +53,7 @@ public final class QwenModel {
     /// cache, and returns the requested logits: one [rows × vocab] array per item.
     public func forward(_ items: [Item]) throws -> [[Float]] {
         let c = config
-        let h = c.hiddenSize, qw = c.heads * c.headDim, kvw = c.kvHeads * c.headDim, hd = c.headDim
+        let h = c.hiddenSize
         var t = 0
         for it in items {
             for tok in it.tokens where tok < 0 || Int(tok) >= c.vocabSize {
@@ -88,7 +88,7 @@ public final class QwenModel {
                 rowPos.append(it.cache.length + i)
             }
         }
-        let maxCtx = (rowPos.max() ?? 0) + 1
+        let layout = BatchLayout(rowItem: rowItem, rowPos: rowPos)
         // Adapters: the base projections run once over all rows; each adapter then adds its
         // low-rank update to its own rows (consecutive items with one adapter form one run).
         var runs: [(adapter: LoRAAdapter, start: Int, count: Int)] = []
@@ -105,57 +105,17 @@ public final class QwenModel {
             start += n
         }
         let loraTmp = s.loraScratch(t * (runs.map(\.adapter.maxRank).max() ?? 0))
-        func lora(_ p: Projection, _ l: Int, _ x: UnsafeMutablePointer<Float>, _ inDim: Int, _ out: UnsafeMutablePointer<Float>, _ outDim: Int) {
+        let lora: LoRAHook? = runs.isEmpty ? nil : { p, l, x, inDim, out, outDim in
             for run in runs {
                 guard let u = run.adapter.update(layer: l, p) else { continue }
                 u.apply(x + run.start * inDim, n: run.count, inDim: inDim, out: out + run.start * outDim, outDim: outDim, tmp: loraTmp)
             }
         }
-        let group = c.heads / c.kvHeads
-        let workers = t >= 2 ? Attention.workers : 1
-        let scoreBuffer = s.scores(workers * group * maxCtx)
-
-        for (l, w) in weights.layers.enumerated() {
-            // Attention block.
-            Ops.rmsNorm(s.x.pointer, weight: w.inputNorm.pointer, out: s.xn.pointer, rows: t, dim: h, eps: c.rmsNormEps)
-            CompactMatrix.multiply([(w.q, s.q.pointer), (w.k, s.k.pointer), (w.v, s.v.pointer)], s.xn.pointer, n: t)
-            if !runs.isEmpty {
-                lora(.q, l, s.xn.pointer, h, s.q.pointer, qw)
-                lora(.k, l, s.xn.pointer, h, s.k.pointer, kvw)
-                lora(.v, l, s.xn.pointer, h, s.v.pointer, kvw)
-            }
-            if let b = w.qBias { Ops.addBias(s.q.pointer, b.pointer, rows: t, dim: qw) }
-            if let b = w.kBias { Ops.addBias(s.k.pointer, b.pointer, rows: t, dim: kvw) }
-            if let b = w.vBias { Ops.addBias(s.v.pointer, b.pointer, rows: t, dim: kvw) }
-            if let qn = w.qNorm, let kn = w.kNorm {
-                Ops.rmsNorm(s.q.pointer, weight: qn.pointer, out: s.q.pointer, rows: t * c.heads, dim: hd, eps: c.rmsNormEps)
-                Ops.rmsNorm(s.k.pointer, weight: kn.pointer, out: s.k.pointer, rows: t * c.kvHeads, dim: hd, eps: c.rmsNormEps)
-            }
-            for r in 0..<t {
-                let pos = rowPos[r]
-                Ops.rope(s.q.pointer + r * qw, heads: c.heads, headDim: hd, pos: pos, invFreq: invFreq.pointer)
-                Ops.rope(s.k.pointer + r * kvw, heads: c.kvHeads, headDim: hd, pos: pos, invFreq: invFreq.pointer)
-                let cache = items[rowItem[r]].cache
-                let bs = cache.pool.blockSize
-                let slot = (Int(cache.blocks[pos / bs]) * bs + pos % bs) * kvw
-                (cache.pool.keys[l].pointer + slot).update(from: s.k.pointer + r * kvw, count: kvw)
-                (cache.pool.values[l].pointer + slot).update(from: s.v.pointer + r * kvw, count: kvw)
-            }
-            Attention.rows(q: s.q.pointer, out: s.attn.pointer, rows: t, rowItem: rowItem, rowPos: rowPos, items: items,
-                           layer: l, config: c, scratch: scoreBuffer, scratchPerWorker: group * maxCtx, workers: workers)
-            w.o.multiply(s.attn.pointer, n: t, into: s.x.pointer, accumulate: true)
-            if !runs.isEmpty { lora(.o, l, s.attn.pointer, qw, s.x.pointer, h) }
-
-            // Feed-forward block.
-            Ops.rmsNorm(s.x.pointer, weight: w.postNorm.pointer, out: s.xn.pointer, rows: t, dim: h, eps: c.rmsNormEps)
-            CompactMatrix.multiply([(w.gate, s.gate.pointer), (w.up, s.up.pointer)], s.xn.pointer, n: t)
-            if !runs.isEmpty {
-                lora(.gate, l, s.xn.pointer, h, s.gate.pointer, c.intermediateSize)
-                lora(.up, l, s.xn.pointer, h, s.up.pointer, c.intermediateSize)
-            }
-            Ops.siluMul(s.gate.pointer, s.up.pointer, count: t * c.intermediateSize)
-            w.down.multiply(s.gate.pointer, n: t, into: s.x.pointer, accumulate: true)
-            if !runs.isEmpty { lora(.down, l, s.gate.pointer, c.intermediateSize, s.x.pointer, h) }
+        let kv = PagedKeyValues(caches: items.map(\.cache), width: c.kvHeads * c.headDim)
+        let io = LayerIO(x: s.x.pointer, xn: s.xn.pointer, q: s.q.pointer, k: s.k.pointer, v: s.v.pointer, attn: s.attn.pointer,
+                         gate: s.gate.pointer, up: s.up.pointer, act: s.gate.pointer)
+        for l in weights.layers.indices {
+            layerForward(l, io, layout: layout, kv: kv, lora: lora)
         }
         for it in items { it.cache.advance(it.tokens) }
 
@@ -181,6 +141,75 @@ public final class QwenModel {
         var out = [Float](repeating: 0, count: wanted.count * v)
         out.withUnsafeMutableBufferPointer { weights.lmHead.multiply(s.xn.pointer, n: wanted.count, into: $0.baseAddress!, accumulate: false) }
         return perItem.map { Array(out[($0.lowerBound * v)..<($0.upperBound * v)]) }
+    }
+
+    /// Adds a LoRA update to a projection's output: (projection, layer, input [rows × in], in,
+    /// output [rows × out], out).
+    typealias LoRAHook = (Projection, Int, UnsafeMutablePointer<Float>, Int, UnsafeMutablePointer<Float>, Int) -> Void
+
+    /// The buffers one decoder layer reads and writes, for all rows of the batch. Serving
+    /// points them at the reused scratch; training points q, k, v, attn, gate and up at the
+    /// layer's slots in its activation store and asks for the copies its backward needs.
+    struct LayerIO {
+        /// The residual stream: the layer's input, replaced by its output.
+        var x, xn, q, k, v, attn, gate, up: UnsafeMutablePointer<Float>
+        /// Where silu(gate) · up goes: `gate` itself when serving (in place), elsewhere when
+        /// training (the backward needs gate's pre-activation).
+        var act: UnsafeMutablePointer<Float>
+        /// Training only: copies of the layer's input, of the residual between its two blocks,
+        /// and of q and k as projected (before Qwen3's q/k norm and RoPE).
+        var saveInput, saveMiddle, saveQ, saveK: UnsafeMutablePointer<Float>?
+    }
+
+    /// One decoder layer over every row of `layout`: attention (reading keys and values
+    /// through `kv`) and the feed-forward block, each added to the residual `io.x`.
+    func layerForward(_ l: Int, _ io: LayerIO, layout: BatchLayout, kv: KeyValueAccess, lora: LoRAHook?) {
+        let c = config, w = weights.layers[l], t = layout.rows
+        let h = c.hiddenSize, qw = c.heads * c.headDim, kvw = c.kvHeads * c.headDim, hd = c.headDim
+        if let dst = io.saveInput { dst.update(from: io.x, count: t * h) }
+        // Attention block.
+        Ops.rmsNorm(io.x, weight: w.inputNorm.pointer, out: io.xn, rows: t, dim: h, eps: c.rmsNormEps)
+        CompactMatrix.multiply([(w.q, io.q), (w.k, io.k), (w.v, io.v)], io.xn, n: t)
+        if let lora {
+            lora(.q, l, io.xn, h, io.q, qw)
+            lora(.k, l, io.xn, h, io.k, kvw)
+            lora(.v, l, io.xn, h, io.v, kvw)
+        }
+        if let b = w.qBias { Ops.addBias(io.q, b.pointer, rows: t, dim: qw) }
+        if let b = w.kBias { Ops.addBias(io.k, b.pointer, rows: t, dim: kvw) }
+        if let b = w.vBias { Ops.addBias(io.v, b.pointer, rows: t, dim: kvw) }
+        if let dst = io.saveQ { dst.update(from: io.q, count: t * qw) }
+        if let dst = io.saveK { dst.update(from: io.k, count: t * kvw) }
+        if let qn = w.qNorm, let kn = w.kNorm {
+            Ops.rmsNorm(io.q, weight: qn.pointer, out: io.q, rows: t * c.heads, dim: hd, eps: c.rmsNormEps)
+            Ops.rmsNorm(io.k, weight: kn.pointer, out: io.k, rows: t * c.kvHeads, dim: hd, eps: c.rmsNormEps)
+        }
+        for r in 0..<t {
+            let pos = layout.rowPos[r]
+            Ops.rope(io.q + r * qw, heads: c.heads, headDim: hd, pos: pos, invFreq: invFreq.pointer)
+            Ops.rope(io.k + r * kvw, heads: c.kvHeads, headDim: hd, pos: pos, invFreq: invFreq.pointer)
+        }
+        kv.store(layer: l, k: io.k, v: io.v, layout: layout)
+        let group = c.heads / c.kvHeads
+        let workers = t >= 2 ? Attention.workers : 1
+        let perWorker = group * layout.maxContext
+        Attention.rows(q: io.q, out: io.attn, layout: layout, kv: kv, layer: l, config: c,
+                       scratch: scratch.scores(workers * perWorker), scratchPerWorker: perWorker, workers: workers)
+        w.o.multiply(io.attn, n: t, into: io.x, accumulate: true)
+        lora?(.o, l, io.attn, qw, io.x, h)
+        if let dst = io.saveMiddle { dst.update(from: io.x, count: t * h) }
+
+        // Feed-forward block.
+        Ops.rmsNorm(io.x, weight: w.postNorm.pointer, out: io.xn, rows: t, dim: h, eps: c.rmsNormEps)
+        CompactMatrix.multiply([(w.gate, io.gate), (w.up, io.up)], io.xn, n: t)
+        if let lora {
+            lora(.gate, l, io.xn, h, io.gate, c.intermediateSize)
+            lora(.up, l, io.xn, h, io.up, c.intermediateSize)
+        }
+        if io.act != io.gate { io.act.update(from: io.gate, count: t * c.intermediateSize) }
+        Ops.siluMul(io.act, io.up, count: t * c.intermediateSize)
+        w.down.multiply(io.act, n: t, into: io.x, accumulate: true)
+        lora?(.down, l, io.act, c.intermediateSize, io.x, h)
     }
 
     /// Activation buffers for up to `capacity` tokens, grown when a larger batch comes.

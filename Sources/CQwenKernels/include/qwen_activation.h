@@ -10,6 +10,10 @@ extern "C" {
 /// exp is a range-reduced polynomial within 2 ulp of expf.
 void qwen_silu_mul(float *gate, const float *up, long n);
 
+/// Cross-entropy of one row of logits z[0..<n] against `target`, with its gradient in place:
+/// returns log Σ exp(z) − z[target], and z becomes scale · (softmax(z) − onehot(target)).
+float qwen_cross_entropy_row(float *z, long n, long target, float scale);
+
 #ifdef __cplusplus
 }
 #endif
