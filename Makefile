@@ -67,7 +67,7 @@ bench-builds: model
 
 # Regenerating the committed fixtures needs PyTorch and transformers (CPU build of torch).
 fixture-deps:
-	$(PYTHON) -m pip install -q torch==2.13.0 transformers peft gguf accelerate
+	$(PYTHON) -m pip install -q torch==2.13.0 transformers peft gguf accelerate "mlx[cpu]==0.32.4" mlx-lm==0.32.2
 
 fixtures: fixture-deps model
 	$(PYTHON) scripts/make_fixtures.py --gguf $$($(BIN) fetch default) --out Tests/Fixtures

@@ -617,7 +617,7 @@ def gradient_case(pm, batches):
         loss.backward()
         grads = [{"layer": l, "module": m, "a": rounded(ab[0].grad), "b": rounded(ab[1].grad)}
                  for (l, m), ab in sorted(lora_tensors(pm).items())]
-        cases.append({"batch": batch, "loss": float(loss), "grads": grads})
+        cases.append({"batch": batch, "loss": float(loss.detach()), "grads": grads})
     return cases
 
 
@@ -674,7 +674,7 @@ def make_train(out):
     expected["qwen3-gguf-qv"] = gradient_case(pm, batches(vocab))
 
     batch = training_batch(rng, vocab, [13, 8], [3, 0])
-    adam = {"batch": batch, "lr": 1e-2, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}
+    adam = {"batch": batch, "lr": 5e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}
     for bc in [False, True]:
         pm = trained_peft(base("qwen3-tiny-f32"), os.path.join(d, "qwen3-adam"), 25, r=4, lora_alpha=8,
                           target_modules=["q_proj", "v_proj", "down_proj"])
@@ -695,6 +695,47 @@ def make_train(out):
     assert np.allclose(torch_losses, adam["losses_bias_correction"], rtol=1e-5), (torch_losses, adam)
     expected["adam"] = adam
     dump(os.path.join(out, "expected", "train.json"), expected)
+
+
+def make_mlx_optim(out):
+    """mlx's own learning-rate schedules (through mlx-lm's build_schedule) and optimizer
+    updates, for the trainer's mlx_lm.lora compatibility."""
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    from mlx_lm.tuner.utils import build_schedule
+    schedules = [
+        {"name": "cosine_decay", "arguments": [1e-3, 20]},
+        {"name": "cosine_decay", "arguments": [1e-3, 20, 1e-5], "warmup": 5},
+        {"name": "cosine_decay", "arguments": [2e-4, 12], "warmup": 4, "warmup_init": 1e-6},
+        {"name": "linear_schedule", "arguments": [1e-3, 1e-4, 10]},
+        {"name": "linear_schedule", "arguments": [0.0, 1e-3, 10], "warmup": 3, "warmup_init": 1e-7},
+        {"name": "exponential_decay", "arguments": [1e-3, 0.9]},
+        {"name": "step_decay", "arguments": [1e-3, 0.5, 4]},
+    ]
+    sched = []
+    for s in schedules:
+        f = build_schedule(dict(s))
+        sched.append({"config": s, "rates": [float(f(mx.array(i))) for i in range(30)]})
+    rng = np.random.default_rng(9)
+    p0 = rng.standard_normal(12).astype(np.float32)
+    grads = [rng.standard_normal(12).astype(np.float32) for _ in range(6)]
+    opts = [("adam", {}), ("adam", {"bias_correction": True}), ("adamw", {}),
+            ("adamw", {"weight_decay": 0.1, "betas": [0.8, 0.99], "eps": 1e-6, "bias_correction": True}),
+            ("sgd", {}), ("sgd", {"momentum": 0.9, "weight_decay": 0.01})]
+    cls = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD}
+    updates = []
+    for name, cfg in opts:
+        o = cls[name](learning_rate=1e-2, **cfg)
+        params = {"p": mx.array(p0)}
+        o.init(params)
+        values = []
+        for g in grads:
+            params = o.apply_gradients({"p": mx.array(g)}, params)
+            values.append([float(v) for v in np.array(params["p"])])
+        updates.append({"optimizer": name, "config": cfg, "values": values})
+    dump(os.path.join(out, "expected", "mlx_optim.json"), {
+        "schedules": sched, "p0": [float(v) for v in p0], "grads": [[float(v) for v in g] for g in grads],
+        "lr": 1e-2, "updates": updates})
 
 
 def main():
@@ -718,6 +759,7 @@ def main():
         return
     if a.only_train:
         make_train(a.out)
+        make_mlx_optim(a.out)
         return
     make_models(a.out, tok, prompts)
     make_adapters(a.out, tok, prompts)
@@ -725,6 +767,7 @@ def main():
     make_quantize(a.out)
     make_templates(a.out, a.gguf, a.qwen3_template)
     make_train(a.out)
+    make_mlx_optim(a.out)
     if not a.skip_real:
         make_real(a.out, a.gguf, tok)
 
