@@ -10,6 +10,7 @@ import PackageDescription
 //   QwenChat     (JSON that keeps key order, the Jinja chat-template engine, output parsing)
 //   QwenRuntime  (model resolution and download, sampling, generation)
 //   QwenEngine   (continuous batching over the paged KV cache)
+//   QwenTraining (LoRA fine-tuning: configuration, data, the training loop, adapter files)
 //   QwenServer   (the OpenAI-compatible HTTP API on Hummingbird)
 //   QwenDaemon   (systemd notification, configuration)
 //   qwen-serve   (the command line)
@@ -35,6 +36,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.27.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-nio-extras", from: "1.24.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         .target(
@@ -52,6 +54,9 @@ let package = Package(
             dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer"]
         ),
         .target(name: "QwenEngine", dependencies: ["QwenModel", "QwenTokenizer", "QwenRuntime"]),
+        // LoRA fine-tuning: mlx_lm.lora's configuration and data, the training loop, adapter files.
+        .target(name: "QwenTraining", dependencies: ["QwenModel", "QwenTokenizer", "QwenChat", "QwenRuntime", "QwenFormats",
+                                                     .product(name: "Yams", package: "Yams")]),
         .target(
             name: "QwenServer",
             dependencies: ["QwenChat", "QwenEngine", "QwenRuntime", "QwenTokenizer", .product(name: "Hummingbird", package: "hummingbird"),
@@ -67,7 +72,8 @@ let package = Package(
         .executableTarget(
             name: "qwen-serve",
             dependencies: [
-                "QwenFormats", "QwenRuntime", "QwenServer", "QwenDaemon", "QwenTokenizer", "QwenChat", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "QwenFormats", "QwenRuntime", "QwenServer", "QwenDaemon", "QwenTokenizer", "QwenChat", "QwenTraining",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -77,7 +83,7 @@ let package = Package(
         .executableTarget(name: "qwen-fuzz", dependencies: ["QwenFuzzTargets"], swiftSettings: fuzzSettings),
         .testTarget(
             name: "QwenTests",
-            dependencies: ["QwenFuzzTargets", "QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat", "QwenRuntime", "QwenEngine", "QwenServer"]
+            dependencies: ["QwenFuzzTargets", "QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat", "QwenRuntime", "QwenEngine", "QwenServer", "QwenTraining"]
         ),
     ],
     swiftLanguageModes: [.v5]

@@ -143,9 +143,28 @@ static inline __attribute__((always_inline)) void expand(int t, const uint8_t *b
     }
 }
 
-void qwen_dequant_row(int type, const void *row, int cols, float *out) {
+/// One row expanded, `type` a constant in each instance so the block expansion inlines and
+/// vectorises (training expands every weight twice per step through this).
+static inline __attribute__((always_inline)) void dequant_typed(const int type, const void *row, int cols, float *out) {
     const int bs = block_size(type), bb = block_bytes(type);
     for (int b = 0; b < cols / bs; b++) expand(type, (const uint8_t *)row + (long)b * bb, out + (long)b * bs);
+}
+
+void qwen_dequant_row(int type, const void *row, int cols, float *out) {
+    switch (type) {
+    case QWEN_F32: memcpy(out, row, (size_t)cols * 4); break;
+    case QWEN_F16: dequant_typed(QWEN_F16, row, cols, out); break;
+    case QWEN_BF16: dequant_typed(QWEN_BF16, row, cols, out); break;
+    case QWEN_Q4_0: dequant_typed(QWEN_Q4_0, row, cols, out); break;
+    case QWEN_Q4_1: dequant_typed(QWEN_Q4_1, row, cols, out); break;
+    case QWEN_Q5_0: dequant_typed(QWEN_Q5_0, row, cols, out); break;
+    case QWEN_Q5_1: dequant_typed(QWEN_Q5_1, row, cols, out); break;
+    case QWEN_Q8_0: dequant_typed(QWEN_Q8_0, row, cols, out); break;
+    case QWEN_Q4_K: dequant_typed(QWEN_Q4_K, row, cols, out); break;
+    case QWEN_Q5_K: dequant_typed(QWEN_Q5_K, row, cols, out); break;
+    case QWEN_Q6_K: dequant_typed(QWEN_Q6_K, row, cols, out); break;
+    default: dequant_typed(type, row, cols, out); break;
+    }
 }
 
 #define MAXN 8

@@ -36,19 +36,19 @@ public enum GGUFWriter {
         }
         let zeros = Data(count: align)
         try AtomicFile.write(to: path) { out in
-            out.write(head)
-            out.write(zeros.prefix(padded(head.count) - head.count))
+            try out.write(contentsOf: head)
+            try out.write(contentsOf: zeros.prefix(padded(head.count) - head.count))
             for name in src.tensorOrder {
                 let t = src.tensors[name]!
                 let n: Int
                 if let v = replacing[name] {
                     n = v.count * 4
-                    out.write(Data(bytes: v.pointer, count: n))
+                    try out.write(contentsOf: Data(bytes: v.pointer, count: n))
                 } else {
                     n = t.byteCount
-                    out.write(Data(bytes: src.file.base + t.offset, count: n))
+                    try out.write(contentsOf: Data(bytes: src.file.base + t.offset, count: n))
                 }
-                out.write(zeros.prefix(padded(n) - n))
+                try out.write(contentsOf: zeros.prefix(padded(n) - n))
             }
         }
     }

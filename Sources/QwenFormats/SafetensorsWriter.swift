@@ -35,14 +35,14 @@ public enum SafetensorsWriter {
         while json.count % 8 != 0 { json.append(0x20) }
         try AtomicFile.write(to: path) { out in
             var len = UInt64(json.count).littleEndian
-            out.write(Data(bytes: &len, count: 8))
-            out.write(json)
+            try out.write(contentsOf: Data(bytes: &len, count: 8))
+            try out.write(contentsOf: json)
             for t in sorted {
                 let v = try t.values()
                 guard v.count == t.shape.reduce(1, *) else {
                     throw ModelFileError(path, "tensor \(t.name) has \(v.count) values, not the \(t.shape) its header says")
                 }
-                out.write(encode(v, dtype))
+                try out.write(contentsOf: encode(v, dtype))
             }
         }
     }
@@ -64,7 +64,8 @@ public enum SafetensorsWriter {
 }
 
 /// Writes a file under a temporary name in the same directory, syncs it, then renames it
-/// over `path`: readers see the old file or the whole new one, never a part.
+/// over `path` and syncs the directory: readers see the old file or the whole new one, never
+/// a part, and a failed write (a full disk) leaves the old file as it was.
 public enum AtomicFile {
     public static func write(to path: String, _ body: (FileHandle) throws -> Void) throws {
         let dir = (path as NSString).deletingLastPathComponent
@@ -81,6 +82,11 @@ public enum AtomicFile {
                 throw error
             }
             guard rename(tmp, path) == 0 else { throw ModelFileError(path, "cannot rename into place: \(String(cString: strerror(errno)))") }
+            let fd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY)
+            if fd >= 0 {
+                _ = fsync(fd)
+                close(fd)
+            }
         } catch {
             try? FileManager.default.removeItem(atPath: tmp)
             throw error
@@ -88,6 +94,6 @@ public enum AtomicFile {
     }
 
     public static func write(_ data: Data, to path: String) throws {
-        try write(to: path) { $0.write(data) }
+        try write(to: path) { try $0.write(contentsOf: data) }
     }
 }

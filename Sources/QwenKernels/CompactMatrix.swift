@@ -60,12 +60,19 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
 
     /// Whether a product with `n` input rows runs the compact kernel (else sgemm on the f32 copy).
     func usesKernel(n: Int) -> Bool {
-        int8 != nil || dense == nil || (n <= Self.compactRowLimit && (alwaysCompact || Self.fastTypes.contains(storageType)))
+        if int8 != nil { return true }
+        if dense == nil { return alwaysCompact || n <= Self.tiledRowThreshold }
+        return n <= Self.compactRowLimit && (alwaysCompact || Self.fastTypes.contains(storageType))
     }
 
+    /// Without an f32 copy, products with more input rows than this expand tiles of the
+    /// blocks to f32 and multiply them with sgemm (each block expanded once per product)
+    /// rather than run the compact kernel (one pass over the blocks per 12 rows).
+    public static var tiledRowThreshold = Int(ProcessInfo.processInfo.environment["QWEN_TILED_ROWS"] ?? "") ?? 64
+
     public func multiply(_ x: UnsafePointer<Float>, n: Int, into out: UnsafeMutablePointer<Float>, accumulate: Bool) {
-        if let dense, !usesKernel(n: n) {
-            dense.multiply(x, n: n, into: out, accumulate: accumulate)
+        if !usesKernel(n: n) {
+            if let dense { dense.multiply(x, n: n, into: out, accumulate: accumulate) } else { tiledMultiply(x, n: n, into: out, accumulate: accumulate) }
             return
         }
         Self.run([(self, out)], x, n: n, accumulate: accumulate)
@@ -139,6 +146,29 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     /// Rows of W expanded to f32 per tile of the transposed product (bytes: tile × cols × 4).
     public static var transposedTileRows = 256
 
+    /// Expands rows [r0, r0 + m) of the blocks into `buf` ([m × cols] f32), on every core.
+    private func expand(rows r0: Int, _ m: Int, into buf: UnsafeMutablePointer<Float>) {
+        let rowBytes = Int(qwen_quant_row_bytes(storageType, Int32(cols)))
+        let per = (m + Self.workers - 1) / Self.workers
+        DispatchQueue.concurrentPerform(iterations: Self.workers) { w in
+            for r in (w * per)..<min(m, (w + 1) * per) {
+                qwen_dequant_row(storageType, data + (r0 + r) * rowBytes, Int32(cols), buf + r * cols)
+            }
+        }
+    }
+
+    /// out = x · Wᵀ by tiles of W expanded to f32 and sgemm (see tiledRowThreshold).
+    func tiledMultiply(_ x: UnsafePointer<Float>, n: Int, into out: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        let tile = min(rows, Self.transposedTileRows)
+        let buf = TileBuffer.shared.get(tile * cols)
+        for r0 in stride(from: 0, to: rows, by: tile) {
+            let m = min(tile, rows - r0)
+            expand(rows: r0, m, into: buf)
+            BLAS.sgemm(transB: true, m: n, n: m, k: cols, a: x, lda: cols, b: buf, ldb: cols,
+                       beta: accumulate ? 1 : 0, c: out + r0, ldc: rows)
+        }
+    }
+
     /// dx = dy · W from the stored blocks: tiles of W's rows are expanded to f32 (in parallel)
     /// and each multiplied with sgemm, so no f32 copy of the matrix is needed and each stored
     /// block is read once per product, however many rows dy has.
@@ -146,16 +176,10 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
         if let dense { return dense.multiplyTransposed(dy, n: n, into: dx, accumulate: accumulate) }
         let tile = min(rows, Self.transposedTileRows)
         let buf = TileBuffer.shared.get(tile * cols)
-        let rowBytes = Int(qwen_quant_row_bytes(storageType, Int32(cols)))
         var first = true
         for r0 in stride(from: 0, to: rows, by: tile) {
             let m = min(tile, rows - r0)
-            let per = (m + Self.workers - 1) / Self.workers
-            DispatchQueue.concurrentPerform(iterations: Self.workers) { w in
-                for r in (w * per)..<min(m, (w + 1) * per) {
-                    qwen_dequant_row(storageType, data + (r0 + r) * rowBytes, Int32(cols), buf + r * cols)
-                }
-            }
+            expand(rows: r0, m, into: buf)
             BLAS.sgemm(m: n, n: cols, k: m, a: dy + r0, lda: rows, b: buf, ldb: cols,
                        beta: (accumulate || !first) ? 1 : 0, c: dx, ldc: cols)
             first = false
@@ -166,6 +190,9 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
         if let dense { return dense.copyRow(r, into: out) }
         qwen_dequant_row(storageType, data + r * qwen_quant_row_bytes(storageType, Int32(cols)), Int32(cols), out)
     }
+
+    /// Bytes of the stored blocks.
+    public var storedBytes: Int { rows * Int(qwen_quant_row_bytes(storageType, Int32(cols))) }
 
     /// Whether an f32 copy is kept beside the compact storage.
     public var hasF32Copy: Bool { dense != nil }

@@ -67,3 +67,30 @@ public final class QwenWeights: @unchecked Sendable {
         }
     }
 }
+
+extension QwenWeights {
+    private var matrices: [WeightMatrix] {
+        var m: [WeightMatrix] = [embed]
+        for l in layers { m += [l.q, l.k, l.v, l.o, l.gate, l.up, l.down] }
+        if lmHead !== embed { m.append(lmHead) }
+        return m
+    }
+
+    /// Values in the model (a tied head counted once).
+    public var parameterCount: Int {
+        matrices.reduce(0) { $0 + $1.rows * $1.cols } + norm.count
+            + layers.reduce(0) { $0 + $1.inputNorm.count + $1.postNorm.count + ($1.qBias?.count ?? 0) + ($1.kBias?.count ?? 0) + ($1.vBias?.count ?? 0) }
+    }
+
+    /// Bytes the weights take in memory once every page has been read: stored blocks or f32,
+    /// plus any f32 copies and int8 panels.
+    public var residentBytes: Int {
+        matrices.reduce(0) { total, m in
+            if let c = m as? CompactMatrix {
+                return total + c.storedBytes + (c.hasF32Copy ? c.rows * c.cols * 4 : 0)
+                    + (c.computesInt8 ? CompactMatrix.int8Bytes(storageType: c.storageType, rows: c.rows, cols: c.cols) : 0)
+            }
+            return total + m.rows * m.cols * 4
+        }
+    }
+}

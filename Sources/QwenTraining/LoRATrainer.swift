@@ -1,0 +1,314 @@
+import Foundation
+import QwenFormats
+import QwenKernels
+import QwenModel
+import QwenRuntime
+import QwenTokenizer
+
+/// mlx_lm.lora's training run on this engine: the data checked and tokenised up front, the
+/// memory planned before the first step, batches by length, validation / report / save at
+/// mlx-lm's iterations with its log lines, and checkpoints that `resume` continues exactly.
+public final class LoRATrainer {
+    public struct TrainError: Error, CustomStringConvertible {
+        public let description: String
+        public init(_ d: String) { description = d }
+    }
+
+    public let config: TrainingConfig
+    public let model: LoadedModel
+    public let format: AdapterFiles.Format
+    /// Where the log lines go (stdout by default), and the progress bar (a terminal's stderr).
+    public var output: (String) -> Void = { print($0); fflush(stdout) }
+    public var progress: ((Int, Int, Double) -> Void)?
+    /// Checked between steps: when it returns true the run checkpoints and stops (a signal).
+    public var shouldStop: () -> Bool = { false }
+    /// Memory the plan may use (default: what the kernel says is available).
+    public var memoryLimit: Int?
+
+    public private(set) var parameters: LoRAParameters!
+    public private(set) var metrics: [MetricsRow] = []
+
+    public init(config: TrainingConfig, model: LoadedModel) throws {
+        try config.validate()
+        self.config = config
+        self.model = model
+        format = AdapterFiles.Format(rawValue: config.saveFormat) ?? .mlx
+    }
+
+    struct Split {
+        var examples: [Example]
+        var name: String
+    }
+
+    /// Loads `name`.jsonl of the data directory (nil when the file is absent).
+    func load(_ name: String, required: Bool) throws -> [Example]? {
+        let path = (config.data as NSString).appendingPathComponent(name + ".jsonl")
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: config.data, isDirectory: &isDir), isDir.boolValue else {
+            throw TrainError("data: \(config.data) is not a directory holding train.jsonl, valid.jsonl and test.jsonl")
+        }
+        guard FileManager.default.fileExists(atPath: path) else {
+            if required { throw TrainError("\(path): missing (the \(name) set is needed)") }
+            return nil
+        }
+        var f = TrainingData.Format()
+        f.maskPrompt = config.maskPrompt
+        f.promptFeature = config.promptFeature
+        f.completionFeature = config.completionFeature
+        f.textFeature = config.textFeature
+        f.chatFeature = config.chatFeature
+        var ex: [Example]
+        do { ex = try TrainingData.load(file: path, tokenizer: model.tokenizer, format: f) } catch { throw TrainError("\(error)") }
+        let cut = TrainingData.truncate(&ex, maxLength: config.maxSeqLength)
+        if cut > 0 {
+            output("[WARNING] \(cut) of \(ex.count) sequences in \(path) are longer than max_seq_length \(config.maxSeqLength) and were cut to it.")
+        }
+        let untrained = ex.filter { $0.tokens.count <= max($0.offset, 1) }.count
+        if untrained == ex.count { throw TrainError("\(path): no example has a token to train (after cutting to max_seq_length \(config.maxSeqLength))") }
+        if untrained > 0 { output("[WARNING] \(untrained) examples in \(path) have nothing left to train after the cut; they add no loss.") }
+        return ex
+    }
+
+    func batch(_ ex: [Example], _ idx: [Int]) -> TrainingBatch {
+        TrainingBatch(sequences: idx.map { ex[$0].tokens }, offsets: idx.map { ex[$0].offset })
+    }
+
+    /// Mean loss over up to `count` batches (-1: all) of a set, weighted by trained tokens.
+    func evaluate(_ ex: [Example], batches count: Int, pass: LoRATrainingPass) throws -> Double {
+        let b = Batches(lengths: ex.map(\.tokens.count), batchSize: min(config.batchSize, ex.count), seed: UInt64(config.seed) &+ 1)
+        let n = count < 0 ? b.batches.count : min(count, b.batches.count)
+        var total = 0.0, tokens = 0
+        for k in 0..<n {
+            let (loss, t) = try pass.loss(batch(ex, b.batch(at: k)))
+            total += Double(loss) * Double(t)
+            tokens += t
+        }
+        return tokens > 0 ? total / Double(tokens) : .nan
+    }
+
+    /// A fingerprint of what a resumed run must share with the run it continues.
+    var settingsFingerprint: String {
+        let c = config
+        return "model=\(model.path) data=\(c.data) seed=\(c.seed) batch=\(c.batchSize) layers=\(c.numLayers) rank=\(c.loraRank) scale=\(c.loraScale) dropout=\(c.loraDropout) keys=\(c.projections.map(\.shortName)) optimizer=\(c.optimizerSettings) schedule=\(c.schedule) accum=\(c.gradAccumulationSteps) mask=\(c.maskPrompt) max_seq=\(c.maxSeqLength)"
+    }
+
+    /// Runs what the configuration asks: training and/or the test set.
+    public func run() throws {
+        let c = config, m = model.model
+        let dir = c.adapterPath
+        var pass: LoRATrainingPass?
+        if c.train {
+            let train = try load("train", required: true)!
+            let valid = try load("valid", required: true)!
+            guard train.count >= c.batchSize else {
+                throw TrainError("\((c.data as NSString).appendingPathComponent("train.jsonl")): \(train.count) examples, fewer than batch_size \(c.batchSize)")
+            }
+            try prepareDirectory(dir)
+            let params = try LoRAParameters(config: m.config, numLayers: c.numLayers, projections: c.projections, rank: c.loraRank,
+                                            scale: Float(c.loraScale), dropout: Float(c.loraDropout), seed: UInt64(c.seed))
+            parameters = params
+            if let file = c.resumeAdapterFile { try loadWeights(file, into: params) }
+            let p = LoRATrainingPass(model: m, parameters: params, checkpoint: c.gradCheckpoint)
+            p.dropoutSeed = UInt64(c.seed)
+            pass = p
+            try trainLoop(p, train: train, valid: valid, dir: dir)
+        }
+        if c.test {
+            let test = try load("test", required: true)!
+            let p: LoRATrainingPass
+            if let pass { p = pass } else {
+                let params: LoRAParameters
+                if FileManager.default.fileExists(atPath: (dir as NSString).appendingPathComponent("adapter_config.json")) {
+                    params = try LoRAParameters(adapter: try LoRAAdapter.load(path: dir, config: m.config), config: m.config)
+                } else {
+                    // No adapter: the base model's test loss (mlx-lm's adapter_path "").
+                    params = try LoRAParameters(config: m.config, numLayers: 1, projections: [.q], rank: 1, scale: 0, dropout: 0, seed: 0)
+                }
+                p = LoRATrainingPass(model: m, parameters: params)
+            }
+            let loss = try evaluate(test, batches: c.testBatches, pass: p)
+            output(String(format: "Test loss %.3f, Test ppl %.3f.", loss, exp(loss)))
+        }
+    }
+
+    func prepareDirectory(_ dir: String) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        } catch {
+            throw TrainError("adapter_path \(dir): cannot create it: \(error.localizedDescription)")
+        }
+        let probe = (dir as NSString).appendingPathComponent(".write-test-\(getpid())")
+        guard FileManager.default.createFile(atPath: probe, contents: Data("x".utf8)) else {
+            throw TrainError("adapter_path \(dir) is not writable")
+        }
+        try? FileManager.default.removeItem(atPath: probe)
+    }
+
+    /// mlx-lm's resume_adapter_file: an adapters.safetensors (mlx-lm's names) or a PEFT
+    /// adapter_model.safetensors whose tensors match this run's LoRA layers.
+    func loadWeights(_ file: String, into params: LoRAParameters) throws {
+        let f: SafetensorsFile
+        do { f = try SafetensorsFile(path: file) } catch { throw TrainError("resume_adapter_file \(file): \(error)") }
+        for t in params.tensors {
+            let base = "model.layers.\(t.layer).\(t.projection.module)"
+            if f.has(base + ".lora_a") {
+                let a = try f.floats(base + ".lora_a"), b = try f.floats(base + ".lora_b")
+                guard a.count == t.a.count, b.count == t.bt.count else {
+                    throw TrainError("resume_adapter_file \(file): \(base) does not have this run's rank \(t.rank)")
+                }
+                for r in 0..<t.rank { for i in 0..<t.inDim { t.a[r * t.inDim + i] = a[i * t.rank + r] } }
+                t.bt.pointer.update(from: b.pointer, count: b.count)
+            } else if f.has("base_model.model." + base + ".lora_A.weight") {
+                let a = try f.floats("base_model.model." + base + ".lora_A.weight"), b = try f.floats("base_model.model." + base + ".lora_B.weight")
+                guard a.count == t.a.count, b.count == t.bt.count else {
+                    throw TrainError("resume_adapter_file \(file): \(base) does not have this run's rank \(t.rank)")
+                }
+                t.a.pointer.update(from: a.pointer, count: a.count)
+                for o in 0..<t.outDim { for r in 0..<t.rank { t.bt[r * t.outDim + o] = b[o * t.rank + r] } }
+            } else {
+                throw TrainError("resume_adapter_file \(file): has no weights for \(base) (this run adapts layers \(params.lowestLayer)… and \(config.projections.map(\.shortName)))")
+            }
+        }
+    }
+
+    static func available() -> Int? {
+        guard let s = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
+        for line in s.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            let kb = line.split(separator: " ").dropFirst().first.flatMap { Int($0) }
+            return kb.map { $0 * 1024 }
+        }
+        return nil
+    }
+
+    /// Peak resident memory of this process (VmHWM), in bytes.
+    public static func peakRSS() -> Int {
+        guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+        for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+            return (line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0) * 1024
+        }
+        return 0
+    }
+
+    func trainLoop(_ pass: LoRATrainingPass, train: [Example], valid: [Example], dir: String) throws {
+        let c = config, params = pass.parameters
+        let batches = Batches(lengths: train.map(\.tokens.count), batchSize: c.batchSize, seed: UInt64(c.seed))
+        // The memory plan: the widest batch and the longest sequence, before the first step.
+        let rowsOf = { (idx: [Int]) in idx.reduce(0) { $0 + train[$1].tokens.count - 1 } }
+        let widest = batches.batches.map(rowsOf).max() ?? 0
+        let validRows = valid.sorted { $0.tokens.count > $1.tokens.count }.prefix(c.batchSize).reduce(0) { $0 + $1.tokens.count - 1 }
+        let longest = max(train.map(\.tokens.count).max() ?? 0, valid.map(\.tokens.count).max() ?? 0)
+        let planned = pass.plannedBytes(rows: max(widest, validRows), longest: longest)
+        let weights = model.model.weights.residentBytes
+        let limit = memoryLimit ?? Self.available() ?? Int.max
+        output(String(format: "Memory plan: %.2f GB (weights %.2f GB, activations and optimizer %.2f GB; widest batch %d tokens); %.2f GB available.",
+                      Double(planned + weights) / 1e9, Double(weights) / 1e9, Double(planned) / 1e9, widest, Double(limit) / 1e9))
+        guard planned + weights <= limit else {
+            throw TrainError(String(format: "this run needs about %.2f GB but %.2f GB are available: lower batch_size or max_seq_length, set grad_checkpoint, or train fewer layers (num_layers)",
+                                    Double(planned + weights) / 1e9, Double(limit) / 1e9))
+        }
+        output(String(format: "Trainable parameters: %.3f%% (%.3fM/%.3fM)", 100 * Double(params.parameterCount) / Double(model.model.weights.parameterCount),
+                      Double(params.parameterCount) / 1e6, Double(model.model.weights.parameterCount) / 1e6))
+        let optimizer = Optimizer(c.optimizerSettings, parameters: params.tensors.flatMap(\.parameters))
+        let schedule = c.schedule
+        var start = 1, trainedTokens = 0
+        if c.resume, let state = try AdapterFiles.readState(in: dir) {
+            guard state.settings == settingsFingerprint else {
+                throw TrainError("\(dir)/\(AdapterFiles.stateFile): the run saved there used other settings; resume needs the same model, data, seed, batch, LoRA, optimizer and schedule (or a new adapter_path)")
+            }
+            try AdapterFiles.restore(params, optimizer: optimizer, state: state, from: dir)
+            start = state.step + 1
+            trainedTokens = state.trainedTokens
+            metrics = state.metrics
+            output("Resuming at iteration \(start) from \(dir)/\(state.checkpointFile).")
+        } else if c.resume {
+            output("No saved run in \(dir); starting at iteration 1.")
+        }
+        try AdapterFiles.writeConfig(params, format: format, config: c, baseModel: model.path, layers: model.model.config.layers, to: dir)
+        var windowLoss = 0.0, windowSteps = 0, windowTokens = 0, windowRows = 0
+        var windowSeconds = 0.0, runSeconds = 0.0
+        var lastRate = schedule.rate(at: optimizer.step)
+        func save(_ it: Int) throws {
+            let adapter = try AdapterFiles.writeWeights(params, format: format, to: dir)
+            let name = String(format: "%07d_", it) + AdapterFiles.weightsFile(format)
+            let ck = try AdapterFiles.writeWeights(params, format: format, to: dir, file: name)
+            let state = AdapterFiles.State(step: it, optimizerStep: optimizer.step, trainedTokens: trainedTokens,
+                                           checkpointFile: String(format: "%07d_checkpoint.safetensors", it),
+                                           settings: settingsFingerprint, metrics: metrics)
+            try AdapterFiles.writeCheckpoint(params, optimizer: optimizer, state: state, to: dir)
+            // Keep only the newest optimizer checkpoint (adapters at every save_every stay).
+            for f in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+            where f.hasSuffix("_checkpoint.safetensors") && f != state.checkpointFile {
+                try? FileManager.default.removeItem(atPath: (dir as NSString).appendingPathComponent(f))
+            }
+            output("Iter \(it): Saved adapter weights to \(adapter) and \(ck).")
+        }
+        guard start <= c.iters else {
+            output("The run in \(dir) already did its \(c.iters) iterations.")
+            return
+        }
+        for it in start...c.iters {
+            if it == 1 || it % c.stepsPerEval == 0 || it == c.iters {
+                let t0 = Date()
+                let v = try evaluate(valid, batches: c.valBatches, pass: pass)
+                output(String(format: "Iter %d: Val loss %.3f, Val took %.3fs", it, v, Date().timeIntervalSince(t0)))
+                record(MetricsRow(step: it, valLoss: v))
+            }
+            pass.dropoutStep = UInt64(it)
+            let stepStart = Date()
+            let b = batch(train, batches.batch(at: it - 1))
+            let accum = c.gradAccumulationSteps
+            let (loss, toks) = try pass.lossAndGradients(b, gradientScale: 1 / Float(accum))
+            guard loss.isFinite else { throw TrainError("iteration \(it): the loss is not finite (\(loss)); lower the learning rate") }
+            if it % accum == 0 || it == c.iters {
+                lastRate = schedule.rate(at: optimizer.step)
+                optimizer.update(lr: Float(lastRate))
+                params.zeroGradients()
+            }
+            let stepTime = Date().timeIntervalSince(stepStart)
+            windowSeconds += stepTime
+            runSeconds += stepTime
+            windowLoss += Double(loss)
+            windowSteps += 1
+            windowTokens += toks
+            windowRows += b.rows
+            trainedTokens += toks
+            progress?(it, c.iters, runSeconds / Double(it - start + 1) * Double(c.iters - it))
+            if it % c.stepsPerReport == 0 || it == c.iters {
+                // Rates over the training steps only (validation and saving excluded, as mlx-lm counts them).
+                let dt = windowSeconds
+                let tl = windowLoss / Double(windowSteps)
+                output(String(format: "Iter %d: Train loss %.3f, Learning Rate %.3e, It/sec %.3f, Tokens/sec %.3f, Trained Tokens %d, Peak mem %.3f GB",
+                              it, tl, lastRate, Double(windowSteps) / dt, Double(windowTokens) / dt, trainedTokens, Double(Self.peakRSS()) / 1e9))
+                record(MetricsRow(step: it, trainLoss: tl, learningRate: lastRate, tokensPerSecond: Double(windowTokens) / dt,
+                                  inputTokensPerSecond: Double(windowRows) / dt))
+                try? TrainingReport.write(metrics, to: dir)
+                windowLoss = 0; windowSteps = 0; windowTokens = 0; windowRows = 0
+                windowSeconds = 0
+            }
+            if it % c.saveEvery == 0 || (shouldStop() && it < c.iters) {
+                try save(it)
+                if shouldStop() {
+                    output("Stopped at iteration \(it); `--resume` continues from here.")
+                    return
+                }
+            }
+        }
+        try save(c.iters)
+        try TrainingReport.write(metrics, to: dir)
+        output("Saved final weights to \((dir as NSString).appendingPathComponent(AdapterFiles.weightsFile(format))).")
+    }
+
+    func record(_ row: MetricsRow) {
+        if let i = metrics.lastIndex(where: { $0.step == row.step }) {
+            var r = metrics[i]
+            r.trainLoss = row.trainLoss ?? r.trainLoss
+            r.valLoss = row.valLoss ?? r.valLoss
+            r.learningRate = row.learningRate ?? r.learningRate
+            r.tokensPerSecond = row.tokensPerSecond ?? r.tokensPerSecond
+            r.inputTokensPerSecond = row.inputTokensPerSecond ?? r.inputTokensPerSecond
+            metrics[i] = r
+        } else {
+            metrics.append(row)
+        }
+    }
+}
