@@ -77,9 +77,12 @@ public enum AtomicFile {
                 try body(h)
                 try h.synchronize()
                 try h.close()
+            } catch let e as ModelFileError {
+                try? h.close()
+                throw e
             } catch {
                 try? h.close()
-                throw error
+                throw ModelFileError(path, "could not be written (the previous file, if any, is unchanged): \(Self.reason(error))")
             }
             guard rename(tmp, path) == 0 else { throw ModelFileError(path, "cannot rename into place: \(String(cString: strerror(errno)))") }
             let fd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY)
@@ -91,6 +94,16 @@ public enum AtomicFile {
             try? FileManager.default.removeItem(atPath: tmp)
             throw error
         }
+    }
+
+    /// The system's words for a failed write ("No space left on device"), not Foundation's wrapper.
+    static func reason(_ error: Error) -> String {
+        let ns = error as NSError
+        if let u = ns.userInfo[NSUnderlyingErrorKey] as? NSError, u.domain == NSPOSIXErrorDomain {
+            return String(cString: strerror(Int32(u.code)))
+        }
+        if ns.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(ns.code))) }
+        return "\(error)"
     }
 
     public static func write(_ data: Data, to path: String) throws {
