@@ -11,7 +11,8 @@ Writes into --out:
   qwen2-tiny/                a random Qwen2 checkpoint, tied head, sharded safetensors
   qwen3-tiny.gguf            the Qwen3 checkpoint as GGUF, some tensors Q8_0/Q4_0
   adapters/                  random LoRA adapters for the tiny models (PEFT and mlx-lm formats)
-  train/                     LoRA adapters (A and B random) whose gradients expected/train.json holds
+  train/                     LoRA adapters (A and B random) whose gradients expected/train.json holds, and
+                             adapters qwen-serve lora trained, whose PEFT / mlx-lm logits trained_adapter.json holds
   expected/*.json            logits, greedy tokens, tokenizations, dequantized blocks
 """
 import argparse
@@ -738,6 +739,52 @@ def make_mlx_optim(out):
         "lr": 1e-2, "updates": updates})
 
 
+def make_trained_roundtrip(out, binary):
+    """An adapter trained by `qwen-serve lora` on the tiny Qwen3, in both layouts, loaded by
+    PEFT (transformers) and by mlx-lm: their logits, which the server must give with it."""
+    import subprocess
+    import tempfile
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    d = os.path.join(out, "train")
+    data = tempfile.mkdtemp()
+    rng = random.Random(4)
+    for name, n in [("train", 10), ("valid", 3)]:
+        with open(os.path.join(data, f"{name}.jsonl"), "w") as f:
+            for i in range(n):
+                q = " ".join(rng.choice(["who", "are", "you", "name", "what", "is", "your"]) for _ in range(3 + i % 4))
+                f.write(json.dumps({"messages": [{"role": "user", "content": q},
+                                                 {"role": "assistant", "content": f"I am 小鹅, number {i}."}]},
+                                   ensure_ascii=False) + "\n")
+    base = os.path.join(out, "qwen3-tiny-f32")
+    for fmt in ["peft", "mlx"]:
+        path = os.path.join(d, f"trained-{fmt}")
+        shutil.rmtree(path, ignore_errors=True)
+        subprocess.run([binary, "lora", "--model", base, "--train", "--data", data, "--iters", "20", "--batch-size", "2",
+                        "--num-layers", "2", "--learning-rate", "2e-2", "--optimizer", "adamw", "--adapter-path", path,
+                        "--save-format", fmt, "--save-every", "1000", "--steps-per-eval", "1000"], check=True,
+                       stdout=subprocess.DEVNULL)
+        for f in os.listdir(path):  # keep only the adapter itself
+            if f not in ("adapter_config.json", "adapters.safetensors", "adapter_model.safetensors"):
+                os.remove(os.path.join(path, f))
+    prompts = [[5, 77, 301, 12, 9, 44], [600, 3, 3, 120]]
+    expected = {"prompts": prompts}
+    pm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                                   os.path.join(d, "trained-peft"))
+    pm.eval()
+    with torch.no_grad():
+        expected["peft"] = [[round(float(v), 6) for v in pm(input_ids=torch.tensor([p])).logits[0, -1]] for p in prompts]
+    try:
+        import mlx.core as mx
+        from mlx_lm import load as mlx_load
+        mm, _ = mlx_load(base, adapter_path=os.path.join(d, "trained-mlx"))
+        expected["mlx"] = [[round(float(v), 6) for v in np.array(mm(mx.array([p]))[0, -1].astype(mx.float32))]
+                           for p in prompts]
+    except ImportError:
+        print("mlx-lm is not installed: expected/trained_adapter.json has no mlx logits", file=sys.stderr)
+    dump(os.path.join(out, "expected", "trained_adapter.json"), expected)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -745,6 +792,8 @@ def main():
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--only-adapters", action="store_true", help="rebuild only adapters/ from the committed models")
     ap.add_argument("--only-train", action="store_true", help="rebuild only train/ (gradients) from the committed models")
+    ap.add_argument("--binary", default=os.path.join(os.path.dirname(__file__), "..", ".build", "release", "qwen-serve"),
+                    help="the built qwen-serve, which trains the round-trip adapter")
     ap.add_argument("--qwen3-template", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                                                              "templates", "qwen3.jinja"))
     a = ap.parse_args()
@@ -760,6 +809,7 @@ def main():
     if a.only_train:
         make_train(a.out)
         make_mlx_optim(a.out)
+        make_trained_roundtrip(a.out, a.binary)
         return
     make_models(a.out, tok, prompts)
     make_adapters(a.out, tok, prompts)
@@ -768,6 +818,7 @@ def main():
     make_templates(a.out, a.gguf, a.qwen3_template)
     make_train(a.out)
     make_mlx_optim(a.out)
+    make_trained_roundtrip(a.out, a.binary)
     if not a.skip_real:
         make_real(a.out, a.gguf, tok)
 

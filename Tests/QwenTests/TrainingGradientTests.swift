@@ -75,3 +75,26 @@ final class TrainingGradientTests: XCTestCase {
     func testQwen2WithBiasesAndTiedHead() throws { try check(base: "qwen2-tiny", adapter: "qwen2-all") }
     func testQwen3QuantizedGGUF() throws { try check(base: "qwen3-tiny.gguf", adapter: "qwen3-gguf-qv") }
 }
+
+/// An adapter trained by `qwen-serve lora` (both layouts, committed in train/trained-*), loaded
+/// by PEFT in transformers and by mlx-lm when the fixtures were made: this server gives their
+/// logits with it.
+final class TrainedAdapterRoundTripTests: XCTestCase {
+    func testServerGivesPEFTAndMLXLogits() throws {
+        let e = try XCTUnwrap(try Fixtures.json("expected/trained_adapter.json") as? [String: Any])
+        let prompts = try XCTUnwrap(e["prompts"] as? [[Int]])
+        let m = try LoadedModel.load(path: Fixtures.path("qwen3-tiny-f32")).model
+        for (dir, key) in [("trained-peft", "peft"), ("trained-mlx", "mlx")] {
+            let want = try XCTUnwrap(e[key] as? [[Double]], "no \(key) logits in the fixture")
+            let adapter = try LoRAAdapter.load(path: Fixtures.path("train/" + dir), config: m.config)
+            for (p, w) in zip(prompts, want) {
+                let got = try m.forward([.init(cache: KVCache(config: m.config), tokens: p.map(Int32.init), adapter: adapter)])[0]
+                let base = try m.forward([.init(cache: KVCache(config: m.config), tokens: p.map(Int32.init))])[0]
+                let diff = zip(got, w).map { abs(Double($0) - $1) }.max() ?? 1
+                let moved = zip(base, w).map { abs(Double($0) - $1) }.max() ?? 0
+                XCTAssertLessThan(diff, 1e-4, "\(dir): logits differ from \(key)'s by \(diff)")
+                XCTAssertGreaterThan(moved, 0.05, "\(dir): the trained adapter must change the logits")
+            }
+        }
+    }
+}
