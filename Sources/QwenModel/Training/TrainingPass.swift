@@ -31,7 +31,9 @@ public final class LoRATrainingPass {
     public let model: QwenModel
     public let parameters: LoRAParameters
     public let checkpoint: Bool
-    /// Rows of logits computed at a time (the [rows × vocab] matrix never exists whole).
+    /// Rows of logits computed at a time (the [rows × vocab] matrix never exists whole). 256 rows
+    /// (155 MB at Qwen's vocabulary) measured 1.2× (f32) and 1.3× (int8) the training speed of 32:
+    /// the head's products then run as wide sgemm / int8 products.
     public let logitRows: Int
     /// Seeds LoRA dropout: a mask depends on (seed, step, layer, projection, element).
     public var dropoutSeed: UInt64 = 0
@@ -39,7 +41,7 @@ public final class LoRATrainingPass {
     private var buffers: TrainingBuffers?
     private var logits = FloatBuffer(count: 0)
 
-    public init(model: QwenModel, parameters: LoRAParameters, checkpoint: Bool = false, logitRows: Int = 32) {
+    public init(model: QwenModel, parameters: LoRAParameters, checkpoint: Bool = false, logitRows: Int = 256) {
         self.model = model
         self.parameters = parameters
         self.checkpoint = checkpoint
