@@ -70,13 +70,22 @@ public final class LoRATrainingPass {
     }
 
     private func run(_ batch: TrainingBatch, gradientScale: Float?) throws -> (loss: Float, tokens: Int) {
+        let step = try begin(batch, gradientScale: gradientScale)
+        while try !step.advance() {}
+        return step.result
+    }
+
+    /// Starts a pass over `batch` that runs a piece at a time (a layer's forward, a chunk of
+    /// the loss, a layer's backward), so a serving engine can interleave it with inference.
+    /// nil gradientScale: the loss only. Pieces must run in order and to the end before the
+    /// next pass begins (they share this pass's buffers).
+    public func begin(_ batch: TrainingBatch, gradientScale: Float?) throws -> Step {
         let c = model.config
-        let h = c.hiddenSize, qw = c.heads * c.headDim, kvw = c.kvHeads * c.headDim
+        let h = c.hiddenSize
         let inputs = batch.sequences.map { Array($0.dropLast()) }
         let lengths = inputs.map(\.count)
         let t = lengths.reduce(0, +)
         let trained = batch.trainedTokens
-        guard t > 0, trained > 0 else { return (0, 0) }
         for s in batch.sequences {
             guard s.count <= c.maxPositions else {
                 throw QwenModel.ForwardError(description: "sequence of \(s.count) tokens exceeds the context of \(c.maxPositions)")
@@ -85,14 +94,13 @@ public final class LoRATrainingPass {
                 throw QwenModel.ForwardError(description: "token id \(tok) is outside the vocabulary (0..<\(c.vocabSize))")
             }
         }
-        let backward = gradientScale != nil
+        guard t > 0, trained > 0 else { return Step(pass: self, empty: true) }
         if buffers == nil || buffers!.rows < t {
             buffers = nil
             buffers = TrainingBuffers(rows: t, config: c, lowestLayer: parameters.lowestLayer, checkpoint: checkpoint,
                                       rank: parameters.rank, dropout: parameters.dropout > 0)
         }
         let b = buffers!
-        let layout = BatchLayout(lengths: lengths)
         var row = 0
         for s in inputs {
             for tok in s {
@@ -100,12 +108,6 @@ public final class LoRATrainingPass {
                 row += 1
             }
         }
-        let hook = loraHook(rows: t, b)
-        for l in 0..<c.layers {
-            layerForward(l, rows: t, layout: layout, lengths: lengths, b, saving: backward, hook: hook)
-        }
-
-        // Loss over the trained rows, in chunks of `logitRows`, and the gradient at the top.
         var targets: [(row: Int, token: Int32)] = []
         var start = 0
         for (s, off) in zip(batch.sequences, batch.offsets) {
@@ -114,48 +116,100 @@ public final class LoRATrainingPass {
             }
             start += max(s.count - 1, 0)
         }
-        if backward { b.dx.pointer.update(repeating: 0, count: t * h) }
+        if gradientScale != nil { b.dx.pointer.update(repeating: 0, count: t * h) }
         let v = c.vocabSize
         if logits.count < logitRows * v { logits = FloatBuffer(count: logitRows * v) }
-        let chunkX = b.xn  // gathered rows of the final residual, then their normalised form
-        var total: Double = 0
-        let gscale = (gradientScale ?? 0) / Float(trained)
-        for c0 in stride(from: 0, to: targets.count, by: logitRows) {
-            let part = targets[c0..<min(targets.count, c0 + logitRows)]
-            let n = part.count
-            let xs = b.dAttn.pointer  // [n × h] staging (dAttn is free until the layers' backward)
-            for (i, tr) in part.enumerated() { (xs + i * h).update(from: b.x.pointer + tr.row * h, count: h) }
-            Ops.rmsNorm(xs, weight: model.weights.norm.pointer, out: chunkX.pointer, rows: n, dim: h, eps: c.rmsNormEps)
-            model.weights.lmHead.multiply(chunkX.pointer, n: n, into: logits.pointer, accumulate: false)
-            for (i, tr) in part.enumerated() {
-                total += Double(qwen_cross_entropy_row(logits.pointer + i * v, v, Int(tr.token), gscale))
-            }
-            guard backward else { continue }
-            let dxn = b.dxn.pointer
-            model.weights.lmHead.multiplyTransposed(logits.pointer, n: n, into: dxn, accumulate: false)
-            Ops.rmsNormBackward(dxn, x: xs, weight: model.weights.norm.pointer, dx: dxn, rows: n, dim: h, eps: c.rmsNormEps,
-                                accumulate: false)
-            for (i, tr) in part.enumerated() { Ops.add(b.dx.pointer + tr.row * h, dxn + i * h, count: h) }
-        }
-        let loss = Float(total / Double(trained))
-        guard backward else { return (loss, trained) }
+        let step = Step(pass: self, empty: false)
+        step.lengths = lengths
+        step.rows = t
+        step.layout = BatchLayout(lengths: lengths)
+        step.targets = targets
+        step.trained = trained
+        step.gradientScale = gradientScale
+        step.hook = loraHook(rows: t, b)
+        return step
+    }
 
-        for l in stride(from: c.layers - 1, through: parameters.lowestLayer, by: -1) {
-            if checkpoint {
-                // Recompute this layer's activations from its saved input.
-                let x = b.xn  // free during the backward until the layer needs it
-                x.pointer.update(from: b.checkpoints[l]!.pointer, count: t * h)
-                let io = QwenModel.LayerIO(x: x.pointer, xn: b.dxn.pointer, q: b.work.q.pointer, k: b.work.k.pointer,
-                                           v: b.work.v.pointer, attn: b.work.attn.pointer, gate: b.work.gate.pointer,
-                                           up: b.work.up.pointer, act: b.act.pointer, saveInput: b.work.xIn.pointer,
-                                           saveMiddle: b.work.xMid.pointer, saveQ: b.work.qRaw.pointer, saveK: b.work.kRaw.pointer)
-                model.layerForward(l, io, layout: layout, kv: stacked(lengths, b.work), lora: hook)
-            }
-            layerBackward(l, rows: t, layout: layout, lengths: lengths, acts: b.layers[l] ?? b.work, b,
-                          needInputGradient: l > parameters.lowestLayer)
+    /// One pass in pieces (see `begin`).
+    public final class Step {
+        enum Phase { case forward(Int), loss(Int), backward(Int), done }
+        let pass: LoRATrainingPass
+        var phase: Phase
+        var lengths: [Int] = [], rows = 0, trained = 0
+        var layout = BatchLayout(rowItem: [], rowPos: [])
+        var targets: [(row: Int, token: Int32)] = []
+        var gradientScale: Float?
+        var hook: QwenModel.LoRAHook?
+        var total: Double = 0
+
+        init(pass: LoRATrainingPass, empty: Bool) {
+            self.pass = pass
+            phase = empty ? .done : .forward(0)
         }
-        _ = (qw, kvw)
-        return (loss, trained)
+
+        /// The mean cross-entropy over the trained targets and their count (once done).
+        public var result: (loss: Float, tokens: Int) { trained > 0 ? (Float(total / Double(trained)), trained) : (0, 0) }
+        public var isDone: Bool { if case .done = phase { return true } else { return false } }
+
+        /// Runs the next piece; true when the pass is complete.
+        public func advance() throws -> Bool {
+            let p = pass, c = p.model.config
+            switch phase {
+            case .forward(let l):
+                p.layerForward(l, rows: rows, layout: layout, lengths: lengths, p.buffers!, saving: gradientScale != nil, hook: hook!)
+                phase = l + 1 < c.layers ? .forward(l + 1) : .loss(0)
+            case .loss(let c0):
+                total += p.lossChunk(targets[c0..<min(targets.count, c0 + p.logitRows)], trained: trained, gradientScale: gradientScale)
+                let next = c0 + p.logitRows
+                if next < targets.count { phase = .loss(next) } else {
+                    phase = gradientScale == nil || p.parameters.lowestLayer >= c.layers ? .done : .backward(c.layers - 1)
+                }
+            case .backward(let l):
+                p.backwardLayer(l, rows: rows, layout: layout, lengths: lengths, hook: hook!)
+                phase = l > p.parameters.lowestLayer ? .backward(l - 1) : .done
+            case .done: break
+            }
+            return isDone
+        }
+    }
+
+    /// The loss of some trained rows, and (with a gradient scale) their gradient into b.dx.
+    private func lossChunk(_ part: ArraySlice<(row: Int, token: Int32)>, trained: Int, gradientScale: Float?) -> Double {
+        let c = model.config, h = c.hiddenSize, v = c.vocabSize, b = buffers!
+        let n = part.count
+        let xs = b.dAttn.pointer  // [n × h] staging (dAttn is free until the layers' backward)
+        let gscale = (gradientScale ?? 0) / Float(trained)
+        for (i, tr) in part.enumerated() { (xs + i * h).update(from: b.x.pointer + tr.row * h, count: h) }
+        Ops.rmsNorm(xs, weight: model.weights.norm.pointer, out: b.xn.pointer, rows: n, dim: h, eps: c.rmsNormEps)
+        model.weights.lmHead.multiply(b.xn.pointer, n: n, into: logits.pointer, accumulate: false)
+        var total: Double = 0
+        for (i, tr) in part.enumerated() {
+            total += Double(qwen_cross_entropy_row(logits.pointer + i * v, v, Int(tr.token), gscale))
+        }
+        guard gradientScale != nil else { return total }
+        let dxn = b.dxn.pointer
+        model.weights.lmHead.multiplyTransposed(logits.pointer, n: n, into: dxn, accumulate: false)
+        Ops.rmsNormBackward(dxn, x: xs, weight: model.weights.norm.pointer, dx: dxn, rows: n, dim: h, eps: c.rmsNormEps,
+                            accumulate: false)
+        for (i, tr) in part.enumerated() { Ops.add(b.dx.pointer + tr.row * h, dxn + i * h, count: h) }
+        return total
+    }
+
+    /// Layer l's backward (recomputing its activations first when checkpointing).
+    private func backwardLayer(_ l: Int, rows t: Int, layout: BatchLayout, lengths: [Int], hook: @escaping QwenModel.LoRAHook) {
+        let b = buffers!, h = model.config.hiddenSize
+        if checkpoint {
+            // Recompute this layer's activations from its saved input.
+            let x = b.xn  // free during the backward until the layer needs it
+            x.pointer.update(from: b.checkpoints[l]!.pointer, count: t * h)
+            let io = QwenModel.LayerIO(x: x.pointer, xn: b.dxn.pointer, q: b.work.q.pointer, k: b.work.k.pointer,
+                                       v: b.work.v.pointer, attn: b.work.attn.pointer, gate: b.work.gate.pointer,
+                                       up: b.work.up.pointer, act: b.act.pointer, saveInput: b.work.xIn.pointer,
+                                       saveMiddle: b.work.xMid.pointer, saveQ: b.work.qRaw.pointer, saveK: b.work.kRaw.pointer)
+            model.layerForward(l, io, layout: layout, kv: stacked(lengths, b.work), lora: hook)
+        }
+        layerBackward(l, rows: t, layout: layout, lengths: lengths, acts: b.layers[l] ?? b.work, b,
+                      needInputGradient: l > parameters.lowestLayer)
     }
 
     private func stacked(_ lengths: [Int], _ a: LayerActivations) -> StackedKeyValues {
