@@ -208,107 +208,18 @@ public final class LoRATrainer {
         }
         output(String(format: "Trainable parameters: %.3f%% (%.3fM/%.3fM)", 100 * Double(params.parameterCount) / Double(model.model.weights.parameterCount),
                       Double(params.parameterCount) / 1e6, Double(model.model.weights.parameterCount) / 1e6))
-        let optimizer = Optimizer(c.optimizerSettings, parameters: params.tensors.flatMap(\.parameters))
-        let schedule = c.schedule
-        var start = 1, trainedTokens = 0
-        if c.resume, let state = try AdapterFiles.readState(in: dir) {
-            guard state.settings == settingsFingerprint else {
-                throw TrainError("\(dir)/\(AdapterFiles.stateFile): the run saved there used other settings; resume needs the same model, data, seed, batch, LoRA, optimizer and schedule (or a new adapter_path)")
-            }
-            try AdapterFiles.restore(params, optimizer: optimizer, state: state, from: dir)
-            start = state.step + 1
-            trainedTokens = state.trainedTokens
-            metrics = state.metrics
-            output("Resuming at iteration \(start) from \(dir)/\(state.checkpointFile).")
-        } else if c.resume {
-            output("No saved run in \(dir); starting at iteration 1.")
-        }
-        try AdapterFiles.writeConfig(params, format: format, config: c, baseModel: model.path, layers: model.model.config.layers, to: dir)
-        var windowLoss = 0.0, windowSteps = 0, windowTokens = 0, windowRows = 0
-        var windowSeconds = 0.0, runSeconds = 0.0
-        var lastRate = schedule.rate(at: optimizer.step)
-        func save(_ it: Int) throws {
-            let adapter = try AdapterFiles.writeWeights(params, format: format, to: dir)
-            let name = String(format: "%07d_", it) + AdapterFiles.weightsFile(format)
-            let ck = try AdapterFiles.writeWeights(params, format: format, to: dir, file: name)
-            let state = AdapterFiles.State(step: it, optimizerStep: optimizer.step, trainedTokens: trainedTokens,
-                                           checkpointFile: String(format: "%07d_checkpoint.safetensors", it),
-                                           settings: settingsFingerprint, metrics: metrics)
-            try AdapterFiles.writeCheckpoint(params, optimizer: optimizer, state: state, to: dir)
-            // Keep only the newest optimizer checkpoint (adapters at every save_every stay).
-            for f in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
-            where f.hasSuffix("_checkpoint.safetensors") && f != state.checkpointFile {
-                try? FileManager.default.removeItem(atPath: (dir as NSString).appendingPathComponent(f))
-            }
-            output("Iter \(it): Saved adapter weights to \(adapter) and \(ck).")
-        }
-        guard start <= c.iters else {
-            output("The run in \(dir) already did its \(c.iters) iterations.")
-            return
-        }
-        for it in start...c.iters {
-            if it == 1 || it % c.stepsPerEval == 0 || it == c.iters {
-                let t0 = Date()
-                let v = try evaluate(valid, batches: c.valBatches, pass: pass)
-                output(String(format: "Iter %d: Val loss %.3f, Val took %.3fs", it, v, Date().timeIntervalSince(t0)))
-                record(MetricsRow(step: it, valLoss: v))
-            }
-            pass.dropoutStep = UInt64(it)
-            let stepStart = Date()
-            let b = batch(train, batches.batch(at: it - 1))
-            let accum = c.gradAccumulationSteps
-            let (loss, toks) = try pass.lossAndGradients(b, gradientScale: 1 / Float(accum))
-            guard loss.isFinite else { throw TrainError("iteration \(it): the loss is not finite (\(loss)); lower the learning rate") }
-            if it % accum == 0 || it == c.iters {
-                lastRate = schedule.rate(at: optimizer.step)
-                optimizer.update(lr: Float(lastRate))
-                params.zeroGradients()
-            }
-            let stepTime = Date().timeIntervalSince(stepStart)
-            windowSeconds += stepTime
-            runSeconds += stepTime
-            windowLoss += Double(loss)
-            windowSteps += 1
-            windowTokens += toks
-            windowRows += b.rows
-            trainedTokens += toks
-            progress?(it, c.iters, runSeconds / Double(it - start + 1) * Double(c.iters - it))
-            if it % c.stepsPerReport == 0 || it == c.iters {
-                // Rates over the training steps only (validation and saving excluded, as mlx-lm counts them).
-                let dt = windowSeconds
-                let tl = windowLoss / Double(windowSteps)
-                output(String(format: "Iter %d: Train loss %.3f, Learning Rate %.3e, It/sec %.3f, Tokens/sec %.3f, Trained Tokens %d, Peak mem %.3f GB",
-                              it, tl, lastRate, Double(windowSteps) / dt, Double(windowTokens) / dt, trainedTokens, Double(Self.peakRSS()) / 1e9))
-                record(MetricsRow(step: it, trainLoss: tl, learningRate: lastRate, tokensPerSecond: Double(windowTokens) / dt,
-                                  inputTokensPerSecond: Double(windowRows) / dt))
-                try? TrainingReport.write(metrics, to: dir)
-                windowLoss = 0; windowSteps = 0; windowTokens = 0; windowRows = 0
-                windowSeconds = 0
-            }
-            if it % c.saveEvery == 0 || (shouldStop() && it < c.iters) {
-                try save(it)
-                if shouldStop() {
-                    output("Stopped at iteration \(it); `--resume` continues from here.")
-                    return
-                }
+        let run = try TrainingRun(config: c, pass: pass, train: train, valid: valid, dir: dir, format: format, baseModel: model.path,
+                                  fingerprint: settingsFingerprint, resume: c.resume, output: output)
+        run.progress = progress
+        while !run.isFinished {
+            try run.advance()
+            if shouldStop(), !run.isFinished, case .start = run.state {
+                try run.checkpointCompleted()
+                output("Stopped at iteration \(run.completed); `--resume` continues from here.")
+                metrics = run.metrics
+                return
             }
         }
-        try save(c.iters)
-        try TrainingReport.write(metrics, to: dir)
-        output("Saved final weights to \((dir as NSString).appendingPathComponent(AdapterFiles.weightsFile(format))).")
-    }
-
-    func record(_ row: MetricsRow) {
-        if let i = metrics.lastIndex(where: { $0.step == row.step }) {
-            var r = metrics[i]
-            r.trainLoss = row.trainLoss ?? r.trainLoss
-            r.valLoss = row.valLoss ?? r.valLoss
-            r.learningRate = row.learningRate ?? r.learningRate
-            r.tokensPerSecond = row.tokensPerSecond ?? r.tokensPerSecond
-            r.inputTokensPerSecond = row.inputTokensPerSecond ?? r.inputTokensPerSecond
-            metrics[i] = r
-        } else {
-            metrics.append(row)
-        }
+        metrics = run.metrics
     }
 }
