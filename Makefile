@@ -2,11 +2,11 @@
 SWIFT       ?= swift
 CONFIG      ?= release
 BIN         := .build/$(CONFIG)/qwen-serve
-APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev pkg-config python3-pip python3-venv strace
+APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev libsqlite3-dev pkg-config python3-pip python3-venv strace
 VENV        := .venv-test
 PYTHON      ?= python3
 
-.PHONY: all deps build model run test fuzz bench bench-builds bench-serve bench-adapters fixtures fixture-deps clean install uninstall
+.PHONY: all deps build model run test fuzz bench bench-builds bench-serve bench-adapters bench-train finetune-demo fixtures fixture-deps clean install uninstall
 PREFIX      ?= /usr/local
 UNITDIR     ?= /etc/systemd/system
 
@@ -60,6 +60,14 @@ bench-adapters: model
 
 bench: model
 	$(PYTHON) scripts/bench.py --binary $(BIN)
+
+# LoRA training speed and peak memory against transformers + PEFT (needs make fixture-deps).
+bench-train: model
+	$(PYTHON) scripts/bench_train.py --binary $(BIN)
+
+# The reference fine-tune: the default model learns the name 小鹅 (../shared/data/self_cognition).
+finetune-demo: model
+	$(PYTHON) scripts/finetune_demo.py --binary $(BIN)
 
 # This build against another (OLD=path/to/its/qwen-serve), alternated: did a change cost speed?
 bench-builds: model

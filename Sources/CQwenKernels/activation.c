@@ -63,8 +63,13 @@ AVX512 static double exp_shifted_avx512(float *z, long n, float *max) {
     return sum;
 }
 
-float qwen_cross_entropy_row(float *z, long n, long target, float scale) {
+float qwen_cross_entropy_row(float *z, long n, long target, float scale, int *target_is_top) {
     const float zt = z[target];
+    if (target_is_top) {
+        int top = 1;  // the target is the (first) largest logit
+        for (long i = 0; i < n && top; i++) if (z[i] > zt || (z[i] == zt && i < target)) top = 0;
+        *target_is_top = top;
+    }
     float m;
     const double sum = qwen_cpu_has_avx512() ? exp_shifted_avx512(z, n, &m) : exp_shifted_scalar(z, n, &m);
     const float k = (float)(scale / sum);

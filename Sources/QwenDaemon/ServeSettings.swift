@@ -46,6 +46,13 @@ public struct ServeSettings: Equatable, Sendable {
     public var writeTimeout = 60.0
     /// Control-token text in message content: `text` (plain text, as OpenAI) or `tokens` (as transformers).
     public var contentSpecialTokens = "text"
+    /// Fine-tuning state (files, jobs, adapters): SQLite and files under this directory.
+    /// Default: $STATE_DIRECTORY (systemd's StateDirectory=), else ~/.local/state/qwen-serve.
+    public var stateDir: String?
+    /// Share (0–1) of engine time a training job may take while requests are waiting.
+    public var trainShare = 0.3
+    /// Largest file /v1/files accepts, in MiB.
+    public var maxUploadMB = 512
 
     public struct NamedPath: Equatable, Sendable {
         public let name: String
@@ -62,7 +69,8 @@ public struct ServeSettings: Equatable, Sendable {
                               "step-tokens", "chat-template-args", "max-body-mb", "shutdown-grace", "api-key-file", "api-key",
                               "admin-api-key-file", "admin-api-key", "adapter", "adapter-path",
                               "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file", "f32-weights", "compute",
-                              "quantize", "max-connections", "header-timeout", "body-timeout", "write-timeout", "content-special-tokens"]
+                              "quantize", "max-connections", "header-timeout", "body-timeout", "write-timeout", "content-special-tokens",
+                              "state-dir", "train-share", "max-upload-mb"]
 
     /// Applies one setting given as text; `source` names where it came from for errors.
     public mutating func set(_ key: String, _ raw: String, source: String) throws {
@@ -112,6 +120,13 @@ public struct ServeSettings: Equatable, Sendable {
         case "content-special-tokens":
             guard value == "text" || value == "tokens" else { throw bad("text or tokens") }
             contentSpecialTokens = value
+        case "state-dir":
+            guard !value.isEmpty else { throw bad("a directory") }
+            stateDir = value
+        case "train-share":
+            guard let d = Double(value), d >= 0, d <= 1 else { throw bad("a number from 0 to 1") }
+            trainShare = d
+        case "max-upload-mb": maxUploadMB = try int(1...1_000_000)
         case "adapter":
             // NAME=PATH; several may be given at once separated by commas (handy in one variable).
             for item in value.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !item.isEmpty {
@@ -245,6 +260,9 @@ public struct ServeSettings: Equatable, Sendable {
         lines.append("body-timeout: \(bodyTimeout)")
         lines.append("write-timeout: \(writeTimeout)")
         lines.append("content-special-tokens: \(contentSpecialTokens)")
+        if let d = stateDir { lines.append("state-dir: \(q(d))") }
+        lines.append("train-share: \(trainShare)")
+        lines.append("max-upload-mb: \(maxUploadMB)")
         return lines.joined(separator: "\n") + "\n"
     }
 }

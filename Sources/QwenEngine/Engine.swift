@@ -60,6 +60,15 @@ public final class Engine: @unchecked Sendable {
     /// (the daemon's watchdog hangs off this).
     public var onStep: (@Sendable (StepStats?) -> Void)?
 
+    /// Work that runs on the engine thread between inference steps (a fine-tuning job), set
+    /// once before `start`. With requests waiting it gets `trainShare` of the engine's time,
+    /// in pieces; with none it gets all of it.
+    public var interleaved: InterleavedWork?
+    /// The share (0–1) of engine time interleaved work may take while requests run.
+    public var trainShare = 0.3
+    /// Seconds of interleaved work earned by inference steps and not yet spent.
+    private var credit = 0.0
+
     public init(model: QwenModel, tokenizer: Tokenizer, config: Config = Config()) {
         self.model = model
         self.tokenizer = tokenizer
@@ -163,6 +172,15 @@ public final class Engine: @unchecked Sendable {
         while true {
             cond.lock()
             while inbox.isEmpty && running.isEmpty && waiting.isEmpty && !stopRequested {
+                if interleaved?.hasWork == true {
+                    // Nothing to serve: the interleaved work takes the engine, a piece at a time
+                    // so that an arriving request waits at most one piece.
+                    cond.unlock()
+                    interleaved?.runPiece()
+                    onStep?(nil)
+                    cond.lock()
+                    continue
+                }
                 if !cond.wait(until: Date().addingTimeInterval(1)) {
                     cond.unlock()
                     onStep?(nil)
@@ -185,6 +203,24 @@ public final class Engine: @unchecked Sendable {
             heartbeats()
             publishSnapshot()
             onStep?(stats)
+            runInterleaved(after: stats)
+        }
+    }
+
+    /// After an inference step of d seconds, interleaved work earns d · share / (1 − share)
+    /// and runs pieces while it has credit (so it takes about `share` of the time).
+    private func runInterleaved(after stats: StepStats?) {
+        guard let work = interleaved, work.hasWork else {
+            credit = 0
+            return
+        }
+        let share = min(max(trainShare, 0), 0.95)
+        guard share > 0 else { return }
+        if let stats { credit = min(credit + stats.seconds * share / (1 - share), 2) }
+        while credit > 0 && work.hasWork {
+            let t0 = DispatchTime.now()
+            work.runPiece()
+            credit -= Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
         }
     }
 
@@ -470,4 +506,12 @@ final class Seq {
         s.forked = true
         return s
     }
+}
+
+/// Work the engine runs on its own thread between inference steps (see Engine.interleaved).
+public protocol InterleavedWork: AnyObject, Sendable {
+    /// Whether there is a piece to run now.
+    var hasWork: Bool { get }
+    /// Runs one bounded piece (a layer of a training step, say).
+    func runPiece()
 }

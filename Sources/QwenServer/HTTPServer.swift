@@ -19,15 +19,20 @@ public struct HTTPServer {
         public var tlsKeyFile: String?
         /// Connection count and per-connection timeouts.
         public var limits = ConnectionLimits()
+        /// Largest upload /v1/files takes (streamed to disk).
+        public var maxUploadBytes = 512 << 20
         public init() {}
     }
 
     let service: ModelService
     let config: Config
+    /// Fine-tuning (files and jobs), when this server has a state directory.
+    let jobs: JobManager?
 
-    public init(service: ModelService, config: Config) {
+    public init(service: ModelService, config: Config, jobs: JobManager? = nil) {
         self.service = service
         self.config = config
+        self.jobs = jobs
     }
 
     public struct TLSError: Error, CustomStringConvertible {
@@ -125,8 +130,21 @@ public struct HTTPServer {
             guard let n = try f.string("lora_name") else { throw APIError.badParam("lora_name", "'lora_name' is required") }
             return try await s.unloadAdapter(name: n, vllm: true)
         }
+        // Fine-tuning spends the machine and changes what is served: admin routes too.
+        if let jobs {
+            FilesController(store: jobs.store, tokenizer: s.tokenizer, maxUploadBytes: config.maxUploadBytes).addRoutes(to: admin)
+            JobsController(manager: jobs, service: s, limit: limit).addRoutes(to: admin)
+        } else {
+            for path in ["files", "files/:id", "files/:id/content", "fine_tuning/jobs", "fine_tuning/jobs/:id"] {
+                admin.on(RouterPath(stringLiteral: path), method: .get) { _, _ -> Response in throw Self.fineTuningOff }
+                admin.on(RouterPath(stringLiteral: path), method: .post) { _, _ -> Response in throw Self.fineTuningOff }
+            }
+        }
         return router
     }
+
+    static let fineTuningOff = APIError(.serviceUnavailable, "fine-tuning is off on this server (no usable --state-dir; see its log)",
+                                        type: "server_error", code: "fine_tuning_unavailable")
 
     static func body(_ req: Request, limit: Int) async throws -> JSONValue {
         var req = req

@@ -166,9 +166,15 @@ public struct MetricsRow: Codable, Sendable, Equatable {
     /// Trained tokens per second (mlx-lm's Tokens/sec), and all tokens the model ran per second.
     public var tokensPerSecond: Double?
     public var inputTokensPerSecond: Double?
+    /// Share of trained targets the model ranked first (over the report window, and validation).
+    public var trainAccuracy: Double?
+    public var valAccuracy: Double?
 
     public init(step: Int, trainLoss: Double? = nil, valLoss: Double? = nil, learningRate: Double? = nil,
-                tokensPerSecond: Double? = nil, inputTokensPerSecond: Double? = nil) {
+                tokensPerSecond: Double? = nil, inputTokensPerSecond: Double? = nil, trainAccuracy: Double? = nil,
+                valAccuracy: Double? = nil) {
+        self.trainAccuracy = trainAccuracy
+        self.valAccuracy = valAccuracy
         self.step = step
         self.trainLoss = trainLoss
         self.valLoss = valLoss

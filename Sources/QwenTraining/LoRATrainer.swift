@@ -70,7 +70,7 @@ public final class LoRATrainer {
     }
 
     func batch(_ ex: [Example], _ idx: [Int]) -> TrainingBatch {
-        TrainingBatch(sequences: idx.map { ex[$0].tokens }, offsets: idx.map { ex[$0].offset })
+        TrainingBatch(sequences: idx.map { ex[$0].tokens }, offsets: idx.map { ex[$0].offset }, masks: idx.map { ex[$0].mask })
     }
 
     /// Mean loss over up to `count` batches (-1: all) of a set, weighted by trained tokens.
@@ -171,7 +171,7 @@ public final class LoRATrainer {
         }
     }
 
-    static func available() -> Int? {
+    public static func available() -> Int? {
         guard let s = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
         for line in s.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
             let kb = line.split(separator: " ").dropFirst().first.flatMap { Int($0) }

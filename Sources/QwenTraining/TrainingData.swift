@@ -8,6 +8,14 @@ import QwenTokenizer
 public struct Example: Sendable, Equatable {
     public var tokens: [Int32]
     public var offset: Int
+    /// Per token: trained or not (assistant turns by weight); nil trains from `offset` on.
+    public var mask: [Bool]?
+
+    public init(tokens: [Int32], offset: Int, mask: [Bool]? = nil) {
+        self.tokens = tokens
+        self.offset = offset
+        self.mask = mask
+    }
 }
 
 /// A JSONL data set as mlx_lm.lora reads it: `{"messages": [...]}` chats (rendered with the
@@ -33,8 +41,45 @@ public struct TrainingData {
     /// Bytes of one line (a chat of 1 MiB is far past any sequence length trained here).
     static let maxLineBytes = 8 << 20
 
+    /// Checks every line of `file` and reports every problem (up to `maxProblems`), each as
+    /// "line N: what is wrong"; returns the examples' count and longest token length.
+    public static func check(file: String, tokenizer: Tokenizer, format: Format, maxProblems: Int = 20)
+        -> (examples: Int, maxTokens: Int, problems: [String]) {
+        var problems: [String] = []
+        var count = 0, longest = 0
+        do {
+            try load(file: file, tokenizer: tokenizer, format: format) { result, line in
+                switch result {
+                case .success(let e):
+                    count += 1
+                    longest = max(longest, e.tokens.count)
+                case .failure(let e):
+                    if problems.count < maxProblems { problems.append("line \(line): \(e.description)") }
+                }
+            }
+        } catch {
+            problems.append("\(error)")
+        }
+        if count == 0 && problems.isEmpty { problems.append("the file holds no examples") }
+        return (count, longest, problems)
+    }
+
     /// Reads and tokenises `file`. Lines that are empty are skipped; any other bad line throws.
     public static func load(file: String, tokenizer: Tokenizer, format: Format) throws -> [Example] {
+        var out: [Example] = []
+        try load(file: file, tokenizer: tokenizer, format: format) { result, line in
+            switch result {
+            case .success(let e): out.append(e)
+            case .failure(let e): throw DataError(description: "\(file):\(line): \(e.description)")
+            }
+        }
+        guard !out.isEmpty else { throw DataError(description: "\(file): no examples (the file is empty)") }
+        return out
+    }
+
+    /// Each non-blank line's example or problem, in order, to `each` (which may throw to stop).
+    static func load(file: String, tokenizer: Tokenizer, format: Format,
+                     each: (Result<Example, DataError>, Int) throws -> Void) throws {
         let bytes: [UInt8]
         do {
             bytes = [UInt8](try SafeFile.read(file, maxBytes: 4 << 30))
@@ -47,7 +92,6 @@ public struct TrainingData {
         var special: [String: String] = [:]
         if let e = tokenizer.eosTokenIds.sorted().first { special["eos_token"] = tokenizer.decode([e]) }
         if let b = tokenizer.bosTokenId { special["bos_token"] = tokenizer.decode([b]) }
-        var out: [Example] = []
         var lineNo = 0
         var start = 0
         while start < bytes.count {
@@ -58,19 +102,17 @@ public struct TrainingData {
             var line = Array(bytes[start..<end])
             if line.last == 0x0D { line.removeLast() }
             if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { continue }
-            func fail(_ m: String) -> DataError { DataError(description: "\(file):\(lineNo): \(m)") }
-            guard line.count <= maxLineBytes else { throw fail("line longer than \(maxLineBytes >> 20) MiB") }
+            func fail(_ m: String) -> Result<Example, DataError> { .failure(DataError(description: m)) }
+            guard line.count <= maxLineBytes else { try each(fail("line longer than \(maxLineBytes >> 20) MiB"), lineNo); continue }
             let value: JSONValue
-            do { value = try JSONValue.parse(line) } catch { throw fail("not JSON: \(error)") }
-            guard case .object = value else { throw fail("each line must be a JSON object") }
+            do { value = try JSONValue.parse(line) } catch { try each(fail("not JSON: \(error)"), lineNo); continue }
+            guard case .object = value else { try each(fail("each line must be a JSON object"), lineNo); continue }
             do {
-                out.append(try example(value, tokenizer: tokenizer, template: template, special: special, format: format))
-            } catch let e as DataError {
-                throw fail(e.description)
+                try each(.success(try example(value, tokenizer: tokenizer, template: template, special: special, format: format)), lineNo)
+            } catch let e as DataError where !e.description.hasPrefix(file) {
+                try each(.failure(e), lineNo)
             }
         }
-        guard !out.isEmpty else { throw DataError(description: "\(file): no examples (the file is empty)") }
-        return out
     }
 
     static func example(_ v: JSONValue, tokenizer: Tokenizer, template: ChatTemplate?, special: [String: String],
@@ -119,12 +161,17 @@ public struct TrainingData {
             guard let lastAssistant = assistants.last else { throw fail("the chat has no assistant message to train on") }
             let tokens = try render(messages, tools: tools, generationPrompt: false)
             if f.assistantWeights {
-                // Train from the first assistant turn whose weight is not 0 (earlier turns are context).
-                guard let first = assistants.first(where: { messages[$0]["weight"] != .int(0) }) else {
-                    throw fail("every assistant message has weight 0: nothing to train")
+                // Each assistant turn whose weight is not 0: its tokens, from where the template's
+                // generation prompt ends to the end of the turn as rendered.
+                let trained = assistants.filter { messages[$0]["weight"] != .int(0) }
+                guard !trained.isEmpty else { throw fail("every assistant message has weight 0: nothing to train") }
+                var mask = [Bool](repeating: false, count: tokens.count)
+                for i in trained {
+                    let before = commonPrefix(try render(Array(messages[..<i]), tools: tools, generationPrompt: true), tokens)
+                    let through = commonPrefix(try render(Array(messages[...i]), tools: tools, generationPrompt: false), tokens)
+                    for j in before..<max(before, through) { mask[j] = true }
                 }
-                let prefix = try render(Array(messages[..<first]), tools: tools, generationPrompt: true)
-                return Example(tokens: tokens, offset: commonPrefix(prefix, tokens))
+                return Example(tokens: tokens, offset: 0, mask: mask)
             }
             guard f.maskPrompt else { return Example(tokens: tokens, offset: 0) }
             guard lastAssistant == messages.count - 1 else {
@@ -166,6 +213,7 @@ public struct TrainingData {
         var cut = 0
         for i in examples.indices where examples[i].tokens.count > maxLength {
             examples[i].tokens.removeLast(examples[i].tokens.count - maxLength)
+            if examples[i].mask != nil { examples[i].mask!.removeLast(examples[i].mask!.count - maxLength) }
             cut += 1
         }
         return cut

@@ -34,12 +34,12 @@ public final class TrainingRun {
 
     enum State {
         case start(Int)
-        case evaluating(Int, index: Int, step: LoRATrainingPass.Step?, loss: Double, tokens: Int, began: Date)
+        case evaluating(Int, index: Int, step: LoRATrainingPass.Step?, loss: Double, tokens: Int, correct: Int, began: Date)
         case training(Int, LoRATrainingPass.Step, began: Date, rows: Int)
         case finished
     }
     var state: State
-    var windowLoss = 0.0, windowSteps = 0, windowTokens = 0, windowRows = 0, windowSeconds = 0.0, runSeconds = 0.0
+    var windowLoss = 0.0, windowSteps = 0, windowTokens = 0, windowRows = 0, windowCorrect = 0, windowSeconds = 0.0, runSeconds = 0.0
     var lastRate: Double
     let firstIteration: Int
 
@@ -87,9 +87,15 @@ public final class TrainingRun {
     }
 
     public var isFinished: Bool { if case .finished = state { return true } else { return false } }
+    /// Between iterations (no step half done): where stopping loses nothing.
+    public var atIterationBoundary: Bool { if case .start = state { return true } else { return false } }
+    /// Iterations in the run.
+    public var totalIterations: Int { config.iters }
+    /// Training examples per epoch in batches.
+    public var batchesPerEpoch: Int { batches.batches.count }
 
     func batch(_ ex: [Example], _ idx: [Int]) -> TrainingBatch {
-        TrainingBatch(sequences: idx.map { ex[$0].tokens }, offsets: idx.map { ex[$0].offset })
+        TrainingBatch(sequences: idx.map { ex[$0].tokens }, offsets: idx.map { ex[$0].offset }, masks: idx.map { ex[$0].mask })
     }
 
     var validBatches: Batches {
@@ -107,29 +113,31 @@ public final class TrainingRun {
             return true
         case .start(let it):
             if (it == 1 || it % c.stepsPerEval == 0 || it == c.iters) && !valid.isEmpty {
-                state = .evaluating(it, index: 0, step: nil, loss: 0, tokens: 0, began: Date())
+                state = .evaluating(it, index: 0, step: nil, loss: 0, tokens: 0, correct: 0, began: Date())
             } else {
                 try beginStep(it)
             }
-        case .evaluating(let it, let index, let step, var loss, var tokens, let began):
+        case .evaluating(let it, let index, let step, var loss, var tokens, var correct, let began):
             if let step {
                 if try step.advance() {
                     let r = step.result
                     loss += Double(r.loss) * Double(r.tokens)
                     tokens += r.tokens
-                    state = .evaluating(it, index: index + 1, step: nil, loss: loss, tokens: tokens, began: began)
+                    correct += step.correct
+                    state = .evaluating(it, index: index + 1, step: nil, loss: loss, tokens: tokens, correct: correct, began: began)
                 }
             } else if index < validCount {
                 let s = try pass.begin(batch(valid, validBatches.batch(at: index)), gradientScale: nil)
-                state = .evaluating(it, index: index, step: s, loss: loss, tokens: tokens, began: began)
+                state = .evaluating(it, index: index, step: s, loss: loss, tokens: tokens, correct: correct, began: began)
             } else {
                 let v = tokens > 0 ? loss / Double(tokens) : .nan
                 output(String(format: "Iter %d: Val loss %.3f, Val took %.3fs", it, v, Date().timeIntervalSince(began)))
-                record(MetricsRow(step: it, valLoss: v))
+                record(MetricsRow(step: it, valLoss: v, valAccuracy: tokens > 0 ? Double(correct) / Double(tokens) : nil))
                 try beginStep(it)
             }
         case .training(let it, let step, let began, let rows):
             if try step.advance() {
+                windowCorrect += step.correct
                 try finishStep(it, step.result, seconds: Date().timeIntervalSince(began), rows: rows)
             }
         }
@@ -167,10 +175,11 @@ public final class TrainingRun {
             output(String(format: "Iter %d: Train loss %.3f, Learning Rate %.3e, It/sec %.3f, Tokens/sec %.3f, Trained Tokens %d, Peak mem %.3f GB",
                           it, tl, lastRate, Double(windowSteps) / dt, Double(windowTokens) / dt, trainedTokens, Double(LoRATrainer.peakRSS()) / 1e9))
             record(MetricsRow(step: it, trainLoss: tl, learningRate: lastRate, tokensPerSecond: Double(windowTokens) / dt,
-                              inputTokensPerSecond: Double(windowRows) / dt))
+                              inputTokensPerSecond: Double(windowRows) / dt,
+                              trainAccuracy: windowTokens > 0 ? Double(windowCorrect) / Double(windowTokens) : nil))
             onReport(metrics.last!)
             try? TrainingReport.write(metrics, to: dir)
-            windowLoss = 0; windowSteps = 0; windowTokens = 0; windowRows = 0; windowSeconds = 0
+            windowLoss = 0; windowSteps = 0; windowTokens = 0; windowRows = 0; windowCorrect = 0; windowSeconds = 0
         }
         if it == c.iters {
             try save(it)
@@ -217,6 +226,8 @@ public final class TrainingRun {
             r.learningRate = row.learningRate ?? r.learningRate
             r.tokensPerSecond = row.tokensPerSecond ?? r.tokensPerSecond
             r.inputTokensPerSecond = row.inputTokensPerSecond ?? r.inputTokensPerSecond
+            r.trainAccuracy = row.trainAccuracy ?? r.trainAccuracy
+            r.valAccuracy = row.valAccuracy ?? r.valAccuracy
             metrics[i] = r
         } else {
             metrics.append(row)

@@ -54,6 +54,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("body-timeout"), help: "Seconds from a request's headers to the end of its body. [default: 60]") var bodyTimeout: String?
     @Option(name: .customLong("write-timeout"), help: "Seconds a response may wait on a client that does not read; then the connection closes and its work stops. [default: 60]") var writeTimeout: String?
     @Option(name: .customLong("content-special-tokens"), help: "Control-token text in message content: text (plain text, as OpenAI) or tokens (as transformers). [default: text]") var contentSpecialTokens: String?
+    @Option(name: .customLong("state-dir"), help: "Where fine-tuning keeps its files, jobs and adapters (SQLite and files). [default: $STATE_DIRECTORY, else ~/.local/state/qwen-serve]") var stateDir: String?
+    @Option(name: .customLong("train-share"), help: "Share (0–1) of engine time a fine-tuning job may take while requests are waiting; with none waiting it takes all. [default: 0.3]") var trainShare: String?
+    @Option(name: .customLong("max-upload-mb"), help: "Largest file /v1/files accepts, in MiB. [default: 512]") var maxUploadMB: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. [default: info]") var logLevel: String?
     @Option(name: .customLong("log-format"), help: "text (logfmt) or json, one line per event on stderr. [default: text]") var logFormat: String?
     @Option(name: .customLong("log-prompts"), help: "Put prompt text in request log lines (true/false). [default: false]") var logPrompts: String?
@@ -71,6 +74,7 @@ struct Serve: AsyncParsableCommand {
             ("tls-cert-file", tlsCertFile), ("tls-key-file", tlsKeyFile),
             ("max-connections", maxConnections), ("header-timeout", headerTimeout), ("body-timeout", bodyTimeout),
             ("write-timeout", writeTimeout), ("content-special-tokens", contentSpecialTokens),
+            ("state-dir", stateDir), ("train-share", trainShare), ("max-upload-mb", maxUploadMB),
         ]
         for (k, v) in flags { if let v { try s.set(k, v, source: "--\(k)") } }
         for k in apiKey { try s.set("api-key", k, source: "--api-key") }
@@ -122,6 +126,27 @@ struct Serve: AsyncParsableCommand {
             let problems = await service.adapters.reconcileStartup(s.adapters.map { ($0.name, $0.path) })
             if let first = problems.first { throw StartupError(description: first) }
             if !s.adapters.isEmpty { log("adapters: \(s.adapters.map(\.name).joined(separator: ", "))") }
+            // Fine-tuning: its state directory, held by this server alone (an exclusive lock).
+            let env = ProcessInfo.processInfo.environment
+            let stateDir = s.stateDir ?? env["STATE_DIRECTORY"]?.split(separator: ":").first.map(String.init)
+                ?? (env["XDG_STATE_HOME"] ?? NSHomeDirectory() + "/.local/state") + "/qwen-serve"
+            var jobs: JobManager?
+            do {
+                let store = try FineTuningStore(directory: stateDir)
+                if try StateLock.acquire(stateDir) {
+                    let m = JobManager(store: store, model: loaded.model, tokenizer: loaded.tokenizer, baseName: loaded.name,
+                                       modelPath: path, adapters: service.adapters)
+                    for p in await m.recover() { log("fine-tuning: \(p)", level: .warning) }
+                    engine.interleaved = m
+                    engine.trainShare = s.trainShare
+                    jobs = m
+                    log("fine-tuning state in \(stateDir)")
+                } else {
+                    log("fine-tuning is off: another qwen-serve holds \(stateDir) (give this one its own --state-dir)", level: .warning)
+                }
+            } catch {
+                log("fine-tuning is off: the state directory \(stateDir) cannot be used: \(error)", level: .warning)
+            }
             let hangup = reloadOnHangup(current: s, live: live, adapters: service.adapters, notifier: notifier, status: "serving \(loaded.name)")
             // The engine loop pets the watchdog (a hung engine gets the service restarted) and reports status.
             let metricsStep = engine.onStep
@@ -144,7 +169,8 @@ struct Serve: AsyncParsableCommand {
             hc.limits.writeTimeout = s.writeTimeout
             let scheme = s.tlsCertFile == nil ? "http" : "https"
             let name = loaded.name, listenHost = s.host, positions = ec.kvBlocks * ec.blockSize
-            let http = HTTPServer(service: service, config: hc)
+            hc.maxUploadBytes = s.maxUploadMB << 20
+            let http = HTTPServer(service: service, config: hc, jobs: jobs)
             let app: any Service
             if let fd = try SocketActivation.listeningSocket() {
                 // systemd opened the port (qwen-serve.socket): adopt it instead of binding host:port.
@@ -172,6 +198,8 @@ struct Serve: AsyncParsableCommand {
             try await group.run()
             hangup.cancel()
             engine.shutdown(grace: 0)
+            // The engine thread has stopped: the running job checkpoints for the next start.
+            jobs?.shutdown()
             log("stopped")
         } catch {
             log("qwen-serve: \(error)", level: .error)
@@ -250,6 +278,21 @@ actor ReloadState {
     }
     func unlock() {
         if waiters.isEmpty { busy = false } else { waiters.removeFirst().resume() }
+    }
+}
+
+/// One server per state directory: an exclusive flock on its `lock` file, held for life.
+enum StateLock {
+    nonisolated(unsafe) static var fd: Int32 = -1
+    static func acquire(_ dir: String) throws -> Bool {
+        let f = open(dir + "/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard f >= 0 else { throw StartupError(description: "\(dir)/lock: \(String(cString: strerror(errno)))") }
+        guard flock(f, LOCK_EX | LOCK_NB) == 0 else {
+            close(f)
+            return false
+        }
+        fd = f
+        return true
     }
 }
 

@@ -12,7 +12,8 @@ void qwen_silu_mul(float *gate, const float *up, long n);
 
 /// Cross-entropy of one row of logits z[0..<n] against `target`, with its gradient in place:
 /// returns log Σ exp(z) − z[target], and z becomes scale · (softmax(z) − onehot(target)).
-float qwen_cross_entropy_row(float *z, long n, long target, float scale);
+/// When target_is_top is given, it is set to whether the target is the row's argmax.
+float qwen_cross_entropy_row(float *z, long n, long target, float scale, int *target_is_top);
 
 #ifdef __cplusplus
 }

@@ -85,3 +85,12 @@ enum CompactMatrixTile {
         CompactMatrix.transposedTileRows * max(c.hiddenSize, c.intermediateSize, c.heads * c.headDim)
     }
 }
+
+/// The memory plan of a training pass without building one (a fine-tuning job's admission).
+public enum TrainingBuffersPlan {
+    public static func bytes(rows: Int, longest: Int, config: QwenConfig, lowestLayer: Int, rank: Int, dropout: Bool,
+                             checkpoint: Bool = false, logitRows: Int = 256) -> Int {
+        TrainingBuffers.plannedBytes(rows: rows, longest: longest, config: config, lowestLayer: lowestLayer, checkpoint: checkpoint,
+                                     rank: rank, dropout: dropout, logitRows: logitRows)
+    }
+}

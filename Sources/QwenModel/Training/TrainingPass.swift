@@ -9,18 +9,28 @@ import QwenKernels
 public struct TrainingBatch: Sendable {
     public let sequences: [[Int32]]
     public let offsets: [Int]
+    /// Optional per-token marks (the OpenAI fine-tuning rules: only assistant turns whose weight
+    /// is not 0): target j is trained when j ≥ max(offset, 1) and masks[s][j].
+    public let masks: [[Bool]?]
 
-    public init(sequences: [[Int32]], offsets: [Int]) {
+    public init(sequences: [[Int32]], offsets: [Int], masks: [[Bool]?]? = nil) {
         precondition(sequences.count == offsets.count)
         self.sequences = sequences
         self.offsets = offsets
+        self.masks = masks ?? sequences.map { _ in nil }
+        precondition(self.masks.count == sequences.count)
+    }
+
+    /// Whether target j of sequence s counts in the loss.
+    @inline(__always) func trains(_ s: Int, _ j: Int) -> Bool {
+        j >= max(offsets[s], 1) && j < sequences[s].count && (masks[s].map { j < $0.count && $0[j] } ?? true)
     }
 
     /// Rows the model runs: every token but each sequence's last (it predicts nothing).
     public var rows: Int { sequences.reduce(0) { $0 + max($1.count - 1, 0) } }
     /// Targets the loss counts.
     public var trainedTokens: Int {
-        zip(sequences, offsets).reduce(0) { $0 + max(0, $1.0.count - max($1.1, 1)) }
+        sequences.indices.reduce(0) { total, s in total + (0..<sequences[s].count).filter { trains(s, $0) }.count }
     }
 }
 
@@ -39,6 +49,8 @@ public final class LoRATrainingPass {
     public var dropoutSeed: UInt64 = 0
     public var dropoutStep: UInt64 = 0
     private var buffers: TrainingBuffers?
+    /// Targets the model ranked first during the pass in progress (token accuracy).
+    private var correct = 0
     private var logits = FloatBuffer(count: 0)
 
     public init(model: QwenModel, parameters: LoRAParameters, checkpoint: Bool = false, logitRows: Int = 256) {
@@ -110,15 +122,14 @@ public final class LoRATrainingPass {
         }
         var targets: [(row: Int, token: Int32)] = []
         var start = 0
-        for (s, off) in zip(batch.sequences, batch.offsets) {
-            if s.count >= 2 {
-                for j in max(off, 1)..<s.count { targets.append((start + j - 1, s[j])) }
-            }
+        for (k, s) in batch.sequences.enumerated() {
+            for j in 0..<s.count where batch.trains(k, j) { targets.append((start + j - 1, s[j])) }
             start += max(s.count - 1, 0)
         }
         if gradientScale != nil { b.dx.pointer.update(repeating: 0, count: t * h) }
         let v = c.vocabSize
         if logits.count < logitRows * v { logits = FloatBuffer(count: logitRows * v) }
+        correct = 0
         let step = Step(pass: self, empty: false)
         step.lengths = lengths
         step.rows = t
@@ -149,6 +160,8 @@ public final class LoRATrainingPass {
 
         /// The mean cross-entropy over the trained targets and their count (once done).
         public var result: (loss: Float, tokens: Int) { trained > 0 ? (Float(total / Double(trained)), trained) : (0, 0) }
+        /// Trained targets that were the model's top-ranked token (once done).
+        public var correct: Int { pass.correct }
         public var isDone: Bool { if case .done = phase { return true } else { return false } }
 
         /// Runs the next piece; true when the pass is complete.
@@ -184,7 +197,9 @@ public final class LoRATrainingPass {
         model.weights.lmHead.multiply(b.xn.pointer, n: n, into: logits.pointer, accumulate: false)
         var total: Double = 0
         for (i, tr) in part.enumerated() {
-            total += Double(qwen_cross_entropy_row(logits.pointer + i * v, v, Int(tr.token), gscale))
+            var top: Int32 = 0
+            total += Double(qwen_cross_entropy_row(logits.pointer + i * v, v, Int(tr.token), gscale, &top))
+            correct += Int(top)
         }
         guard gradientScale != nil else { return total }
         let dxn = b.dxn.pointer
