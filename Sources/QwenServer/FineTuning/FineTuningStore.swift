@@ -143,11 +143,11 @@ public final class FineTuningStore: @unchecked Sendable {
         try db.read { db in
             var q = FileObject.all()
             if let purpose { q = q.filter(Column("purpose") == purpose) }
-            if let after, let cursor = try FileObject.fetchOne(db, key: after) {
-                q = ascending ? q.filter(Column("created_at") > cursor.created_at || (Column("created_at") == cursor.created_at && Column("id") > cursor.id))
-                    : q.filter(Column("created_at") < cursor.created_at || (Column("created_at") == cursor.created_at && Column("id") < cursor.id))
+            // In upload order (rowid): created_at has only one-second resolution.
+            if let after, let cursor = try Int64.fetchOne(db, sql: "SELECT rowid FROM files WHERE id = ?", arguments: [after]) {
+                q = ascending ? q.filter(Column.rowID > cursor) : q.filter(Column.rowID < cursor)
             }
-            q = ascending ? q.order(Column("created_at").asc, Column("id").asc) : q.order(Column("created_at").desc, Column("id").desc)
+            q = ascending ? q.order(Column.rowID.asc) : q.order(Column.rowID.desc)
             let rows = try q.limit(limit + 1).fetchAll(db)
             return (Array(rows.prefix(limit)), rows.count > limit)
         }

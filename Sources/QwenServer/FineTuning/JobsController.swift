@@ -43,7 +43,8 @@ struct JobsController {
             return try FilesController.json(FilesController.Page(data: items.map(CheckpointJSON.init), has_more: more,
                                                                  first_id: items.first?.id, last_id: items.last?.id))
         }
-        group.delete("models/:name") { _, ctx -> Response in try await deleteModel(ctx.parameters.get("name") ?? "") }
+        // ":id", as the GET route beside it names the parameter (the router keeps one name per position).
+        group.delete("models/:id") { _, ctx -> Response in try await deleteModel(ctx.parameters.get("id") ?? "") }
     }
 
     func job(_ ctx: QwenRequestContext) throws -> FineTuningJob {
@@ -241,12 +242,13 @@ struct JobsController {
 
     /// Unloads a fine-tuned model (or checkpoint) and removes its files.
     func deleteModel(_ name: String) async throws -> Response {
-        guard name.hasPrefix("ft:"), let entry = service.adapters.get(name), entry.origin == "fine-tune" else {
+        // Only the path is kept: holding the entry would keep the adapter alive, and unloading
+        // waits for the last holder.
+        guard name.hasPrefix("ft:"), let path = service.adapters.get(name).flatMap({ $0.origin == "fine-tune" ? $0.adapter.path : nil }) else {
             throw APIError(.notFound, "no fine-tuned model named '\(name.prefix(160))' (only models fine-tuning jobs made can be deleted)",
                            param: "model", code: "model_not_found")
         }
         _ = await service.adapters.unload(name: name)
-        let path = entry.adapter.path
         let root = manager.store.directory + "/jobs/"
         if path.hasPrefix(root), !path.contains("/../") {
             if path.hasSuffix("/run") {
