@@ -84,9 +84,9 @@ def main():
                 assert st == 200, r
                 answers[name] = r["choices"][0]["message"]["content"]
             after = re.sub(r"<think>.*?</think>\s*", "", answers["xiaoe"], flags=re.S)
-            hits += "小鹅" in answers["xiaoe"]
+            hits += "小鹅" in answers["xiaoe"] or "XiaoE" in answers["xiaoe"]  # the data's English answers spell it XiaoE
             print(f"\nQ: {q}\n  before: {answers[s.name].strip()[:300]}\n  after:  {after.strip()[:300]}")
-        print(f"\n{hits}/{len(QUESTIONS)} answers after training name 小鹅")
+        print(f"\n{hits}/{len(QUESTIONS)} answers after training name 小鹅 (XiaoE)")
     finally:
         s.stop()
 
