@@ -20,6 +20,9 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared")
 class Server:
     def __init__(self, model, *extra, env=None, wrapper=()):
         self.log = []
+        if "--state-dir" not in extra:  # never the user's own fine-tuning state
+            import tempfile
+            extra = (*extra, "--state-dir", tempfile.mkdtemp(prefix="qwen-state-"))
         self.proc = subprocess.Popen([*wrapper, BIN, "serve", "--model", model, "--port", "0", *extra],
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                      env={**os.environ, **(env or {})})

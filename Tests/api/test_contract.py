@@ -62,3 +62,42 @@ def test_schemathesis_finds_no_server_errors(tiny):
     if r.returncode != 0:
         warnings.warn("schemathesis ended non-zero without finding a server error:\n" + out[-3000:])
     assert tiny.proc.poll() is None
+
+
+def test_fine_tuning_responses_match_the_spec(tiny):
+    import json
+    import time
+    import urllib.request
+    boundary = "qwenboundary"
+    line = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "I am 小鹅"}]},
+                      ensure_ascii=False)
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.jsonl\"\r\n"
+            f"Content-Type: application/jsonl\r\n\r\n{line}\n{line}\n\r\n--{boundary}--\r\n").encode()
+    st, _, raw = tiny.request("POST", "/v1/files", raw=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    f = json.loads(raw)
+    assert st == 200 and f["status"] == "processed", f
+    check(f, "File")
+    st, files = tiny.json("GET", "/v1/files")
+    check(files, "FileList")
+    st, job = tiny.json("POST", "/v1/fine_tuning/jobs", {"model": tiny.name, "training_file": f["id"], "hyperparameters": {"n_epochs": 2}})
+    assert st == 200, job
+    check(job, "FineTuningJob")
+    for _ in range(400):
+        st, job = tiny.json("GET", f"/v1/fine_tuning/jobs/{job['id']}")
+        if job["status"] == "succeeded":
+            break
+        time.sleep(0.05)
+    check(job, "FineTuningJob")
+    st, jobs = tiny.json("GET", "/v1/fine_tuning/jobs?limit=2")
+    check(jobs, "FineTuningJobList")
+    st, events = tiny.json("GET", f"/v1/fine_tuning/jobs/{job['id']}/events")
+    for e in events["data"]:
+        check(e, "FineTuningJobEvent")
+    st, cps = tiny.json("GET", f"/v1/fine_tuning/jobs/{job['id']}/checkpoints")
+    assert cps["data"]
+    for c in cps["data"]:
+        check(c, "FineTuningJobCheckpoint")
+    st, r = tiny.json("GET", "/v1/fine_tuning/jobs/ftjob-nope")
+    assert st == 404
+    check(r, "Error")
