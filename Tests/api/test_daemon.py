@@ -104,6 +104,20 @@ def test_unit_hardening_and_the_syscalls_the_server_makes(tmp_path):
             body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": stream}
             assert s.request("POST", "/v1/chat/completions", body, headers=h)[0] == 200
         assert s.request("GET", "/metrics")[0] == 200
+        # A fine-tuning job too: the upload, SQLite, training on the engine, the adapter files.
+        line = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "I am 小鹅"}]})
+        body = (f"--b0\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n--b0\r\n"
+                f"Content-Disposition: form-data; name=\"file\"; filename=\"t.jsonl\"\r\n\r\n{line}\n{line}\n\r\n--b0--\r\n").encode()
+        st, _, raw = s.request("POST", "/v1/files", raw=body, headers={**h, "Content-Type": "multipart/form-data; boundary=b0"})
+        assert st == 200, raw
+        st, job = s.json("POST", "/v1/fine_tuning/jobs", {"model": s.name, "training_file": json.loads(raw)["id"]}, headers=h)
+        assert st == 200, job
+        for _ in range(400):
+            if s.json("GET", f"/v1/fine_tuning/jobs/{job['id']}", headers=h)[1]["status"] == "succeeded":
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the job did not finish")
         child = int(subprocess.run(["pgrep", "-P", str(s.proc.pid)], capture_output=True, text=True).stdout.split()[0])
         os.kill(child, signal.SIGHUP)
         time.sleep(1)
@@ -119,6 +133,11 @@ def test_unit_hardening_and_the_syscalls_the_server_makes(tmp_path):
                 used.add(name)
     assert len(used) > 20, used
     assert used <= allowed, f"outside @system-service: {sorted(used - allowed)}"
+    # SQLite hands a new journal file to the database file's owner (fchown) only when it runs
+    # as root (its unix VFS checks geteuid() == 0); the unit runs as a DynamicUser, never root.
+    assert "DynamicUser=yes" in unit
+    if os.geteuid() == 0:
+        privileged = privileged - {"fchown"}
     assert not used & privileged, f"privileged: {sorted(used & privileged)}"
     r = subprocess.run(["systemd-analyze", "security", "--offline=true", os.path.join(REPO, "deploy", "qwen-serve.service")],
                        capture_output=True, text=True)

@@ -304,8 +304,10 @@ public final class JobManager: InterleavedWork, @unchecked Sendable {
             let fm = FileManager.default
             try? fm.removeItem(atPath: tmp)
             try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
-            try fm.copyItem(atPath: weights, toPath: tmp + "/adapters.safetensors")
-            try fm.copyItem(atPath: a.run.dir + "/adapter_config.json", toPath: tmp + "/adapter_config.json")
+            // Copied by reading and writing: FileManager.copyItem would fchown, which the
+            // systemd unit's syscall filter (~@privileged) forbids.
+            try Self.copy(weights, to: tmp + "/adapters.safetensors")
+            try Self.copy(a.run.dir + "/adapter_config.json", to: tmp + "/adapter_config.json")
             try? fm.removeItem(atPath: dir)
             guard rename(tmp, dir) == 0 else { throw ModelFileError(dir, "cannot rename into place") }
             let m = a.run.metrics.last { $0.step == step }
@@ -322,6 +324,10 @@ public final class JobManager: InterleavedWork, @unchecked Sendable {
         } catch {
             event(id, "Checkpoint at step \(step) could not be kept: \(error)", level: "warn")
         }
+    }
+
+    static func copy(_ from: String, to: String) throws {
+        try AtomicFile.write(try SafeFile.read(from, maxBytes: 1 << 34), to: to)
     }
 
     public static func modelName(_ job: FineTuningJob, base: String) -> String {
