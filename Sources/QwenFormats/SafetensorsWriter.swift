@@ -70,9 +70,12 @@ public enum AtomicFile {
     public static func write(to path: String, _ body: (FileHandle) throws -> Void) throws {
         let dir = (path as NSString).deletingLastPathComponent
         let tmp = (dir.isEmpty ? "." : dir) + "/.\((path as NSString).lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        guard FileManager.default.createFile(atPath: tmp, contents: nil) else { throw ModelFileError(path, "cannot create \(tmp)") }
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw ModelFileError(path, "could not be written (the previous file, if any, is unchanged): \(String(cString: strerror(errno)))")
+        }
         do {
-            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: tmp))
+            let h = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
             do {
                 try body(h)
                 try h.synchronize()
@@ -85,10 +88,10 @@ public enum AtomicFile {
                 throw ModelFileError(path, "could not be written (the previous file, if any, is unchanged): \(Self.reason(error))")
             }
             guard rename(tmp, path) == 0 else { throw ModelFileError(path, "cannot rename into place: \(String(cString: strerror(errno)))") }
-            let fd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY)
-            if fd >= 0 {
-                _ = fsync(fd)
-                close(fd)
+            let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY)
+            if dfd >= 0 {
+                _ = fsync(dfd)
+                close(dfd)
             }
         } catch {
             try? FileManager.default.removeItem(atPath: tmp)

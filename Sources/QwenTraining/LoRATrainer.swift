@@ -89,7 +89,7 @@ public final class LoRATrainer {
     /// A fingerprint of what a resumed run must share with the run it continues.
     var settingsFingerprint: String {
         let c = config
-        return "model=\(model.path) data=\(c.data) seed=\(c.seed) batch=\(c.batchSize) layers=\(c.numLayers) rank=\(c.loraRank) scale=\(c.loraScale) dropout=\(c.loraDropout) keys=\(c.projections.map(\.shortName)) optimizer=\(c.optimizerSettings) schedule=\(c.schedule) accum=\(c.gradAccumulationSteps) mask=\(c.maskPrompt) max_seq=\(c.maxSeqLength)"
+        return "model=\(model.path) data=\(c.data) seed=\(c.seed) batch=\(c.batchSize) layers=\(c.numLayers) rank=\(c.loraRank) scale=\(c.loraScale) dropout=\(c.loraDropout) keys=\(c.projections.map(\.shortName)) optimizer=\(c.optimizerSettings) schedule=\(c.schedule) accum=\(c.gradAccumulationSteps) mask=\(c.maskPrompt) max_seq=\(c.maxSeqLength) clip=\(c.maxGradNorm.map { "\($0)" } ?? "none")"
     }
 
     /// Runs what the configuration asks: training and/or the test set.

@@ -41,6 +41,8 @@ public struct TrainingConfig: Sendable, Equatable {
     public var textFeature = "text"
     public var chatFeature = "messages"
     public var saveFormat = "mlx"
+    /// Clip the gradients' global norm to this before each update (ours; nil: no clipping).
+    public var maxGradNorm: Double?
     public var resume = false
 
     public init() {}
@@ -229,6 +231,11 @@ public struct TrainingConfig: Sendable, Equatable {
             guard ["mlx", "peft"].contains(f) else { throw ConfigError("save_format must be mlx or peft, not \(f)") }
             saveFormat = f
         case "resume": resume = try bool()
+        case "max_grad_norm", "grad_clip":
+            if value is NSNull { maxGradNorm = nil; return }
+            let d = try double()
+            guard d > 0 else { throw ConfigError("\(key) must be a positive number") }
+            maxGradNorm = d
         case let k where Self.ignoredKeys.contains(k): return
         default: throw ConfigError("unknown key \(key)")
         }
@@ -293,6 +300,7 @@ public struct TrainingConfig: Sendable, Equatable {
             "save_every": saveEvery, "test_batches": testBatches, "max_seq_length": maxSeqLength,
             "grad_checkpoint": gradCheckpoint, "grad_accumulation_steps": gradAccumulationSteps, "lr_schedule": schedule,
             "lora_parameters": lora, "mask_prompt": maskPrompt,
+            "max_grad_norm": maxGradNorm.map { $0 as Any } ?? NSNull(),
         ]
     }
 }

@@ -155,6 +155,7 @@ public final class TrainingRun {
         let c = config, params = pass.parameters
         guard r.loss.isFinite else { throw RunError(description: "iteration \(it): the loss is not finite (\(r.loss)); lower the learning rate") }
         if it % c.gradAccumulationSteps == 0 || it == c.iters {
+            if let m = c.maxGradNorm { optimizer.clipGradients(maxNorm: Float(m)) }
             lastRate = schedule.rate(at: optimizer.step)
             optimizer.update(lr: Float(lastRate))
             params.zeroGradients()

@@ -41,6 +41,7 @@ struct LoRACommand: ParsableCommand {
     @Option(name: .customLong("max-seq-length")) var maxSeqLength: Int?
     @Flag(name: .customLong("grad-checkpoint"), help: "Keep only each layer's input and recompute it during the backward (less memory).") var gradCheckpoint = false
     @Option var seed: Int?
+    @Option(name: .customLong("max-grad-norm"), help: "Clip the gradients' global norm to this before each update (default: no clipping).") var maxGradNorm: Double?
     @Option(name: .customLong("save-format"), help: "mlx (adapters.safetensors) or peft (adapter_model.safetensors).") var saveFormat: String?
     @Option(help: "Forward products with quantized weights: f32 (default; gradients as PyTorch's) or int8 (the serving int8 kernels, faster; backward stays f32).")
     var compute: ComputeMode = .f32
@@ -56,7 +57,7 @@ struct LoRACommand: ParsableCommand {
                 ("learning_rate", learningRate), ("steps_per_report", stepsPerReport), ("steps_per_eval", stepsPerEval),
                 ("grad_accumulation_steps", gradAccumulationSteps), ("resume_adapter_file", resumeAdapterFile),
                 ("adapter_path", adapterPath), ("save_every", saveEvery), ("test_batches", testBatches),
-                ("max_seq_length", maxSeqLength), ("seed", seed), ("save_format", saveFormat),
+                ("max_seq_length", maxSeqLength), ("seed", seed), ("save_format", saveFormat), ("max_grad_norm", maxGradNorm),
                 ("train", train ? true : nil), ("test", test ? true : nil), ("mask_prompt", maskPrompt ? true : nil),
                 ("grad_checkpoint", gradCheckpoint ? true : nil), ("resume", resume ? true : nil),
             ]

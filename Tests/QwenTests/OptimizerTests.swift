@@ -80,4 +80,15 @@ final class OptimizerTests: XCTestCase {
             }
         }
     }
+
+    func testClippingScalesToTheMaxNorm() {
+        let a = FloatBuffer([1, 2]), ga = FloatBuffer([3, 0]), b = FloatBuffer([0]), gb = FloatBuffer([4])
+        let opt = Optimizer(OptimizerSettings(kind: .sgd), parameters: [(a, ga), (b, gb)])
+        XCTAssertEqual(opt.clipGradients(maxNorm: 10), 5, accuracy: 1e-6)
+        XCTAssertEqual(ga.array + gb.array, [3, 0, 4], "below the limit nothing changes")
+        XCTAssertEqual(opt.clipGradients(maxNorm: 1), 5, accuracy: 1e-6)
+        let n = (ga.array + gb.array).reduce(0) { $0 + $1 * $1 }.squareRoot()
+        XCTAssertEqual(n, 1, accuracy: 1e-5)
+        XCTAssertEqual(ga[0] / gb[0], 0.75, accuracy: 1e-6, "the direction is kept")
+    }
 }

@@ -257,4 +257,37 @@ final class TrainerTests: XCTestCase {
         }
         XCTAssertGreaterThan(checked, 20)
     }
+
+    /// OpenAI's rules for jobs: every assistant turn is trained unless its weight is 0, and
+    /// nothing else (system, user turns) is.
+    func testAssistantWeightsMarkOnlyTheirTurns() throws {
+        let m = try LoadedModel.load(path: Fixtures.path("qwen3-tiny-f32"), f32Weights: .no)
+        try write("w.jsonl", [#"{"messages": [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "first answer", "weight": 0}, {"role": "user", "content": "c d"}, {"role": "assistant", "content": "second answer"}, {"role": "user", "content": "e"}, {"role": "assistant", "content": "third"}]}"#])
+        var f = TrainingData.Format()
+        f.assistantWeights = true
+        let ex = try TrainingData.load(file: tmp + "/data/w.jsonl", tokenizer: m.tokenizer, format: f)[0]
+        let mask = try XCTUnwrap(ex.mask)
+        let trained = m.tokenizer.decode(zip(ex.tokens, mask).filter { $0.1 }.map(\.0))
+        XCTAssertTrue(trained.contains("second answer") && trained.contains("third"), trained)
+        XCTAssertFalse(trained.contains("first answer") || trained.contains("c d") || trained.contains("a b"), trained)
+        let batch = TrainingBatch(sequences: [ex.tokens], offsets: [ex.offset], masks: [ex.mask])
+        XCTAssertEqual(batch.trainedTokens, mask.dropFirst().filter { $0 }.count)
+    }
+
+    func testGradientClippingKeyRuns() throws {
+        try write("train.jsonl", chats(9, seed: 1))
+        try write("valid.jsonl", chats(4, seed: 2))
+        // SGD: its step is the gradient itself, so a clipped run moves far less.
+        var c = config(iters: 4)
+        c.optimizer = .sgd
+        c.maxGradNorm = 1e-3
+        c.adapterPath = tmp + "/clipped"
+        _ = try run(c)
+        var d = config(iters: 4)
+        d.optimizer = .sgd
+        d.adapterPath = tmp + "/free"
+        _ = try run(d)
+        let f = { (dir: String) in try Data(contentsOf: URL(fileURLWithPath: self.tmp + "/" + dir + "/adapters.safetensors")) }
+        XCTAssertNotEqual(try f("clipped"), try f("free"), "clipping at a tiny norm must change the run")
+    }
 }

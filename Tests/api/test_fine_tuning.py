@@ -257,3 +257,22 @@ def test_second_server_on_a_state_dir_has_fine_tuning_off(server):
         assert any("another qwen-serve holds" in l for l in other.log)
     finally:
         other.stop()
+
+
+def test_a_failed_write_fails_the_job_and_serving_goes_on(server):
+    """A checkpoint that cannot be written (as on a full disk) fails the job with a clear error;
+    the server keeps answering."""
+    import shutil
+    c = client(server)
+    f = c.files.create(file=("t.jsonl", jsonl(rows(8, long=True))), purpose="fine-tune")
+    job = c.fine_tuning.jobs.create(model=server.name, training_file=f.id, hyperparameters={"n_epochs": 40, "checkpoint_every": 3})
+    wait(c, job.id, until=("running",))
+    run = os.path.join(server_state(server), "jobs", job.id, "run")
+    shutil.rmtree(run)
+    open(run, "w").write("in the way")  # every write under run/ now fails
+    job = wait(c, job.id)
+    assert job.status == "failed" and job.error.code == "training_failed", job
+    assert "run/" in job.error.message and "could not be written" in job.error.message, job.error.message
+    r = c.chat.completions.create(model=server.name, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert r.choices[0].finish_reason in ("length", "stop")
+    assert job.fine_tuned_model is None and job.fine_tuned_model not in [m.id for m in c.models.list().data]

@@ -42,6 +42,26 @@ public final class Optimizer {
         v = parameters.map { FloatBuffer(count: settings.kind == .sgd ? 0 : $0.value.count) }
     }
 
+    /// Scales every gradient so their global L2 norm is at most `maxNorm` (as
+    /// torch.nn.utils.clip_grad_norm_ and mlx's clip_grad_norm); returns the norm before.
+    @discardableResult
+    public func clipGradients(maxNorm: Float) -> Float {
+        var ss: Double = 0
+        for p in params {
+            let g = p.grad.pointer
+            for j in 0..<p.grad.count { ss += Double(g[j]) * Double(g[j]) }
+        }
+        let norm = Float(ss.squareRoot())
+        if norm > maxNorm, norm > 0 {
+            let k = maxNorm / (norm + 1e-6)
+            for p in params {
+                let g = p.grad.pointer
+                for j in 0..<p.grad.count { g[j] *= k }
+            }
+        }
+        return norm
+    }
+
     /// Restores a checkpoint's state.
     public func restore(step: Int) { self.step = step }
 
