@@ -83,31 +83,28 @@ public enum Ops {
     /// `invFreq` has headDim/2 entries.
     public static func rope(_ x: UnsafeMutablePointer<Float>, heads: Int, headDim: Int, pos: Int,
                             invFreq: UnsafePointer<Float>) {
-        let half = headDim / 2
-        for i in 0..<half {
-            let angle = Float(pos) * invFreq[i]
-            let c = cosf(angle), s = sinf(angle)
-            for h in 0..<heads {
-                let p = x + h * headDim
-                let a = p[i], b = p[i + half]
-                p[i] = a * c - b * s
-                p[i + half] = b * c + a * s
-            }
-        }
+        rotate(x, heads: heads, headDim: headDim, pos: pos, invFreq: invFreq, sign: 1)
     }
 
     /// Backward of `rope`: the rotation's transpose, which is the rotation by −pos.
     public static func ropeBackward(_ dx: UnsafeMutablePointer<Float>, heads: Int, headDim: Int, pos: Int,
                                     invFreq: UnsafePointer<Float>) {
+        rotate(dx, heads: heads, headDim: headDim, pos: pos, invFreq: invFreq, sign: -1)
+    }
+
+    /// Rotates pairs (i, i + d/2) by sign · pos · invFreq[i]; the angle is formed as in the
+    /// forward either way, so backward and forward use the same cos and sin.
+    private static func rotate(_ x: UnsafeMutablePointer<Float>, heads: Int, headDim: Int, pos: Int,
+                               invFreq: UnsafePointer<Float>, sign: Float) {
         let half = headDim / 2
         for i in 0..<half {
             let angle = Float(pos) * invFreq[i]
-            let c = cosf(angle), s = sinf(angle)
+            let c = cosf(angle), s = sign * sinf(angle)
             for h in 0..<heads {
-                let p = dx + h * headDim
+                let p = x + h * headDim
                 let a = p[i], b = p[i + half]
-                p[i] = a * c + b * s
-                p[i + half] = b * c - a * s
+                p[i] = a * c - b * s
+                p[i + half] = b * c + a * s
             }
         }
     }

@@ -205,10 +205,16 @@ public final class FineTuningStore: @unchecked Sendable {
 
     /// Events newest first, after the event `after`.
     public func events(job: String, after: String?, limit: Int) throws -> (items: [JobEvent], more: Bool) {
+        try page(JobEvent.self, jobColumn: "job_id", job: job, after: after, limit: limit)
+    }
+
+    /// Rows of a job's events or checkpoints, newest first (by insertion), after the row `after`.
+    private func page<R: FetchableRecord & TableRecord>(_: R.Type, jobColumn: String, job: String, after: String?,
+                                                        limit: Int) throws -> (items: [R], more: Bool) {
         try db.read { db in
-            var q = JobEvent.filter(Column("job_id") == job)
-            if let after, let cursor = try JobEvent.filter(Column("id") == after).fetchOne(db), let s = cursor.seq {
-                q = q.filter(Column("seq") < s)
+            var q = R.filter(Column(jobColumn) == job)
+            if let after, let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM \(R.databaseTableName) WHERE id = ?", arguments: [after]) {
+                q = q.filter(Column("seq") < seq)
             }
             let rows = try q.order(Column("seq").desc).limit(limit + 1).fetchAll(db)
             return (Array(rows.prefix(limit)), rows.count > limit)
@@ -221,14 +227,7 @@ public final class FineTuningStore: @unchecked Sendable {
     }
 
     public func checkpoints(job: String, after: String?, limit: Int) throws -> (items: [JobCheckpoint], more: Bool) {
-        try db.read { db in
-            var q = JobCheckpoint.filter(Column("fine_tuning_job_id") == job)
-            if let after, let cursor = try JobCheckpoint.filter(Column("id") == after).fetchOne(db), let s = cursor.seq {
-                q = q.filter(Column("seq") < s)
-            }
-            let rows = try q.order(Column("seq").desc).limit(limit + 1).fetchAll(db)
-            return (Array(rows.prefix(limit)), rows.count > limit)
-        }
+        try page(JobCheckpoint.self, jobColumn: "fine_tuning_job_id", job: job, after: after, limit: limit)
     }
 
     public func allCheckpoints() throws -> [JobCheckpoint] { try db.read { try JobCheckpoint.order(Column("seq").asc).fetchAll($0) } }
