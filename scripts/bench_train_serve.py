@@ -91,7 +91,8 @@ def main():
         while c.fine_tuning.jobs.retrieve(job.id).step < 3:
             time.sleep(1)
         t_shared = int(time.time())
-        shared = [r for k in range(a.rounds) for r in chat_round(s.url, s.name, a.streams, 96, 128, k + 1)]
+        # Other prompts than the baseline's: the prefix cache must not serve them.
+        shared = [r for k in range(a.rounds) for r in chat_round(s.url, s.name, a.streams, 96, 128, k + 101)]
         shared_rate, n_shared = job_rate(c, job.id, t_shared)
         t_alone = int(time.time()) + 1
         time.sleep(a.alone_seconds)
