@@ -56,6 +56,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("content-special-tokens"), help: "Control-token text in message content: text (plain text, as OpenAI) or tokens (as transformers). [default: text]") var contentSpecialTokens: String?
     @Option(name: .customLong("state-dir"), help: "Where fine-tuning keeps its files, jobs and adapters (SQLite and files). [default: $STATE_DIRECTORY, else ~/.local/state/qwen-serve]") var stateDir: String?
     @Option(name: .customLong("train-share"), help: "Share (0–1) of engine time a fine-tuning job may take while requests are waiting; with none waiting it takes all. [default: 0.3]") var trainShare: String?
+    @Option(name: .customLong("train-memory-gb"), help: "Memory a fine-tuning job may plan for beside the served model, in GiB; a job that needs more is refused (400). [default: what the system has available]") var trainMemoryGB: String?
     @Option(name: .customLong("max-upload-mb"), help: "Largest file /v1/files accepts, in MiB. [default: 512]") var maxUploadMB: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. [default: info]") var logLevel: String?
     @Option(name: .customLong("log-format"), help: "text (logfmt) or json, one line per event on stderr. [default: text]") var logFormat: String?
@@ -74,7 +75,7 @@ struct Serve: AsyncParsableCommand {
             ("tls-cert-file", tlsCertFile), ("tls-key-file", tlsKeyFile),
             ("max-connections", maxConnections), ("header-timeout", headerTimeout), ("body-timeout", bodyTimeout),
             ("write-timeout", writeTimeout), ("content-special-tokens", contentSpecialTokens),
-            ("state-dir", stateDir), ("train-share", trainShare), ("max-upload-mb", maxUploadMB),
+            ("state-dir", stateDir), ("train-share", trainShare), ("max-upload-mb", maxUploadMB), ("train-memory-gb", trainMemoryGB),
         ]
         for (k, v) in flags { if let v { try s.set(k, v, source: "--\(k)") } }
         for k in apiKey { try s.set("api-key", k, source: "--api-key") }
@@ -139,6 +140,7 @@ struct Serve: AsyncParsableCommand {
                     for p in await m.recover() { log("fine-tuning: \(p)", level: .warning) }
                     engine.interleaved = m
                     engine.trainShare = s.trainShare
+                    m.memoryLimit = s.trainMemoryGB.map { Int($0 * Double(1 << 30)) }
                     jobs = m
                     log("fine-tuning state in \(stateDir)")
                 } else {

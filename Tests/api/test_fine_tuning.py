@@ -276,3 +276,16 @@ def test_a_failed_write_fails_the_job_and_serving_goes_on(server):
     r = c.chat.completions.create(model=server.name, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
     assert r.choices[0].finish_reason in ("length", "stop")
     assert job.fine_tuned_model is None and job.fine_tuned_model not in [m.id for m in c.models.list().data]
+
+
+def test_a_job_that_cannot_fit_is_refused_up_front(tmp_path):
+    s = serve(tmp_path / "state", "--train-memory-gb", "0.001")
+    try:
+        c = client(s)
+        f = c.files.create(file=("t.jsonl", jsonl(rows(4, long=True))), purpose="fine-tune")
+        with pytest.raises(openai.BadRequestError) as e:
+            c.fine_tuning.jobs.create(model=s.name, training_file=f.id)
+        assert e.value.body["code"] == "insufficient_memory" and "needs about" in e.value.body["message"]
+        assert c.fine_tuning.jobs.list().data == []
+    finally:
+        s.stop()

@@ -126,3 +126,12 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(data, tmp_path):
     # With room again, the run resumes from that checkpoint and finishes.
     r = lora(*common, "--iters", "8", "--resume")
     assert "Resuming at iteration 5" in r.stdout and "Saved final weights" in r.stdout
+
+
+def test_a_flag_wins_over_the_file(data, tmp_path):
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(f"train: true\ndata: {data}\nnum_layers: -1\nbatch_size: 2\niters: 6\nsteps_per_report: 1\n"
+                   f"adapter_path: {tmp_path / 'a'}\n")
+    r = lora("-c", str(cfg), "--iters", "3")
+    assert "Iter 3: Train loss" in r.stdout and "Iter 4:" not in r.stdout, r.stdout
+    assert json.load(open(tmp_path / "a" / "adapter_config.json"))["iters"] == 3
