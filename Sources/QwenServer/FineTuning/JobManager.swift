@@ -192,9 +192,11 @@ public final class JobManager: InterleavedWork, @unchecked Sendable {
         }
     }
 
-    private func fail(_ job: FineTuningJob, code: String, message: String, param: String? = nil) {
+    /// Marks a job failed. `onEngine`: called on the engine thread (it may drop the active run);
+    /// otherwise only the stored job changes.
+    private func fail(_ job: FineTuningJob, code: String, message: String, param: String? = nil, onEngine: Bool = true) {
         var j = (try? store.job(job.id)) ?? job
-        if active?.job.id == job.id { active = nil }
+        if onEngine, active?.job.id == job.id { active = nil }
         j.status = "failed"
         j.error = .init(code: code, message: message, param: param)
         j.finished_at = Self.now()
@@ -370,7 +372,7 @@ public final class JobManager: InterleavedWork, @unchecked Sendable {
                 self.event(j.id, "New fine-tuned model created: \(name)")
                 self.event(j.id, "The job has successfully completed")
             } catch {
-                self.fail(job, code: "model_load_failed", message: "the trained adapter could not be loaded: \(error)")
+                self.fail(job, code: "model_load_failed", message: "the trained adapter could not be loaded: \(error)", onEngine: false)
             }
         }
     }
