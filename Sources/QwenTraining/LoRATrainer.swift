@@ -35,11 +35,6 @@ public final class LoRATrainer {
         format = AdapterFiles.Format(rawValue: config.saveFormat) ?? .mlx
     }
 
-    struct Split {
-        var examples: [Example]
-        var name: String
-    }
-
     /// Loads `name`.jsonl of the data directory (nil when the file is absent).
     func load(_ name: String, required: Bool) throws -> [Example]? {
         let path = (config.data as NSString).appendingPathComponent(name + ".jsonl")
@@ -69,17 +64,13 @@ public final class LoRATrainer {
         return ex
     }
 
-    func batch(_ ex: [Example], _ idx: [Int]) -> TrainingBatch {
-        TrainingBatch(sequences: idx.map { ex[$0].tokens }, offsets: idx.map { ex[$0].offset }, masks: idx.map { ex[$0].mask })
-    }
-
     /// Mean loss over up to `count` batches (-1: all) of a set, weighted by trained tokens.
     func evaluate(_ ex: [Example], batches count: Int, pass: LoRATrainingPass) throws -> Double {
-        let b = Batches(lengths: ex.map(\.tokens.count), batchSize: min(config.batchSize, ex.count), seed: UInt64(config.seed) &+ 1)
+        let b = Batches(evaluating: ex, batchSize: config.batchSize, seed: UInt64(config.seed))
         let n = count < 0 ? b.batches.count : min(count, b.batches.count)
         var total = 0.0, tokens = 0
         for k in 0..<n {
-            let (loss, t) = try pass.loss(batch(ex, b.batch(at: k)))
+            let (loss, t) = try pass.loss(TrainingBatch(ex, b.batch(at: k)))
             total += Double(loss) * Double(t)
             tokens += t
         }
@@ -156,7 +147,7 @@ public final class LoRATrainer {
                 guard a.count == t.a.count, b.count == t.bt.count else {
                     throw TrainError("resume_adapter_file \(file): \(base) does not have this run's rank \(t.rank)")
                 }
-                for r in 0..<t.rank { for i in 0..<t.inDim { t.a[r * t.inDim + i] = a[i * t.rank + r] } }
+                t.a.pointer.update(from: AdapterFiles.transpose(a, rows: t.inDim, cols: t.rank).pointer, count: a.count)
                 t.bt.pointer.update(from: b.pointer, count: b.count)
             } else if f.has("base_model.model." + base + ".lora_A.weight") {
                 let a = try f.floats("base_model.model." + base + ".lora_A.weight"), b = try f.floats("base_model.model." + base + ".lora_B.weight")
@@ -164,29 +155,11 @@ public final class LoRATrainer {
                     throw TrainError("resume_adapter_file \(file): \(base) does not have this run's rank \(t.rank)")
                 }
                 t.a.pointer.update(from: a.pointer, count: a.count)
-                for o in 0..<t.outDim { for r in 0..<t.rank { t.bt[r * t.outDim + o] = b[o * t.rank + r] } }
+                t.bt.pointer.update(from: AdapterFiles.transpose(b, rows: t.outDim, cols: t.rank).pointer, count: b.count)
             } else {
                 throw TrainError("resume_adapter_file \(file): has no weights for \(base) (this run adapts layers \(params.lowestLayer)… and \(config.projections.map(\.shortName)))")
             }
         }
-    }
-
-    public static func available() -> Int? {
-        guard let s = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
-        for line in s.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
-            let kb = line.split(separator: " ").dropFirst().first.flatMap { Int($0) }
-            return kb.map { $0 * 1024 }
-        }
-        return nil
-    }
-
-    /// Peak resident memory of this process (VmHWM), in bytes.
-    public static func peakRSS() -> Int {
-        guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
-        for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-            return (line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0) * 1024
-        }
-        return 0
     }
 
     func trainLoop(_ pass: LoRATrainingPass, train: [Example], valid: [Example], dir: String) throws {
@@ -199,7 +172,7 @@ public final class LoRATrainer {
         let longest = max(train.map(\.tokens.count).max() ?? 0, valid.map(\.tokens.count).max() ?? 0)
         let planned = pass.plannedBytes(rows: max(widest, validRows), longest: longest)
         let weights = model.model.weights.residentBytes
-        let limit = memoryLimit ?? Self.available() ?? Int.max
+        let limit = memoryLimit ?? MemoryProbe.availableBytes() ?? Int.max
         output(String(format: "Memory plan: %.2f GB (weights %.2f GB, activations and optimizer %.2f GB; widest batch %d tokens); %.2f GB available.",
                       Double(planned + weights) / 1e9, Double(weights) / 1e9, Double(planned) / 1e9, widest, Double(limit) / 1e9))
         guard planned + weights <= limit else {

@@ -240,6 +240,12 @@ public struct Batches: Sendable {
         self.seed = seed
     }
 
+    /// Batches for measuring a set's loss (validation, test): at most `batchSize` examples each,
+    /// in an order seeded apart from the training batches'.
+    public init(evaluating ex: [Example], batchSize: Int, seed: UInt64) {
+        self.init(lengths: ex.map(\.tokens.count), batchSize: min(batchSize, ex.count), seed: seed &+ 1)
+    }
+
     /// The batch at overall position `k` (epoch k / count, shuffled per epoch).
     public func batch(at k: Int) -> [Int] {
         let epoch = k / batches.count, i = k % batches.count
@@ -251,5 +257,13 @@ public struct Batches: Sendable {
         var p = Array(batches.indices)
         p.shuffle(using: &rng)
         return p
+    }
+}
+
+extension TrainingBatch {
+    /// The examples at `indices` as one batch.
+    public init(_ examples: [Example], _ indices: [Int]) {
+        self.init(sequences: indices.map { examples[$0].tokens }, offsets: indices.map { examples[$0].offset },
+                  masks: indices.map { examples[$0].mask })
     }
 }

@@ -94,13 +94,7 @@ public final class TrainingRun {
     /// Training examples per epoch in batches.
     public var batchesPerEpoch: Int { batches.batches.count }
 
-    func batch(_ ex: [Example], _ idx: [Int]) -> TrainingBatch {
-        TrainingBatch(sequences: idx.map { ex[$0].tokens }, offsets: idx.map { ex[$0].offset }, masks: idx.map { ex[$0].mask })
-    }
-
-    var validBatches: Batches {
-        Batches(lengths: valid.map(\.tokens.count), batchSize: min(config.batchSize, valid.count), seed: UInt64(config.seed) &+ 1)
-    }
+    var validBatches: Batches { Batches(evaluating: valid, batchSize: config.batchSize, seed: UInt64(config.seed)) }
 
     var validCount: Int { config.valBatches < 0 ? validBatches.batches.count : min(config.valBatches, validBatches.batches.count) }
 
@@ -127,7 +121,7 @@ public final class TrainingRun {
                     state = .evaluating(it, index: index + 1, step: nil, loss: loss, tokens: tokens, correct: correct, began: began)
                 }
             } else if index < validCount {
-                let s = try pass.begin(batch(valid, validBatches.batch(at: index)), gradientScale: nil)
+                let s = try pass.begin(TrainingBatch(valid, validBatches.batch(at: index)), gradientScale: nil)
                 state = .evaluating(it, index: index, step: s, loss: loss, tokens: tokens, correct: correct, began: began)
             } else {
                 let v = tokens > 0 ? loss / Double(tokens) : .nan
@@ -146,7 +140,7 @@ public final class TrainingRun {
 
     func beginStep(_ it: Int) throws {
         pass.dropoutStep = UInt64(it)
-        let b = batch(train, batches.batch(at: it - 1))
+        let b = TrainingBatch(train, batches.batch(at: it - 1))
         let s = try pass.begin(b, gradientScale: 1 / Float(config.gradAccumulationSteps))
         state = .training(it, s, began: Date(), rows: b.rows)
     }
@@ -174,7 +168,7 @@ public final class TrainingRun {
             let dt = max(windowSeconds, 1e-9)
             let tl = windowLoss / Double(windowSteps)
             output(String(format: "Iter %d: Train loss %.3f, Learning Rate %.3e, It/sec %.3f, Tokens/sec %.3f, Trained Tokens %d, Peak mem %.3f GB",
-                          it, tl, lastRate, Double(windowSteps) / dt, Double(windowTokens) / dt, trainedTokens, Double(LoRATrainer.peakRSS()) / 1e9))
+                          it, tl, lastRate, Double(windowSteps) / dt, Double(windowTokens) / dt, trainedTokens, Double(MemoryProbe.peakResidentBytes()) / 1e9))
             record(MetricsRow(step: it, trainLoss: tl, learningRate: lastRate, tokensPerSecond: Double(windowTokens) / dt,
                               inputTokensPerSecond: Double(windowRows) / dt,
                               trainAccuracy: windowTokens > 0 ? Double(windowCorrect) / Double(windowTokens) : nil))

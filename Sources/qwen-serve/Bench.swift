@@ -80,17 +80,7 @@ struct Bench: ParsableCommand {
         (w as? CompactMatrix)?.bytesReadPerProduct ?? w.rows * w.cols * 4
     }
 
-    /// This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux that
-    /// carries over from the parent across fork and exec, so a large parent (a benchmark
-    /// script holding a model) would show up as this process's peak.
-    static func peakRSSMegabytes() -> Double {
-        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
-        for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-            let kb = line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first.flatMap { Double($0) } ?? 0
-            return kb / 1024
-        }
-        return 0
-    }
+    static func peakRSSMegabytes() -> Double { Double(MemoryProbe.peakResidentBytes()) / 1_048_576 }
 
     func median(_ a: [Double]) -> Double {
         let s = a.sorted()

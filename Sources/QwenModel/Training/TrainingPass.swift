@@ -190,7 +190,7 @@ public final class LoRATrainingPass {
     private func lossChunk(_ part: ArraySlice<(row: Int, token: Int32)>, trained: Int, gradientScale: Float?) -> Double {
         let c = model.config, h = c.hiddenSize, v = c.vocabSize, b = buffers!
         let n = part.count
-        let xs = b.dAttn.pointer  // [n × h] staging (dAttn is free until the layers' backward)
+        let xs = b.work.xIn.pointer  // [n ≤ t rows × h] staging: work's input copy is untouched until the backward
         let gscale = (gradientScale ?? 0) / Float(trained)
         for (i, tr) in part.enumerated() { (xs + i * h).update(from: b.x.pointer + tr.row * h, count: h) }
         Ops.rmsNorm(xs, weight: model.weights.norm.pointer, out: b.xn.pointer, rows: n, dim: h, eps: c.rmsNormEps)

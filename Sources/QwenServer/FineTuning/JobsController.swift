@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import QwenChat
+import QwenKernels
 import QwenModel
 import QwenTraining
 
@@ -213,7 +214,7 @@ struct JobsController {
         let lowest = layers < 0 ? 0 : cfg.layers - layers
         let planned = TrainingBuffersPlan.bytes(rows: batch * longest, longest: longest, config: cfg, lowestLayer: lowest, rank: rank,
                                                  dropout: dropout > 0)
-        let available = manager.memoryLimit ?? LoRATrainer.available() ?? Int.max
+        let available = manager.memoryLimit ?? MemoryProbe.availableBytes() ?? Int.max
         guard planned <= available else {
             throw APIError(.badRequest, String(format: "this job needs about %.2f GB beside the served model but %.2f GB are available; lower batch_size or max_seq_length, or train fewer layers",
                                                Double(planned) / 1e9, Double(available) / 1e9), param: "\(hpParam).batch_size", code: "insufficient_memory")
