@@ -52,9 +52,18 @@ struct FilesController {
 
     func content(_ ctx: QwenRequestContext) throws -> Response {
         let f = try file(ctx)
-        let data = try SafeFile.read(store.filePath(f.id), maxBytes: Int.max)
+        // Streamed a MiB at a time: a large file never sits whole in memory, however many download it.
+        let (fd, size) = try SafeFile.openRegular(store.filePath(f.id))
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        let body = ResponseBody(contentLength: size) { writer in
+            defer { try? handle.close() }
+            while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+                try await writer.write(ByteBuffer(data: chunk))
+            }
+            try await writer.finish(nil)
+        }
         return Response(status: .ok, headers: [.contentType: f.filename.hasSuffix(".csv") ? "text/csv" : "application/octet-stream"],
-                        body: ResponseBody(byteBuffer: ByteBuffer(data: data)))
+                        body: body)
     }
 
     struct Page<T: Encodable>: Encodable {

@@ -24,6 +24,8 @@ public final class JobManager: InterleavedWork, @unchecked Sendable {
     public enum Action: Sendable { case cancel, pause }
     private let lock = NSLock()
     private var pending: [String: Action] = [:]
+    /// Queued jobs, counted beside the store so that the engine can ask `hasWork` after every
+    /// step without a database read; startNext re-reads the store and corrects it.
     private var queued = 0
     // Engine thread only.
     private var active: (job: FineTuningJob, run: TrainingRun, started: Date, firstStep: Int)?
