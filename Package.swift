@@ -8,6 +8,7 @@ import PackageDescription
 //   QwenModel    (config, weights, the Qwen2/Qwen3 forward pass, KV cache)
 //   QwenTokenizer(byte-level BPE, pre-tokenizer, added tokens)
 //   QwenChat     (JSON that keeps key order, the Jinja chat-template engine, output parsing)
+//   QwenGrammar  (constrained decoding: JSON Schema / regex / tool-call grammars, token masks)
 //   QwenRuntime  (model resolution and download, sampling, generation)
 //   QwenEngine   (continuous batching over the paged KV cache)
 //   QwenTraining (LoRA fine-tuning: configuration, data, the training loop, adapter files)
@@ -51,17 +52,18 @@ let package = Package(
         .target(name: "QwenModel", dependencies: ["CQwenKernels", "QwenKernels", "QwenFormats"]),
         .target(name: "QwenTokenizer", dependencies: ["QwenFormats"]),
         .target(name: "QwenChat"),
+        .target(name: "QwenGrammar", dependencies: ["QwenChat"]),
         .target(
             name: "QwenRuntime",
             dependencies: ["QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer"]
         ),
-        .target(name: "QwenEngine", dependencies: ["QwenModel", "QwenTokenizer", "QwenRuntime"]),
+        .target(name: "QwenEngine", dependencies: ["QwenModel", "QwenTokenizer", "QwenRuntime", "QwenGrammar"]),
         // LoRA fine-tuning: mlx_lm.lora's configuration and data, the training loop, adapter files.
         .target(name: "QwenTraining", dependencies: ["QwenModel", "QwenTokenizer", "QwenChat", "QwenRuntime", "QwenFormats",
                                                      .product(name: "Yams", package: "Yams")]),
         .target(
             name: "QwenServer",
-            dependencies: ["QwenChat", "QwenEngine", "QwenRuntime", "QwenTokenizer", "QwenTraining", .product(name: "Hummingbird", package: "hummingbird"),
+            dependencies: ["QwenChat", "QwenGrammar", "QwenEngine", "QwenRuntime", "QwenTokenizer", "QwenTraining", .product(name: "Hummingbird", package: "hummingbird"),
                            .product(name: "GRDB", package: "GRDB.swift"), .product(name: "MultipartKit", package: "multipart-kit"),
                            .product(name: "HummingbirdCore", package: "hummingbird"), .product(name: "HummingbirdTLS", package: "hummingbird"),
                            .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "Logging", package: "swift-log"),
@@ -86,7 +88,7 @@ let package = Package(
         .executableTarget(name: "qwen-fuzz", dependencies: ["QwenFuzzTargets"], swiftSettings: fuzzSettings),
         .testTarget(
             name: "QwenTests",
-            dependencies: ["QwenFuzzTargets", "QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat", "QwenRuntime", "QwenEngine", "QwenServer", "QwenTraining"]
+            dependencies: ["QwenFuzzTargets", "QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat", "QwenGrammar", "QwenRuntime", "QwenEngine", "QwenServer", "QwenTraining"]
         ),
     ],
     swiftLanguageModes: [.v5]

@@ -1,4 +1,5 @@
 import Foundation
+import QwenGrammar
 import QwenModel
 import QwenRuntime
 import QwenTokenizer
@@ -373,6 +374,24 @@ public final class Engine: @unchecked Sendable {
     private func sample(_ s: Seq, _ logits: [Float]) {
         var l = logits
         s.sampler.adjust(&l, history: Array(s.tokens[s.group.request.prompt.count...]))
+        let constraint = s.group.request.constraint
+        if let constraint {
+            if let state = s.grammarState {
+                // Structured output: only tokens the grammar can take (and the end, once it may end).
+                // Log-probabilities below stay those of the raw distribution.
+                let m = constraint.mask(state)
+                Self.apply(m, to: &l, endIds: constraint.vocabulary.endIds)
+            } else if let gate = s.group.request.reasoningGate {
+                // Reasoning first: the block must open, then may say anything but end.
+                if s.reasoningOpen {
+                    for e in constraint.vocabulary.endIds where Int(e) < l.count { l[Int(e)] = -.infinity }
+                } else {
+                    let keep = l[Int(gate.open)]
+                    for i in l.indices { l[i] = -.infinity }
+                    l[Int(gate.open)] = keep.isFinite ? keep : 0
+                }
+            }
+        }
         // NaN or +infinity (a broken adapter, an overflow): this sequence ends with an error
         // of its own; its batch-mates, whose rows are independent, go on.
         guard let tok = s.sampler.sampleIfFinite(l) else {
@@ -381,9 +400,23 @@ public final class Engine: @unchecked Sendable {
             return
         }
         let r = s.group.request
-        if (!r.ignoreEOS && tokenizer.eosTokenIds.contains(tok)) || r.stopTokenIds.contains(tok) {
+        if ((!r.ignoreEOS || constraint != nil) && tokenizer.eosTokenIds.contains(tok)) || r.stopTokenIds.contains(tok) {
             finish(s, .stop)
             return
+        }
+        var grammarDone = false
+        if constraint != nil, s.grammarState == nil, let gate = r.reasoningGate {
+            if tok == gate.open { s.reasoningOpen = true }
+            if tok == gate.close { s.grammarState = constraint?.matcher.start }
+        } else if let constraint, let state = s.grammarState {
+            guard let next = constraint.advance(state, bytes: tokenizer.tokenBytes[Int(tok)]) else {
+                // Unreachable while masks are right; a sequence is never left to run unconstrained.
+                s.group.fail("structured output: the grammar refused token \(tok); the sequence was stopped")
+                finish(s, .cancelled)
+                return
+            }
+            s.grammarState = next
+            grammarDone = !next.canContinue
         }
         var lp: Float? = nil
         var top: [TokenLogprob] = []
@@ -391,9 +424,35 @@ public final class Engine: @unchecked Sendable {
         s.tokens.append(tok)
         s.generated += 1
         s.group.emit(.token(index: s.index, TokenOutput(token: tok, logprob: lp, top: top)))
-        if s.generated >= r.maxTokens || s.tokens.count >= maxSequenceTokens {
+        if grammarDone {
+            // The output is complete: nothing else may follow.
+            finish(s, .stop)
+        } else if s.generated >= r.maxTokens || s.tokens.count >= maxSequenceTokens {
             finish(s, .length)
         }
+    }
+
+    /// Masks `logits` to the tokens `m` allows (−∞ elsewhere).
+    static func apply(_ m: TokenMask, to logits: inout [Float], endIds: [Int32]) {
+        var saved: [(Int, Float)] = []
+        if m.allowEnd { for e in endIds where Int(e) < logits.count { saved.append((Int(e), logits[Int(e)])) } }
+        logits.withUnsafeMutableBufferPointer { l in
+            m.bits.withUnsafeBufferPointer { bits in
+                let n = l.count
+                var w = 0
+                while w * 64 < n {
+                    let word = bits[w]
+                    let end = min(n, w * 64 + 64)
+                    if word == 0 {
+                        for i in (w * 64)..<end { l[i] = -.infinity }
+                    } else if word != .max {
+                        for i in (w * 64)..<end where word >> UInt64(i & 63) & 1 == 0 { l[i] = -.infinity }
+                    }
+                    w += 1
+                }
+            }
+        }
+        for (i, v) in saved { logits[i] = v }
     }
 
     private func finish(_ s: Seq, _ reason: FinishReason) {
@@ -483,6 +542,10 @@ final class Seq {
     var tokens: [Int32]
     var generated = 0
     var sampler: Sampler
+    /// Where the output stands in the request's grammar (structured outputs); nil while a
+    /// reasoning block comes first (`reasoningOpen` once it has opened).
+    var grammarState: Matcher.State?
+    var reasoningOpen = false
     var cache: KVCache?
     var finished = false
     var forked = false
@@ -493,6 +556,11 @@ final class Seq {
         self.index = index
         self.tokens = tokens
         self.sampler = sampler
+        if let gate = group.request.reasoningGate {
+            reasoningOpen = gate.inside
+        } else {
+            grammarState = group.request.constraint?.matcher.start
+        }
     }
 
     /// Decoding: everything but the newest token is in the cache.
@@ -502,6 +570,8 @@ final class Seq {
         var p = group.request.params
         if let seed = p.seed { p.seed = seed &+ UInt64(index) }
         let s = Seq(group: group, index: index, tokens: tokens, sampler: Sampler(params: p))
+        s.grammarState = grammarState
+        s.reasoningOpen = reasoningOpen
         s.cache = cache?.fork()
         s.forked = true
         return s

@@ -1,3 +1,4 @@
+import QwenGrammar
 import QwenModel
 import QwenRuntime
 
@@ -16,6 +17,11 @@ public struct EngineRequest: Sendable {
     public var cacheSalt: UInt64 = 0
     /// The LoRA adapter to run this request with, or nil for the base model.
     public var adapter: LoRAAdapter?
+    /// A grammar every choice's output must follow (structured outputs), or nil.
+    public var constraint: TokenConstraint?
+    /// For a reasoning model: the constraint applies after the reasoning block, which the
+    /// output must open (unless the prompt already did) and close first.
+    public var reasoningGate: ReasoningGate?
 
     /// The salt its KV blocks are hashed with: keys and values computed under one adapter
     /// are never reused under another (or under the base model).
@@ -70,5 +76,19 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
         case .invalidRequest(let m): return m
         case .shuttingDown: return "the server is shutting down"
         }
+    }
+}
+
+/// The reasoning block a constrained output starts with: `open` and `close` token ids
+/// (`<think>`, `</think>`); `inside` when the prompt already opened it.
+public struct ReasoningGate: Sendable {
+    public var open: Int32
+    public var close: Int32
+    public var inside: Bool
+
+    public init(open: Int32, close: Int32, inside: Bool) {
+        self.open = open
+        self.close = close
+        self.inside = inside
     }
 }

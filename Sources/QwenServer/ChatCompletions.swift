@@ -11,11 +11,15 @@ extension ModelService {
         let target = try resolveModel(f)
         let o = try GenerationOptions.parse(f, chat: true, vocabSize: tokenizer.vocabularySize)
         // Rendering and tokenising are CPU work proportional to the body: off the request threads.
-        let (promptText, prompt, tools) = try await Offload.run { [self] in
+        // (So is compiling an output constraint, the first time one is seen.)
+        let (promptText, prompt, tools, constraint) = try await Offload.run { [self] in
             let p = try chatPrompt(f)
-            return (p.prompt.text, renderer.tokens(p.prompt), p.tools)
+            return (p.prompt.text, renderer.tokens(p.prompt), p.tools, try self.constraint(f, chat: true, promptText: p.prompt.text))
         }
-        let stream = try submit(try engineRequest(prompt: prompt, o, adapter: target.adapter, caller: ctx.caller))
+        var request = try engineRequest(prompt: prompt, o, adapter: target.adapter, caller: ctx.caller)
+        request.constraint = constraint?.0
+        request.reasoningGate = constraint?.1
+        let stream = try submit(request)
         // A client that goes away (streaming or not) frees its sequence at once.
         let gone = ctx.cancelWhenClientGoes(stream)
         let startInReasoning = thinkingModel && promptText.hasSuffix("<think>\n")

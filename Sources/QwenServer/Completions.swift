@@ -35,7 +35,10 @@ extension ModelService {
         if o.echo && o.logprobs != nil {
             throw APIError.badParam("echo", "'echo' together with 'logprobs' is not supported (prompt log-probabilities are not computed)")
         }
-        let stream = try submit(try engineRequest(prompt: prompt, o, adapter: target.adapter, caller: ctx.caller))
+        let constraint = try await Offload.run { [self] in try self.constraint(f, chat: false, promptText: promptText) }
+        var request = try engineRequest(prompt: prompt, o, adapter: target.adapter, caller: ctx.caller)
+        request.constraint = constraint?.0
+        let stream = try submit(request)
         let gone = ctx.cancelWhenClientGoes(stream)
         let states = (0..<o.n).map { _ in ChoiceState(tokenizer: tokenizer, stops: o.stops, reasoning: false, tools: false, startInReasoning: false) }
         let id = IDs.make("cmpl-")

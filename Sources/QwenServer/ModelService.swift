@@ -1,6 +1,7 @@
 import Foundation
 import QwenChat
 import QwenEngine
+import QwenGrammar
 import QwenModel
 import QwenTokenizer
 
@@ -24,6 +25,8 @@ public final class ModelService: @unchecked Sendable {
     public let defaultAdapter: LoRAAdapter?
     /// The compute mode that ran (`f32` or `int8`), shown in /v1/models.
     public let compute: String
+    /// Compiled output constraints (response_format, tool_choice, regex, choice).
+    let structured: StructuredOutputs
 
     public init(name: String, engine: Engine, tokenizer: Tokenizer, live: LiveSettings = LiveSettings(),
                 defaultAdapter: LoRAAdapter? = nil, requestLog: RequestLog? = nil, background: BackgroundWork = BackgroundWork(),
@@ -35,6 +38,7 @@ public final class ModelService: @unchecked Sendable {
         adapters = AdapterRegistry(config: engine.model.config, baseName: name, background: background)
         self.engine = engine
         self.tokenizer = tokenizer
+        structured = StructuredOutputs(tokenizer: tokenizer, logitRows: engine.model.config.vocabSize)
         // Parse the template now: an unsupported construct stops start-up, not a request.
         renderer = try PromptRenderer(tokenizer: tokenizer, contentSpecialTokens: contentSpecialTokens)
         self.live = live
@@ -129,6 +133,19 @@ public final class ModelService: @unchecked Sendable {
             throw APIError(.badRequest, e.description, param: "messages")
         }
         return ChatPrompt(prompt: p, tools: tools.map { Set($0.compactMap { $0["function"]?["name"]?.string }) })
+    }
+
+    /// The request's output constraint compiled (nil when it has none), and for a reasoning
+    /// model whose prompt leaves the reasoning to the output, the gate that defers it.
+    func constraint(_ f: RequestFields, chat: Bool, promptText: String) throws -> (TokenConstraint, ReasoningGate?)? {
+        guard let spec = try StructuredOutputs.spec(f, tools: f.body["tools"]?.array, chat: chat) else { return nil }
+        var gate: ReasoningGate? = nil
+        if chat, thinkingModel, !promptText.hasSuffix("</think>\n\n"),
+           let open = tokenizer.id(of: "<think>"), let close = tokenizer.id(of: "</think>") {
+            gate = ReasoningGate(open: open, close: close, inside: promptText.hasSuffix("<think>\n"))
+        }
+        let c = try structured.constraint(spec, param: StructuredOutputs.param(spec, f), afterReasoning: gate != nil)
+        return (c, gate)
     }
 
     func engineRequest(prompt: [Int32], _ o: GenerationOptions, adapter: LoRAAdapter? = nil, caller: Caller = Caller()) throws -> EngineRequest {
