@@ -77,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "qwen-serve",
             dependencies: [
-                "QwenFormats", "QwenRuntime", "QwenServer", "QwenDaemon", "QwenTokenizer", "QwenChat", "QwenTraining",
+                "QwenFormats", "QwenRuntime", "QwenServer", "QwenDaemon", "QwenTokenizer", "QwenChat", "QwenGrammar", "QwenTraining",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

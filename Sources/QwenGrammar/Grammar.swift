@@ -222,7 +222,8 @@ public struct GrammarBuilder {
 
     public mutating func add(_ n: GrammarNode) throws -> Int {
         guard nodes.count < limit else { throw TooLarge() }
-        nodes.append(n)
+        // A literal of no bytes is the empty sequence (a leaf must read something).
+        if case .literal(let bytes) = n, bytes.isEmpty { nodes.append(.seq([])) } else { nodes.append(n) }
         return nodes.count - 1
     }
 

@@ -13,6 +13,9 @@ public struct Matcher: Sendable {
     /// Threads kept per state; beyond it the rest are dropped (the language narrows, every
     /// kept thread stays valid). JSON Schemas rarely hold more than a handful.
     public static let maxThreads = 64
+    /// Frames per thread: nesting deeper than this is not generated (the output can always
+    /// close what it opened instead), which also bounds the recursion of a step.
+    public static let maxStack = 768
 
     public init(_ g: Grammar) {
         grammar = g
@@ -33,6 +36,7 @@ public struct Matcher: Sendable {
         public var isDead: Bool { threads.isEmpty }
         /// The bytes so far are a whole sentence of the language.
         public var canFinish: Bool { threads.contains { $0.isEmpty } }
+        public var threadCount: Int { threads.count }
         /// Some thread can read another byte.
         public var canContinue: Bool { threads.contains { !$0.isEmpty } }
     }
@@ -64,9 +68,20 @@ public struct Matcher: Sendable {
     /// Whether the whole of `bytes` is a sentence.
     public func matches(_ bytes: some Sequence<UInt8>) -> Bool { advance(start, bytes: bytes).canFinish }
 
+    /// The threads a step produces, and every stack it passed through (so epsilon loops end):
+    /// a short list compared directly, a hash set only when it grows.
     struct Collector {
         var threads: [[Frame]] = []
-        var seen: Set<[Frame]> = []
+        var list: [[Frame]] = []
+        var set: Set<[Frame]>?
+
+        mutating func insert(_ t: [Frame]) -> Bool {
+            if set != nil { return set!.insert(t).inserted }
+            for u in list where u == t { return false }
+            list.append(t)
+            if list.count > 24 { set = Set(list) }
+            return true
+        }
     }
 
     // MARK: Epsilon moves
@@ -74,7 +89,7 @@ public struct Matcher: Sendable {
     /// Adds `t` (its top frame at a node's entry, or a parent resuming) and everything it
     /// reaches without reading a byte.
     func expand(_ t: [Frame], _ out: inout Collector) {
-        guard out.seen.insert(t).inserted else { return }
+        guard t.count <= Self.maxStack, out.insert(t) else { return }
         guard let top = t.last else { out.threads.append(t); return }
         switch nodes[Int(top.node)] {
         case .byteSet, .literal, .char, .rawChar, .number:
@@ -321,5 +336,28 @@ public struct Matcher: Sendable {
         var r = 1.0
         for _ in 0..<n { r *= 10 }
         return r
+    }
+}
+
+extension Matcher {
+    /// The bytes some thread of `s` can read next.
+    public func nextBytes(_ s: State) -> [UInt8] {
+        (0...255).map(UInt8.init).filter { !advance(s, $0).isDead }
+    }
+
+    /// A random sentence of the language: each step picks uniformly among the bytes the grammar
+    /// allows, and stops with probability `stop` where the grammar may end. nil when it has
+    /// not ended within `maxBytes` (a language whose random walks run long).
+    public func randomSentence<R: RandomNumberGenerator>(using rng: inout R, stop: Double = 0.3, maxBytes: Int = 20_000) -> [UInt8]? {
+        var s = start
+        var out: [UInt8] = []
+        while out.count < maxBytes {
+            let options = nextBytes(s)
+            if s.canFinish && (options.isEmpty || Double.random(in: 0..<1, using: &rng) < stop) { return out }
+            guard let b = options.randomElement(using: &rng) else { return nil }
+            out.append(b)
+            s = advance(s, b)
+        }
+        return nil
     }
 }

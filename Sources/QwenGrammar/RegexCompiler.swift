@@ -43,7 +43,12 @@ public struct RegexCompiler {
         return scalars[i]
     }
 
+    var depth = 0
+
     mutating func alternation() throws -> Int {
+        depth += 1
+        defer { depth -= 1 }
+        guard depth <= 64 else { throw Failure(description: "the pattern nests groups more than 64 deep") }
         var options = [try sequence()]
         while peek == 0x7C {  // |
             i += 1

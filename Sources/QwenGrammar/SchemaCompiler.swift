@@ -20,7 +20,11 @@ public struct SchemaCompiler {
         public var description: String { path.isEmpty ? message : "\(path): \(message)" }
     }
 
-    var b = GrammarBuilder()
+    var b: GrammarBuilder = {
+        var b = GrammarBuilder()
+        b.limit = 100_000
+        return b
+    }()
     /// The document `$ref`s resolve against.
     var document: JSONValue = .object([])
     var documentKey = 0
@@ -175,8 +179,15 @@ public struct SchemaCompiler {
         return try b.seq([open, ws, min == 0 ? try b.alt([close, filled]) : filled])
     }
 
+    /// Longest `enum`/`const`/choice value, in bytes.
+    static let maxLiteralBytes = 4096
+
     /// Exactly one of the byte strings, as a trie (one thread whatever the count).
     mutating func trie(_ words: [[UInt8]]) throws -> Int {
+        if let w = words.first(where: { $0.count > Self.maxLiteralBytes }) {
+            throw Refusal(path: "", message: "a value of \(w.count) bytes is longer than the \(Self.maxLiteralBytes) allowed in an enum or choice")
+        }
+        if words.count == 1 { return try b.add(.literal(words[0])) }
         var options: [Int] = []
         if words.contains(where: \.isEmpty) { options.append(try b.empty()) }
         var groups: [UInt8: [[UInt8]]] = [:]
