@@ -240,7 +240,7 @@ CASES = [
     (Greeting, "用中文打个招呼。"),
     (Debt, "How much does the account owe?"),
     (Tags, "Tag a blog post about cooking."),
-    (Step, "Give the first steps of making tea."),
+    (Step, "Give the first two steps of making tea; the last step has next: null."),
     (Alarm, "Set an alarm for the morning."),
     (Address, "Give an address in New York."),
 ]
