@@ -94,6 +94,20 @@ public struct Sampler {
         let invT = 1 / p.temperature
         var maxL = -Float.infinity
         for l in logits where l > maxL { maxL = l }
+        if p.topK <= 0 && p.topP >= 1 && p.minP <= 0 {
+            // Plain temperature sampling needs no order: two passes over the logits (sorting
+            // every token within reach, as truncation must, costs milliseconds per token).
+            var total: Float = 0
+            for l in logits where l > -.infinity { total += expf((l - maxL) * invT) }
+            var r = rng.unit() * total
+            var last = Self.argmax(logits)
+            for (i, l) in logits.enumerated() where l > -.infinity {
+                r -= expf((l - maxL) * invT)
+                last = Int32(i)
+                if r < 0 { return last }
+            }
+            return last
+        }
         // Candidates: a cheap pre-filter keeps tokens within reach of the maximum
         // (exp(-30) is far below any usable probability), then they are sorted.
         var cand: [(id: Int32, p: Float)] = []
@@ -102,10 +116,38 @@ public struct Sampler {
         for (i, l) in logits.enumerated() where l >= floor {
             cand.append((Int32(i), expf((l - maxL) * invT)))
         }
-        cand.sort { $0.p > $1.p || ($0.p == $1.p && $0.id < $1.id) }
-        if p.topK > 0 && cand.count > p.topK { cand.removeSubrange(p.topK...) }
         var total: Float = 0
         for c in cand { total += c.p }
+        // Only the head of the order is ever used: a histogram of the candidates (by log
+        // probability, 256 bins over the 30 nats kept) finds the bin where the top-k count or
+        // the top-p mass is reached, and only the candidates down to that bin are sorted.
+        if cand.count > 512 && (p.topK > 0 || p.topP < 1) {
+            var count = [Int](repeating: 0, count: 256), mass = [Float](repeating: 0, count: 256)
+            func bin(_ x: Float) -> Int { min(255, max(0, Int(-logf(x) * (256 / 30)))) }
+            for c in cand {
+                let b = bin(c.p)
+                count[b] += 1
+                mass[b] += c.p
+            }
+            var n = 0, acc: Float = 0, last = 255
+            for b in 0..<256 {
+                n += count[b]
+                acc += mass[b]
+                if (p.topK > 0 && n >= p.topK) || (p.topK <= 0 && acc >= p.topP * total) { last = b; break }
+            }
+            if last < 255 { cand.removeAll { bin($0.p) > last } }
+        }
+        if p.minP > 0 && p.topK <= 0 {
+            // min-p keeps what is within minP of the most likely token (whose weight is 1).
+            cand.removeAll { $0.p < p.minP }
+        }
+        cand.sort { $0.p > $1.p || ($0.p == $1.p && $0.id < $1.id) }
+        if p.topK > 0 {
+            if cand.count > p.topK { cand.removeSubrange(p.topK...) }
+            // top-p then applies within the top k (renormalised).
+            total = 0
+            for c in cand { total += c.p }
+        }
         if p.topP < 1 {
             var acc: Float = 0
             var keep = cand.count

@@ -88,3 +88,56 @@ final class RuntimeTests: XCTestCase {
         XCTAssertTrue(e2.contains("--top-p"), e2)
     }
 }
+
+/// The sampler prunes before sorting (a histogram finds where top-k / top-p end; min-p filters
+/// first); the draws must be those of sorting every candidate, as it did before.
+final class SamplerPruningTests: XCTestCase {
+    /// The unpruned reference: sort all candidates, then top-k, top-p, min-p.
+    static func reference(_ logits: [Float], _ p: SamplingParams, _ u: Float) -> Int32 {
+        var maxL = -Float.infinity
+        for l in logits where l > maxL { maxL = l }
+        var cand: [(id: Int32, p: Float)] = []
+        for (i, l) in logits.enumerated() where l >= maxL - 30 * p.temperature { cand.append((Int32(i), expf((l - maxL) / p.temperature))) }
+        cand.sort { $0.p > $1.p || ($0.p == $1.p && $0.id < $1.id) }
+        if p.topK > 0 && cand.count > p.topK { cand.removeSubrange(p.topK...) }
+        let total = cand.reduce(0) { $0 + $1.p }
+        if p.topP < 1 {
+            var acc: Float = 0, keep = cand.count
+            for (i, c) in cand.enumerated() {
+                acc += c.p / total
+                if acc >= p.topP { keep = i + 1; break }
+            }
+            cand.removeSubrange(keep...)
+        }
+        if p.minP > 0 { cand.removeAll { $0.p < p.minP } }
+        var r = u * cand.reduce(0) { $0 + $1.p }
+        for c in cand {
+            r -= c.p
+            if r < 0 { return c.id }
+        }
+        return cand.last!.id
+    }
+
+    func testPrunedSamplingDrawsWhatFullSortingDraws() {
+        var rng = SeededRandom(seed: 99)
+        var same = 0, total = 0
+        for trial in 0..<300 {
+            let n = 3000 + trial * 7
+            let scale = Float(1 + trial % 5) * 2
+            let logits = (0..<n).map { _ in (rng.unit() - 0.5) * scale + (rng.unit() < 0.01 ? 6 : 0) }
+            var p = SamplingParams(temperature: [0.5, 1, 1.3][trial % 3], topK: [0, 5, 40, 1000][trial % 4],
+                                   topP: [1, 0.95, 0.5][trial / 4 % 3], minP: [0, 0.05][trial / 12 % 2], seed: UInt64(trial))
+            if p.topK == 0 && p.topP == 1 && p.minP == 0 { p.topP = 0.9 }
+            var s = Sampler(params: p)
+            var copy = SeededRandom(seed: UInt64(trial))
+            for _ in 0..<5 {
+                let got = s.sample(logits)
+                let want = Self.reference(logits, p, copy.unit())
+                total += 1
+                if got == want { same += 1 }
+            }
+        }
+        // Equal but for float rounding at a boundary (the total is summed in another order).
+        XCTAssertGreaterThanOrEqual(Double(same) / Double(total), 0.995, "\(same) of \(total)")
+    }
+}
