@@ -16,6 +16,8 @@ public struct Matcher: Sendable {
     /// Frames per thread: nesting deeper than this is not generated (the output can always
     /// close what it opened instead), which also bounds the recursion of a step.
     public static let maxStack = 768
+    /// Stacks explored per byte (see Collector.budget).
+    public static let maxExpansions = 4096
 
     public init(_ g: Grammar) {
         grammar = g
@@ -74,6 +76,9 @@ public struct Matcher: Sendable {
         var threads: [[Frame]] = []
         var list: [[Frame]] = []
         var set: Set<[Frame]>?
+        /// Expansions left this step: bounds a step's work (and recursion) whatever the grammar;
+        /// what is not reached is not generated, and a mask never offers it.
+        var budget = Matcher.maxExpansions
 
         mutating func insert(_ t: [Frame]) -> Bool {
             if set != nil { return set!.insert(t).inserted }
@@ -89,7 +94,8 @@ public struct Matcher: Sendable {
     /// Adds `t` (its top frame at a node's entry, or a parent resuming) and everything it
     /// reaches without reading a byte.
     func expand(_ t: [Frame], _ out: inout Collector) {
-        guard t.count <= Self.maxStack, out.insert(t) else { return }
+        guard t.count <= Self.maxStack, out.budget > 0, out.insert(t) else { return }
+        out.budget -= 1
         guard let top = t.last else { out.threads.append(t); return }
         switch nodes[Int(top.node)] {
         case .byteSet, .literal, .char, .rawChar, .number:

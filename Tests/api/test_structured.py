@@ -202,9 +202,9 @@ class Tags(BaseModel):
     tags: Optional[list[str]] = Field(max_length=3)
 
 
-class Step(BaseModel):
-    action: str = Field(max_length=40)
-    next: Optional["Step"]
+class Folder(BaseModel):
+    name: str = Field(max_length=40)
+    subfolders: list["Folder"] = Field(max_length=3)
 
 
 class Alarm(BaseModel):
@@ -240,7 +240,7 @@ CASES = [
     (Greeting, "用中文打个招呼。"),
     (Debt, "How much does the account owe?"),
     (Tags, "Tag a blog post about cooking."),
-    (Step, "Give the first two steps of making tea; the last step has next: null."),
+    (Folder, "Show a small project's folder structure."),
     (Alarm, "Set an alarm for the morning."),
     (Address, "Give an address in New York."),
 ]
@@ -339,6 +339,23 @@ def test_regex_and_choice_extension(fast):
     r = cl.chat.completions.create(model=fast.name, messages=[{"role": "user", "content": "Pick a number."}], n=3, temperature=1, seed=5,
                                    max_tokens=10, extra_body={"guided_regex": "[1-9][0-9]?"})
     assert all(re.fullmatch("[1-9][0-9]?", c.message.content) for c in r.choices)
+
+
+def test_a_schema_too_large_to_compile_is_a_400(tiny):
+    # Long enums compile to a handful of nodes (a trie with literal tails); 25,000 properties do not.
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(25000)}}
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "big", "schema": schema}}}
+    status, r = tiny.json("POST", "/v1/chat/completions", body)
+    assert status == 400 and r["error"]["code"] == "unsupported_schema" and "too large" in r["error"]["message"], r
+    # 10,000 optional properties compile, and the first step's alternatives are bounded.
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(10000)}}
+    body["response_format"]["json_schema"]["schema"] = schema
+    body["max_tokens"] = 8
+    status, r = tiny.json("POST", "/v1/chat/completions", body)
+    assert status == 200, r
+    # The server goes on serving.
+    assert tiny.json("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})[0] == 200
 
 
 @pytest.mark.parametrize("body,param,needle", [
