@@ -6,7 +6,7 @@ APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev libsqlite3-dev pkg-conf
 VENV        := .venv-test
 PYTHON      ?= python3
 
-.PHONY: all deps build model run test fuzz bench bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured finetune-demo fixtures fixture-deps clean install uninstall
+.PHONY: all deps build model run test fuzz bench bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare finetune-demo fixtures fixture-deps clean install uninstall
 PREFIX      ?= /usr/local
 UNITDIR     ?= /etc/systemd/system
 
@@ -68,6 +68,10 @@ bench-train: model
 # Chat latency with a fine-tuning job on the same engine, and the job's speed shared vs alone.
 bench-train-serve: model
 	$(VENV)/bin/python scripts/bench_train_serve.py --binary $(BIN)
+
+# Side by side with llama.cpp (llama-bench, llama-server) built from llama-cpp-python's sdist into the cache.
+bench-compare: model
+	$(VENV)/bin/python scripts/bench_compare.py --binary $(BIN)
 
 # Structured outputs under load: 10 clients, every request under a JSON schema vs unconstrained.
 bench-structured: model
