@@ -37,10 +37,10 @@ static inline float max_of(const float *s, int n) {
 
 CLONES
 static void attend_generic(const float *q, int heads, int kv_heads, int hd, const float *kbase, const float *vbase,
-                       const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch) {
+                       const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch, int g0, int g1) {
     const int group = heads / kv_heads;
     const int kvw = kv_heads * hd;
-    for (int g = 0; g < kv_heads; g++) {
+    for (int g = g0; g < g1; g++) {
         const float *qg = q + (size_t)g * group * hd;
         scores_from(0, qg, group, hd, kbase, blocks, block_size, ctx, kvw, g, scale, scratch);
         for (int h = 0; h < group; h++) {
@@ -89,9 +89,9 @@ AVX512 static inline __m512 sums16(__m512 *v) {
 }
 
 AVX512 static void attend_avx512(const float *q, int heads, int kv_heads, int hd, const float *kbase, const float *vbase,
-                                 const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch) {
+                                 const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch, int g0, int g1) {
     const int group = heads / kv_heads, kvw = kv_heads * hd, nv = hd / 16;
-    for (int g = 0; g < kv_heads; g++) {
+    for (int g = g0; g < g1; g++) {
         const float *qg = q + (size_t)g * group * hd;
         int t = 0;
         for (; t + 16 <= ctx; t += 16) {
@@ -143,10 +143,16 @@ AVX512 static void attend_avx512(const float *q, int heads, int kv_heads, int hd
     }
 }
 
+void qwen_attend_paged_groups(const float *q, int heads, int kv_heads, int hd, const float *kbase, const float *vbase,
+                              const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch,
+                              int g_begin, int g_end) {
+    if (qwen_cpu_has_avx512() && hd % 16 == 0 && hd <= 256)
+        attend_avx512(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g_begin, g_end);
+    else
+        attend_generic(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g_begin, g_end);
+}
+
 void qwen_attend_paged(const float *q, int heads, int kv_heads, int hd, const float *kbase, const float *vbase,
                        const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch) {
-    if (qwen_cpu_has_avx512() && hd % 16 == 0 && hd <= 256)
-        attend_avx512(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch);
-    else
-        attend_generic(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch);
+    qwen_attend_paged_groups(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, 0, kv_heads);
 }

@@ -109,18 +109,25 @@ enum Attention {
         let t = layout.rows
         let qw = c.heads * c.headDim
         let scale = 1 / Float(c.headDim).squareRoot()
-        let chunk = (t + workers - 1) / workers
         let (kbases, vbases, tables, blockSize) = kv.sources(layer: layer)
         let bs = Int32(blockSize)
+        // Fewer rows than threads (decoding one or a few sequences): each row's kv heads are
+        // spread over the threads too, so a long context is read by every core.
+        let split = t < workers ? c.kvHeads : 1
+        let items = t * split
+        let chunk = (items + workers - 1) / workers
         DispatchQueue.concurrentPerform(iterations: workers) { w in
-            let lo = w * chunk, hi = min(t, lo + chunk)
+            let lo = w * chunk, hi = min(items, lo + chunk)
             guard lo < hi else { return }
             let buf = scratch + w * scratchPerWorker
-            for r in lo..<hi {
+            for item in lo..<hi {
+                let r = item / split, g = item % split
+                let (g0, g1) = split == 1 ? (0, c.kvHeads) : (g, g + 1)
                 let k = layout.rowItem[r]
                 tables[k].withUnsafeBufferPointer { bt in
-                    qwen_attend_paged(q + r * qw, Int32(c.heads), Int32(c.kvHeads), Int32(c.headDim), kbases[k], vbases[k],
-                                      bt.baseAddress, bs, Int32(layout.rowPos[r] + 1), scale, out + r * qw, buf)
+                    qwen_attend_paged_groups(q + r * qw, Int32(c.heads), Int32(c.kvHeads), Int32(c.headDim), kbases[k], vbases[k],
+                                             bt.baseAddress, bs, Int32(layout.rowPos[r] + 1), scale, out + r * qw, buf,
+                                             Int32(g0), Int32(g1))
                 }
             }
         }

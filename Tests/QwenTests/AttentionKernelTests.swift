@@ -22,6 +22,13 @@ final class AttentionKernelTests: XCTestCase {
                 var scratch = [Float](repeating: 0, count: (heads / kvHeads) * ctx)
                 qwen_attend_paged(q, Int32(heads), Int32(kvHeads), Int32(hd), keys, values, table, Int32(blockSize), Int32(ctx),
                                   scale, &out, &scratch)
+                // One kv head at a time (how a decoding row is spread over threads): the same values.
+                var parts = [Float](repeating: .nan, count: heads * hd)
+                for g in 0..<kvHeads {
+                    qwen_attend_paged_groups(q, Int32(heads), Int32(kvHeads), Int32(hd), keys, values, table, Int32(blockSize), Int32(ctx),
+                                             scale, &parts, &scratch, Int32(g), Int32(g + 1))
+                }
+                XCTAssertEqual(parts, out)
                 func row(_ t: Int) -> Int { (Int(table[t / blockSize]) * blockSize + t % blockSize) * kvw }
                 for h in 0..<heads {
                     let g = h / (heads / kvHeads)

@@ -14,6 +14,12 @@ extern "C" {
 void qwen_attend_paged(const float *q, int heads, int kv_heads, int hd, const float *kbase, const float *vbase,
                        const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch);
 
+/// The same for the query heads of kv heads g_begin..<g_end only (their part of out), so one
+/// row's heads can be spread over threads.
+void qwen_attend_paged_groups(const float *q, int heads, int kv_heads, int hd, const float *kbase, const float *vbase,
+                              const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch,
+                              int g_begin, int g_end);
+
 #ifdef __cplusplus
 }
 #endif
