@@ -84,7 +84,7 @@ let package = Package(
             ]
         ),
         // The parsers' fuzz entry points, and the libFuzzer driver / replayer (make fuzz).
-        .target(name: "QwenFuzzTargets", dependencies: ["QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat"]),
+        .target(name: "QwenFuzzTargets", dependencies: ["QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat", "QwenGrammar"]),
         .executableTarget(name: "qwen-fuzz", dependencies: ["QwenFuzzTargets"], swiftSettings: fuzzSettings),
         .testTarget(
             name: "QwenTests",

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=${FUZZ_TARGETS:-"safetensors gguf tokenizer jinja json request adapter-config"}
+TARGETS=${FUZZ_TARGETS:-"safetensors gguf tokenizer jinja json request adapter-config schema regex"}
 WORK=.build-fuzz/corpus
 BIN=.build-fuzz/release/qwen-fuzz
 
@@ -25,7 +25,7 @@ seed safetensors $F/adapters/*/*.safetensors
 seed gguf $F/qwen3-tiny.gguf
 seed adapter-config $F/adapters/*/adapter_config.json
 seed json $F/adapters/*/adapter_config.json $F/qwen3-tiny-f32/config.json $F/tokenizer/tokenizer_config.json
-mkdir -p "$WORK/jinja" "$WORK/tokenizer" "$WORK/request"
+mkdir -p "$WORK/jinja" "$WORK/tokenizer" "$WORK/request" "$WORK/schema" "$WORK/regex"
 python3 - "$WORK" <<'PY'
 import json, os, sys
 work = sys.argv[1]
@@ -47,6 +47,15 @@ for i, body in enumerate([
          "tools": [{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}]},
         {"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": {"enable_thinking": False}}]):
     open(f"{work}/request/seed-{i}", "w").write(json.dumps(body))
+for i, schema in enumerate([
+        {"type": "object", "properties": {"a": {"type": "integer", "minimum": -5, "maximum": 99}, "b": {"type": "string", "maxLength": 3}},
+         "required": ["a"]},
+        {"$defs": {"n": {"type": "object", "properties": {"k": {"type": "array", "items": {"$ref": "#/$defs/n"}}}}}, "$ref": "#/$defs/n"},
+        {"anyOf": [{"enum": ["x", 1, None]}, {"type": "string", "format": "date-time"}, {"type": "number", "exclusiveMinimum": 0.5}]},
+        {"type": "string", "pattern": "^[a-f0-9]{2,4}(-x)?$"}]):
+    open(f"{work}/schema/seed-{i}", "w").write(json.dumps(schema))
+for i, r in enumerate(["[a-z]+@[a-z]+\\.com", "(yes|no|maybe)", "\\d{3}-\\d{4}", "[^\\n]{0,5}é+"]):
+    open(f"{work}/regex/seed-{i}", "w").write(r)
 PY
 
 status=0

@@ -1,6 +1,7 @@
 import Foundation
 import QwenChat
 import QwenFormats
+import QwenGrammar
 import QwenModel
 import QwenTokenizer
 
@@ -9,7 +10,27 @@ import QwenTokenizer
 /// build with `-sanitize=fuzzer,address`, `make fuzz`) and replays saved inputs in an
 /// ordinary build; the tests replay every saved input too.
 public enum FuzzTargets {
-    public static let names = ["safetensors", "gguf", "tokenizer", "jinja", "json", "request", "adapter-config"]
+    public static let names = ["safetensors", "gguf", "tokenizer", "jinja", "json", "request", "adapter-config", "schema", "regex"]
+
+    /// A short random walk through a grammar: every byte it allows leads to a state that can
+    /// go on or end (the invariant token masks rely on).
+    static func walk(_ m: Matcher, seed: Int) {
+        var s = m.start
+        var x = UInt64(seed) &* 0x9E37_79B9_7F4A_7C15 | 1
+        for _ in 0..<24 {
+            let next = m.nextBytes(s)
+            for b in next.prefix(8) {
+                let t = m.advance(s, b)
+                precondition(t.canContinue || t.canFinish, "an allowed byte led to a dead end")
+            }
+            guard !next.isEmpty else {
+                precondition(s.canFinish, "a state with nothing to read cannot end")
+                return
+            }
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17
+            s = m.advance(s, next[Int(x % UInt64(next.count))])
+        }
+    }
 
     /// Test fixtures (a tokenizer, an adapter's weights), found from this source file.
     public static var fixtures: String {
@@ -50,6 +71,13 @@ public enum FuzzTargets {
             guard let v = try? JSONValue.parse(data), let msgs = v["messages"]?.array else { return }
             _ = try? shared.template?.render(messages: msgs, tools: v["tools"]?.array, addGenerationPrompt: true,
                                              extra: v["chat_template_kwargs"]?.object ?? [])
+        case "schema":
+            // A response_format schema: compiled or refused, then a walk that must never reach a dead end.
+            guard let v = try? JSONValue.parse(data), let g = try? SchemaCompiler.grammar(schema: v) else { return }
+            walk(Matcher(g), seed: data.count)
+        case "regex":
+            guard let g = try? SchemaCompiler.regex(String(decoding: data, as: UTF8.self)) else { return }
+            walk(Matcher(g), seed: data.count)
         case "adapter-config":
             let dir = NSTemporaryDirectory() + "qwen-fuzz-adapter-\(getpid())"
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
