@@ -8,24 +8,31 @@
 // Built for AVX-512, AVX2 and plain x86-64; the loader picks the one this CPU runs.
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
-static inline float dot(const float *a, const float *b, int n) {
+extern float qwen_f16_table[65536];
+
+/// Element i of a cache stored as f32 or (f16 != 0) as IEEE half floats.
+static inline float ld(const void *base, size_t i, int f16) {
+    return f16 ? qwen_f16_table[((const uint16_t *)base)[i]] : ((const float *)base)[i];
+}
+
+static inline float dot(const float *a, const void *base, size_t off, int n, int f16) {
     float s = 0;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    for (int i = 0; i < n; i++) s += a[i] * ld(base, off + (size_t)i, f16);
     return s;
 }
 
-/// The row of position t of a sequence (key or value of kv head g) in a paged layer cache.
-static inline const float *kv_row(const float *base, const int32_t *blocks, int block_size, int t, int kvw, int g, int hd) {
-    return base + ((size_t)blocks[t / block_size] * block_size + t % block_size) * kvw + (size_t)g * hd;
+/// The first element of position t of a sequence (key or value of kv head g) in a paged layer cache.
+static inline size_t kv_row(const int32_t *blocks, int block_size, int t, int kvw, int g, int hd) {
+    return ((size_t)blocks[t / block_size] * block_size + t % block_size) * kvw + (size_t)g * hd;
 }
 
 /// scratch[h * ctx + t] = q_h · k_t × scale for positions t0..<ctx, one key row at a time
 /// (each key read once for the group's query heads).
-static inline void scores_from(int t0, const float *qg, int group, int hd, const float *kbase, const int32_t *blocks,
-                               int block_size, int ctx, int kvw, int g, float scale, float *scratch) {
+static inline void scores_from(int t0, const float *qg, int group, int hd, const void *kbase, const int32_t *blocks,
+                               int block_size, int ctx, int kvw, int g, float scale, float *scratch, int f16) {
     for (int t = t0; t < ctx; t++) {
-        const float *k = kv_row(kbase, blocks, block_size, t, kvw, g, hd);
-        for (int h = 0; h < group; h++) scratch[(size_t)h * ctx + t] = dot(qg + (size_t)h * hd, k, hd) * scale;
+        const size_t k = kv_row(blocks, block_size, t, kvw, g, hd);
+        for (int h = 0; h < group; h++) scratch[(size_t)h * ctx + t] = dot(qg + (size_t)h * hd, kbase, k, hd, f16) * scale;
     }
 }
 
@@ -36,13 +43,14 @@ static inline float max_of(const float *s, int n) {
 }
 
 CLONES
-static void attend_generic(const float *q, int heads, int kv_heads, int hd, const float *kbase, const float *vbase,
-                       const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch, int g0, int g1) {
+static void attend_generic(const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase,
+                       const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch, int g0, int g1,
+                       int f16) {
     const int group = heads / kv_heads;
     const int kvw = kv_heads * hd;
     for (int g = g0; g < g1; g++) {
         const float *qg = q + (size_t)g * group * hd;
-        scores_from(0, qg, group, hd, kbase, blocks, block_size, ctx, kvw, g, scale, scratch);
+        scores_from(0, qg, group, hd, kbase, blocks, block_size, ctx, kvw, g, scale, scratch, f16);
         for (int h = 0; h < group; h++) {
             float *s = scratch + (size_t)h * ctx;
             const float m = max_of(s, ctx);
@@ -57,11 +65,11 @@ static void attend_generic(const float *q, int heads, int kv_heads, int hd, cons
         float *og = out + (size_t)g * group * hd;
         memset(og, 0, sizeof(float) * (size_t)group * hd);
         for (int t = 0; t < ctx; t++) {
-            const float *v = kv_row(vbase, blocks, block_size, t, kvw, g, hd);
+            const size_t v = kv_row(blocks, block_size, t, kvw, g, hd);
             for (int h = 0; h < group; h++) {
                 const float p = scratch[(size_t)h * ctx + t];
                 float *o = og + (size_t)h * hd;
-                for (int i = 0; i < hd; i++) o[i] += p * v[i];
+                for (int i = 0; i < hd; i++) o[i] += p * ld(vbase, v + (size_t)i, f16);
             }
         }
     }
@@ -88,27 +96,35 @@ AVX512 static inline __m512 sums16(__m512 *v) {
     return _mm512_add_ps(_mm512_shuffle_ps(y0, y1, 0x44), _mm512_shuffle_ps(y0, y1, 0xEE));
 }
 
-AVX512 static void attend_avx512(const float *q, int heads, int kv_heads, int hd, const float *kbase, const float *vbase,
-                                 const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch, int g0, int g1) {
+/// 16 cache elements from element i on, as floats.
+AVX512 static inline __m512 load16(const void *base, size_t i, int f16) {
+    return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)))
+               : _mm512_loadu_ps((const float *)base + i);
+}
+
+// Inlined into one copy per storage type (f16 is a constant in each caller).
+AVX512 static inline __attribute__((always_inline)) void attend_avx512_body(
+    const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase, const int32_t *blocks, int block_size,
+    int ctx, float scale, float *out, float *scratch, int g0, int g1, const int f16) {
     const int group = heads / kv_heads, kvw = kv_heads * hd, nv = hd / 16;
     for (int g = g0; g < g1; g++) {
         const float *qg = q + (size_t)g * group * hd;
         int t = 0;
         for (; t + 16 <= ctx; t += 16) {
-            const float *k[16];
-            for (int j = 0; j < 16; j++) k[j] = kv_row(kbase, blocks, block_size, t + j, kvw, g, hd);
+            size_t k[16];
+            for (int j = 0; j < 16; j++) k[j] = kv_row(blocks, block_size, t + j, kvw, g, hd);
             for (int h = 0; h < group; h++) {
                 const float *qh = qg + (size_t)h * hd;
                 __m512 part[16];
                 for (int j = 0; j < 16; j++) {
-                    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qh), _mm512_loadu_ps(k[j]));
-                    for (int c = 1; c < nv; c++) a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * c), _mm512_loadu_ps(k[j] + 16 * c), a);
+                    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qh), load16(kbase, k[j], f16));
+                    for (int c = 1; c < nv; c++) a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * c), load16(kbase, k[j] + 16 * (size_t)c, f16), a);
                     part[j] = a;
                 }
                 _mm512_storeu_ps(scratch + (size_t)h * ctx + t, _mm512_mul_ps(sums16(part), _mm512_set1_ps(scale)));
             }
         }
-        scores_from(t, qg, group, hd, kbase, blocks, block_size, ctx, kvw, g, scale, scratch);
+        scores_from(t, qg, group, hd, kbase, blocks, block_size, ctx, kvw, g, scale, scratch, f16);
         for (int h = 0; h < group; h++) {
             float *s = scratch + (size_t)h * ctx;
             const float m = max_of(s, ctx);
@@ -133,9 +149,9 @@ AVX512 static void attend_avx512(const float *q, int heads, int kv_heads, int hd
             __m512 acc[16];
             for (int c = 0; c < nv; c++) acc[c] = _mm512_setzero_ps();
             for (int i = 0; i < ctx; i++) {
-                const float *v = kv_row(vbase, blocks, block_size, i, kvw, g, hd);
+                const size_t v = kv_row(blocks, block_size, i, kvw, g, hd);
                 const __m512 pi = _mm512_set1_ps(p[i]);
-                for (int c = 0; c < nv; c++) acc[c] = _mm512_fmadd_ps(pi, _mm512_loadu_ps(v + 16 * c), acc[c]);
+                for (int c = 0; c < nv; c++) acc[c] = _mm512_fmadd_ps(pi, load16(vbase, v + 16 * (size_t)c, f16), acc[c]);
             }
             float *o = out + (size_t)(g * group + h) * hd;
             for (int c = 0; c < nv; c++) _mm512_storeu_ps(o + 16 * c, acc[c]);
@@ -143,13 +159,69 @@ AVX512 static void attend_avx512(const float *q, int heads, int kv_heads, int hd
     }
 }
 
+AVX512 static void attend_avx512_f32(const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase,
+                                     const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch, int g0, int g1) {
+    attend_avx512_body(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g0, g1, 0);
+}
+
+AVX512 static void attend_avx512_f16(const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase,
+                                     const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch, int g0, int g1) {
+    attend_avx512_body(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g0, g1, 1);
+}
+
+void qwen_attend_paged_kv(const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase,
+                          const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch,
+                          int g_begin, int g_end, int kv_f16) {
+    if (qwen_cpu_has_avx512() && hd % 16 == 0 && hd <= 256) {
+        (kv_f16 ? attend_avx512_f16 : attend_avx512_f32)(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch,
+                                                         g_begin, g_end);
+    } else {
+        attend_generic(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g_begin, g_end, kv_f16);
+    }
+}
+
 void qwen_attend_paged_groups(const float *q, int heads, int kv_heads, int hd, const float *kbase, const float *vbase,
                               const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch,
                               int g_begin, int g_end) {
-    if (qwen_cpu_has_avx512() && hd % 16 == 0 && hd <= 256)
-        attend_avx512(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g_begin, g_end);
-    else
-        attend_generic(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g_begin, g_end);
+    qwen_attend_paged_kv(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g_begin, g_end, 0);
+}
+
+/// Rounds n floats to IEEE half (nearest, ties to even; overflow to infinity).
+static uint16_t to_f16(float x) {
+    uint32_t b;
+    memcpy(&b, &x, 4);
+    const uint32_t sign = (b >> 16) & 0x8000u, exp = (b >> 23) & 0xffu, mant = b & 0x7fffffu;
+    if (exp == 0xffu) return (uint16_t)(sign | 0x7c00u | (mant ? 0x200u : 0));
+    const int e = (int)exp - 127 + 15;
+    if (e >= 31) return (uint16_t)(sign | 0x7c00u);
+    if (e <= 0) {
+        if (e < -10) return (uint16_t)sign;
+        const uint32_t m = mant | 0x800000u;
+        const int shift = 14 - e;
+        uint32_t h = m >> shift;
+        const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1))) h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((uint32_t)e << 10) | (mant >> 13);
+    const uint32_t rem = mant & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+}
+
+AVX512 static void to_f16_avx512(const float *src, uint16_t *dst, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) dst[i] = to_f16(src[i]);
+}
+
+void qwen_f32_to_f16(const float *src, uint16_t *dst, int n) {
+    if (qwen_cpu_has_avx512()) {
+        to_f16_avx512(src, dst, n);
+    } else {
+        for (int i = 0; i < n; i++) dst[i] = to_f16(src[i]);
+    }
 }
 
 void qwen_attend_paged(const float *q, int heads, int kv_heads, int hd, const float *kbase, const float *vbase,

@@ -33,6 +33,8 @@ public struct ServeSettings: Equatable, Sendable {
     public var f32Weights = "auto"
     /// Products with quantized weights: auto, f32 or int8 (see ComputeChoice).
     public var compute = "auto"
+    /// How the KV cache stores keys and values: f32 or f16.
+    public var kvCacheDType = "f32"
     /// Quantize float weight matrices at load: nil, q8_0 or q4_0 (see QuantizeType).
     public var quantize: String?
     /// HTTPS: a PEM certificate chain and its private key (both or neither).
@@ -70,7 +72,7 @@ public struct ServeSettings: Equatable, Sendable {
     public static let keys = ["model", "host", "port", "served-model-name", "kv-cache-gb", "max-running", "max-waiting",
                               "step-tokens", "chat-template-args", "max-body-mb", "shutdown-grace", "api-key-file", "api-key",
                               "admin-api-key-file", "admin-api-key", "adapter", "adapter-path",
-                              "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file", "f32-weights", "compute",
+                              "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file", "f32-weights", "compute", "kv-cache-dtype",
                               "quantize", "max-connections", "header-timeout", "body-timeout", "write-timeout", "content-special-tokens",
                               "state-dir", "train-share", "max-upload-mb", "train-memory-gb"]
 
@@ -151,6 +153,9 @@ public struct ServeSettings: Equatable, Sendable {
         case "compute":
             guard ["auto", "f32", "int8"].contains(value) else { throw bad("auto, f32 or int8") }
             compute = value
+        case "kv-cache-dtype":
+            guard ["f32", "f16"].contains(value) else { throw bad("f32 or f16") }
+            kvCacheDType = value
         case "tls-cert-file": tlsCertFile = value
         case "tls-key-file": tlsKeyFile = value
         case "log-format":
@@ -240,6 +245,7 @@ public struct ServeSettings: Equatable, Sendable {
         lines.append("kv-cache-gb: \(kvCacheGB)")
         lines.append("f32-weights: \(f32Weights)")
         lines.append("compute: \(compute)")
+        lines.append("kv-cache-dtype: \(kvCacheDType)")
         if let q = quantize { lines.append("quantize: \(q)") }
         lines.append("max-running: \(maxRunning)")
         lines.append("max-waiting: \(maxWaiting)")

@@ -20,6 +20,8 @@ public final class Engine: @unchecked Sendable {
         /// KV cache size in blocks of `blockSize` positions.
         public var kvBlocks = 4096
         public var blockSize = 16
+        /// How the cache stores keys and values.
+        public var kvDType: KVCacheDType = .f32
         public init() {}
     }
 
@@ -74,14 +76,14 @@ public final class Engine: @unchecked Sendable {
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
-        pool = KVPool(config: model.config, blocks: config.kvBlocks, blockSize: config.blockSize)
+        pool = KVPool(config: model.config, blocks: config.kvBlocks, blockSize: config.blockSize, dtype: config.kvDType)
         snapshotValue = Snapshot(running: 0, waiting: 0, kvBlocksUsed: 0, kvBlocksFree: config.kvBlocks, kvBlocksCached: 0,
                                  kvBlocksTotal: config.kvBlocks)
     }
 
     /// KV blocks for a memory budget in bytes.
-    public static func blocks(forBytes bytes: Int, config: QwenConfig, blockSize: Int = 16) -> Int {
-        let perBlock = 2 * config.layers * config.kvHeads * config.headDim * blockSize * MemoryLayout<Float>.size
+    public static func blocks(forBytes bytes: Int, config: QwenConfig, blockSize: Int = 16, dtype: KVCacheDType = .f32) -> Int {
+        let perBlock = 2 * config.layers * config.kvHeads * config.headDim * blockSize * dtype.bytes
         return max(1, bytes / perBlock)
     }
 

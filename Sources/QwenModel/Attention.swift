@@ -39,8 +39,9 @@ protocol KeyValueAccess {
     /// Keeps the keys and values of the batch's rows (`k`, `v`: [rows × kv width]) for `layer`.
     func store(layer: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>, layout: BatchLayout)
     /// Per sequence of the batch: base pointers of its keys and values for `layer`, its block
-    /// table and the block size (slot of position p = table[p / size] * size + p % size).
-    func sources(layer: Int) -> (keys: [UnsafePointer<Float>], values: [UnsafePointer<Float>], tables: [[Int32]], blockSize: Int)
+    /// table and the block size (slot of position p = table[p / size] * size + p % size), and
+    /// whether they are stored as half floats.
+    func sources(layer: Int) -> (keys: [UnsafeRawPointer], values: [UnsafeRawPointer], tables: [[Int32]], blockSize: Int, f16: Bool)
 }
 
 /// Serving: keys and values live in each sequence's pages of the KV pool.
@@ -54,14 +55,22 @@ struct PagedKeyValues: KeyValueAccess {
             let cache = caches[layout.rowItem[r]]
             let bs = cache.pool.blockSize
             let slot = (Int(cache.blocks[pos / bs]) * bs + pos % bs) * width
-            (cache.pool.keys[l].pointer + slot).update(from: k + r * width, count: width)
-            (cache.pool.values[l].pointer + slot).update(from: v + r * width, count: width)
+            switch cache.pool.dtype {
+            case .f32:
+                (cache.pool.keys[l].pointer + slot).update(from: k + r * width, count: width)
+                (cache.pool.values[l].pointer + slot).update(from: v + r * width, count: width)
+            case .f16:
+                let kd = UnsafeMutableRawPointer(cache.pool.keys[l].pointer).assumingMemoryBound(to: UInt16.self)
+                let vd = UnsafeMutableRawPointer(cache.pool.values[l].pointer).assumingMemoryBound(to: UInt16.self)
+                qwen_f32_to_f16(k + r * width, kd + slot, Int32(width))
+                qwen_f32_to_f16(v + r * width, vd + slot, Int32(width))
+            }
         }
     }
 
-    func sources(layer l: Int) -> (keys: [UnsafePointer<Float>], values: [UnsafePointer<Float>], tables: [[Int32]], blockSize: Int) {
-        (caches.map { UnsafePointer($0.pool.keys[l].pointer) }, caches.map { UnsafePointer($0.pool.values[l].pointer) },
-         caches.map(\.blocks), caches.first?.pool.blockSize ?? 16)
+    func sources(layer l: Int) -> (keys: [UnsafeRawPointer], values: [UnsafeRawPointer], tables: [[Int32]], blockSize: Int, f16: Bool) {
+        (caches.map { UnsafeRawPointer($0.pool.keys[l].pointer) }, caches.map { UnsafeRawPointer($0.pool.values[l].pointer) },
+         caches.map(\.blocks), caches.first?.pool.blockSize ?? 16, caches.first?.pool.dtype == .f16)
     }
 }
 
@@ -92,9 +101,10 @@ struct StackedKeyValues: KeyValueAccess {
 
     func store(layer: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>, layout: BatchLayout) {}
 
-    func sources(layer l: Int) -> (keys: [UnsafePointer<Float>], values: [UnsafePointer<Float>], tables: [[Int32]], blockSize: Int) {
+    func sources(layer l: Int) -> (keys: [UnsafeRawPointer], values: [UnsafeRawPointer], tables: [[Int32]], blockSize: Int, f16: Bool) {
         let k = keys(l), v = values(l)
-        return (starts.map { k + $0 * width }, starts.map { v + $0 * width }, starts.map { _ in identity }, Self.blockSize)
+        return (starts.map { UnsafeRawPointer(k + $0 * width) }, starts.map { UnsafeRawPointer(v + $0 * width) }, starts.map { _ in identity },
+                Self.blockSize, false)
     }
 }
 
@@ -109,7 +119,7 @@ enum Attention {
         let t = layout.rows
         let qw = c.heads * c.headDim
         let scale = 1 / Float(c.headDim).squareRoot()
-        let (kbases, vbases, tables, blockSize) = kv.sources(layer: layer)
+        let (kbases, vbases, tables, blockSize, f16) = kv.sources(layer: layer)
         let bs = Int32(blockSize)
         // Fewer rows than threads (decoding one or a few sequences): each row's kv heads are
         // spread over the threads too, so a long context is read by every core.
@@ -125,9 +135,9 @@ enum Attention {
                 let (g0, g1) = split == 1 ? (0, c.kvHeads) : (g, g + 1)
                 let k = layout.rowItem[r]
                 tables[k].withUnsafeBufferPointer { bt in
-                    qwen_attend_paged_groups(q + r * qw, Int32(c.heads), Int32(c.kvHeads), Int32(c.headDim), kbases[k], vbases[k],
-                                             bt.baseAddress, bs, Int32(layout.rowPos[r] + 1), scale, out + r * qw, buf,
-                                             Int32(g0), Int32(g1))
+                    qwen_attend_paged_kv(q + r * qw, Int32(c.heads), Int32(c.kvHeads), Int32(c.headDim), kbases[k], vbases[k],
+                                         bt.baseAddress, bs, Int32(layout.rowPos[r] + 1), scale, out + r * qw, buf,
+                                         Int32(g0), Int32(g1), f16 ? 1 : 0)
                 }
             }
         }

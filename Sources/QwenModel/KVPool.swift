@@ -1,4 +1,13 @@
+import CQwenKernels
 import QwenKernels
+
+/// How the KV cache stores keys and values: f32, or IEEE half floats (half the memory and
+/// half the bytes attention reads; each key and value rounded to 11 significant bits).
+public enum KVCacheDType: String, Sendable, CaseIterable {
+    case f32, f16
+
+    public var bytes: Int { self == .f32 ? 4 : 2 }
+}
 
 /// Paged key/value memory shared by many sequences: fixed-size blocks of `blockSize`
 /// positions, one storage array per layer for keys and one for values (each row
@@ -9,9 +18,11 @@ public final class KVPool {
     public let layers: Int
     public let width: Int
     public let blockSize: Int
+    public let dtype: KVCacheDType
     public private(set) var blockCount: Int
     /// A private pool (one sequence, the command line, tests) grows; the engine's is fixed.
     public let growable: Bool
+    /// Per layer, the storage (f32 values, or f16 bit patterns two to a float slot).
     var keys: [FloatBuffer]
     var values: [FloatBuffer]
     private(set) var refCount: [Int32]
@@ -33,16 +44,18 @@ public final class KVPool {
     public typealias BlockHasher = @Sendable (_ previous: UInt64, _ tokens: ArraySlice<Int32>) -> UInt64
     let hasher: BlockHasher
 
-    public init(config: QwenConfig, blocks: Int, blockSize: Int = 16, growable: Bool = false,
+    public init(config: QwenConfig, blocks: Int, blockSize: Int = 16, growable: Bool = false, dtype: KVCacheDType = .f32,
                 hasher: @escaping BlockHasher = KVCache.hash) {
         self.hasher = hasher
         layers = config.layers
         width = config.kvHeads * config.headDim
         self.blockSize = blockSize
+        self.dtype = dtype
         blockCount = max(blocks, 1)
         self.growable = growable
-        keys = (0..<config.layers).map { _ in FloatBuffer(count: max(blocks, 1) * blockSize * config.kvHeads * config.headDim) }
-        values = (0..<config.layers).map { _ in FloatBuffer(count: max(blocks, 1) * blockSize * config.kvHeads * config.headDim) }
+        let slots = Self.slots(blocks: max(blocks, 1), blockSize: blockSize, width: config.kvHeads * config.headDim, dtype: dtype)
+        keys = (0..<config.layers).map { _ in FloatBuffer(count: slots) }
+        values = (0..<config.layers).map { _ in FloatBuffer(count: slots) }
         refCount = Array(repeating: 0, count: max(blocks, 1))
         blockHash = Array(repeating: nil, count: max(blocks, 1))
         blockContent = Array(repeating: nil, count: max(blocks, 1))
@@ -85,12 +98,21 @@ public final class KVPool {
         return nil
     }
 
+    /// Float-sized slots a layer's storage takes.
+    static func slots(blocks: Int, blockSize: Int, width: Int, dtype: KVCacheDType) -> Int {
+        (blocks * blockSize * width * dtype.bytes + 3) / 4
+    }
+
+    /// Bytes of one block of one layer's keys (or values).
+    var blockBytes: Int { blockSize * width * dtype.bytes }
+
     private func grow() {
         let newCount = blockCount * 2
         for l in 0..<layers {
-            let k = FloatBuffer(count: newCount * blockSize * width), v = FloatBuffer(count: newCount * blockSize * width)
-            k.pointer.update(from: keys[l].pointer, count: blockCount * blockSize * width)
-            v.pointer.update(from: values[l].pointer, count: blockCount * blockSize * width)
+            let n = Self.slots(blocks: newCount, blockSize: blockSize, width: width, dtype: dtype)
+            let k = FloatBuffer(count: n), v = FloatBuffer(count: n)
+            UnsafeMutableRawPointer(k.pointer).copyMemory(from: keys[l].pointer, byteCount: blockCount * blockBytes)
+            UnsafeMutableRawPointer(v.pointer).copyMemory(from: values[l].pointer, byteCount: blockCount * blockBytes)
             keys[l] = k
             values[l] = v
         }
@@ -141,10 +163,10 @@ public final class KVPool {
     /// Copies block `src` into a fresh block (for copy-on-write); nil when memory is full.
     func copy(_ src: Int32) -> Int32? {
         guard let dst = allocate() else { return nil }
-        let n = blockSize * width
+        let n = blockBytes
         for l in 0..<layers {
-            (keys[l].pointer + Int(dst) * n).update(from: keys[l].pointer + Int(src) * n, count: n)
-            (values[l].pointer + Int(dst) * n).update(from: values[l].pointer + Int(src) * n, count: n)
+            (UnsafeMutableRawPointer(keys[l].pointer) + Int(dst) * n).copyMemory(from: UnsafeRawPointer(keys[l].pointer) + Int(src) * n, byteCount: n)
+            (UnsafeMutableRawPointer(values[l].pointer) + Int(dst) * n).copyMemory(from: UnsafeRawPointer(values[l].pointer) + Int(src) * n, byteCount: n)
         }
         return dst
     }
@@ -179,8 +201,8 @@ public final class KVCache {
     }
 
     /// A sequence with a private, growable pool (the single-stream path).
-    public convenience init(config: QwenConfig, capacity: Int = 256) {
-        self.init(pool: KVPool(config: config, blocks: (capacity + 15) / 16, growable: true))
+    public convenience init(config: QwenConfig, capacity: Int = 256, dtype: KVCacheDType = .f32) {
+        self.init(pool: KVPool(config: config, blocks: (capacity + 15) / 16, growable: true, dtype: dtype))
     }
 
     /// Blocks needed to hold `n` more positions.

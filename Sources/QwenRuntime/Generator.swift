@@ -8,6 +8,8 @@ public struct Generator {
     public let tokenizer: Tokenizer
     /// A LoRA adapter applied to every step, or nil for the base model.
     public let adapter: LoRAAdapter?
+    /// How the sequence's KV cache stores keys and values.
+    public var kvDType: KVCacheDType = .f32
 
     public init(model: QwenModel, tokenizer: Tokenizer, adapter: LoRAAdapter? = nil) {
         self.model = model
@@ -33,7 +35,7 @@ public struct Generator {
         var result = Result()
         result.promptTokens = prompt.count
         guard !prompt.isEmpty else { return result }
-        let cache = KVCache(config: model.config, capacity: prompt.count + maxTokens)
+        let cache = KVCache(config: model.config, capacity: prompt.count + maxTokens, dtype: kvDType)
         var sampler = Sampler(params: params)
         var decoder = StreamingDecoder(tokenizer: tokenizer)
         let clock = ContinuousClock()

@@ -22,6 +22,8 @@ struct Bench: ParsableCommand {
     @Option(help: "Repetitions; medians are reported.") var reps = 3
     @Option(help: "Also decode this many sequences in lockstep (one forward per step, as the engine batches them).")
     var batch = 0
+    @Option(name: .customLong("kv-cache-dtype"), help: "How the KV cache stores keys and values: f32 or f16.")
+    var kvCacheDType: KVCacheDType = .f32
     @Flag(help: "Also measure how fast this machine reads memory (all cores, 1 GiB), the ceiling for single-stream generation.")
     var bandwidth = false
 
@@ -37,8 +39,9 @@ struct Bench: ParsableCommand {
             var pp: [Double] = [], tg: [Double] = []
             for _ in 0..<reps {
                 let prompt = (0..<promptTokens).map { _ in Int32(truncatingIfNeeded: rng.next() % UInt64(min(m.config.vocabSize, 150_000))) }
-                let r = try Generator(model: m, tokenizer: loaded.tokenizer)
-                    .generate(prompt: prompt, maxTokens: genTokens, params: .greedy, ignoreEOS: true)
+                var gen = Generator(model: m, tokenizer: loaded.tokenizer)
+                gen.kvDType = kvCacheDType
+                let r = try gen.generate(prompt: prompt, maxTokens: genTokens, params: .greedy, ignoreEOS: true)
                 pp.append(Double(promptTokens) / r.prefillSeconds)
                 // The first sampled token comes from the prefill; the rest are decode steps.
                 tg.append(Double(max(r.tokens.count - 1, 1)) / r.decodeSeconds)
@@ -48,7 +51,7 @@ struct Bench: ParsableCommand {
                 // Each sequence gets its own prompt, then `genTokens` decode steps of all of them at once.
                 var times: [Double] = []
                 for _ in 0..<reps {
-                    let caches = (0..<batch).map { _ in KVCache(config: m.config) }
+                    let caches = (0..<batch).map { _ in KVCache(config: m.config, dtype: kvCacheDType) }
                     let prompts = (0..<batch).map { _ in (0..<promptTokens).map { _ in Int32(truncatingIfNeeded: rng.next() % 150_000) } }
                     _ = try m.forward(zip(caches, prompts).map { .init(cache: $0, tokens: $1, logits: .last) })
                     let t = Date()

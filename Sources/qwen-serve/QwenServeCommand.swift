@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import QwenFormats
 import QwenKernels
+import QwenModel
 import QwenRuntime
 
 @main
@@ -47,3 +48,4 @@ extension F32Weights: ExpressibleByArgument {}
 extension ComputeMode: ExpressibleByArgument {}
 extension ComputeChoice: ExpressibleByArgument {}
 extension QuantizeType: ExpressibleByArgument {}
+extension KVCacheDType: ExpressibleByArgument {}

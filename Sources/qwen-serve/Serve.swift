@@ -29,6 +29,8 @@ struct Serve: AsyncParsableCommand {
     var f32Weights: String?
     @Option(help: "Products with quantized GGUF weights: auto (int8 on CPUs with AVX-512 VNNI, else f32), f32 (as transformers computes them) or int8 (inputs rounded to 8 bits, integer dot products as llama.cpp; on the default model ~2.7× faster prompts, ~2.5× faster batched decoding). [default: auto]")
     var compute: String?
+    @Option(name: .customLong("kv-cache-dtype"), help: "How the KV cache stores keys and values: f32 or f16 (half the memory and the bytes attention reads at long contexts; keys and values rounded to 11 significant bits). [default: f32]")
+    var kvCacheDType: String?
     @Option(help: "Quantize float weight matrices at load: q8_0 or q4_0 (ggml's rules; with auto compute they then run in int8). [default: none]")
     var quantize: String?
     @Option(name: .customLong("max-running"), help: "Sequences batched together at most. [default: 64]") var maxRunning: String?
@@ -67,7 +69,7 @@ struct Serve: AsyncParsableCommand {
         if let config { try s.apply(file: config) }
         try s.apply(environment: ProcessInfo.processInfo.environment)
         let flags: [(String, String?)] = [
-            ("model", model), ("host", host), ("port", port), ("served-model-name", servedModelName), ("kv-cache-gb", kvCacheGB), ("f32-weights", f32Weights), ("compute", compute), ("quantize", quantize),
+            ("model", model), ("host", host), ("port", port), ("served-model-name", servedModelName), ("kv-cache-gb", kvCacheGB), ("f32-weights", f32Weights), ("compute", compute), ("kv-cache-dtype", kvCacheDType), ("quantize", quantize),
             ("max-running", maxRunning), ("max-waiting", maxWaiting), ("step-tokens", stepTokens),
             ("chat-template-args", chatTemplateArgs), ("max-body-mb", maxBodyMB), ("shutdown-grace", shutdownGrace),
             ("api-key-file", apiKeyFile), ("admin-api-key-file", adminAPIKeyFile), ("adapter-path", adapterPath),
@@ -115,7 +117,8 @@ struct Serve: AsyncParsableCommand {
             ec.maxRunning = s.maxRunning
             ec.maxWaiting = s.maxWaiting
             ec.stepTokens = s.stepTokens
-            ec.kvBlocks = Engine.blocks(forBytes: Int(s.kvCacheGB * Double(1 << 30)), config: loaded.model.config)
+            ec.kvDType = KVCacheDType(rawValue: s.kvCacheDType) ?? .f32
+            ec.kvBlocks = Engine.blocks(forBytes: Int(s.kvCacheGB * Double(1 << 30)), config: loaded.model.config, dtype: ec.kvDType)
             let engine = Engine(model: loaded.model, tokenizer: loaded.tokenizer, config: ec)
             let live = LiveSettings(apiKeys: s.apiKeys, adminKeys: s.adminKeys, chatTemplateArgs: try Self.templateArgs(s))
             let baseAdapter = try s.adapterPath.map { try LoRAAdapter.load(path: $0, config: loaded.model.config) }
@@ -170,7 +173,7 @@ struct Serve: AsyncParsableCommand {
             hc.limits.bodyTimeout = s.bodyTimeout
             hc.limits.writeTimeout = s.writeTimeout
             let scheme = s.tlsCertFile == nil ? "http" : "https"
-            let name = loaded.name, listenHost = s.host, positions = ec.kvBlocks * ec.blockSize
+            let name = loaded.name, listenHost = s.host, positions = ec.kvBlocks * ec.blockSize, kvType = ec.kvDType.rawValue
             hc.maxUploadBytes = s.maxUploadMB << 20
             let http = HTTPServer(service: service, config: hc, jobs: jobs)
             let app: any Service
@@ -178,12 +181,12 @@ struct Serve: AsyncParsableCommand {
                 // systemd opened the port (qwen-serve.socket): adopt it instead of binding host:port.
                 let local = Self.localAddress(fd)
                 app = try http.makeActivatedService(fd: fd) { port in
-                    log("serving \(name) on \(scheme)://\(local.host):\(port) (socket from systemd; KV cache: \(positions) positions)")
+                    log("serving \(name) on \(scheme)://\(local.host):\(port) (socket from systemd; KV cache: \(positions) positions, \(kvType))")
                     notifier.ready(status: "serving \(name) on \(local.host):\(port)")
                 }
             } else {
                 app = try http.makeApplication { port in
-                    log("serving \(name) on \(scheme)://\(listenHost):\(port) (KV cache: \(positions) positions)")
+                    log("serving \(name) on \(scheme)://\(listenHost):\(port) (KV cache: \(positions) positions, \(kvType))")
                     notifier.ready(status: "serving \(name) on \(listenHost):\(port)")
                 }
             }

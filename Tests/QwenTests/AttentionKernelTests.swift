@@ -46,4 +46,45 @@ final class AttentionKernelTests: XCTestCase {
             }
         }
     }
+
+    /// Half-float rounding: the vector and scalar conversions both give Swift's Float16
+    /// (round to nearest even), subnormals, overflow and signs included.
+    func testHalfFloatRounding() {
+        var rng = SeededRandom(seed: 3)
+        var xs: [Float] = [0, -0, 1, -1, 65504, 65520, 70000, -70000, 6.1e-5, 5.96e-8, 2.98e-8, 1e-9, .infinity, -.infinity,
+                           1.0009765625, 1.00048828125, 1.0014648438]
+        for _ in 0..<5000 { xs.append(Float(bitPattern: UInt32(truncatingIfNeeded: rng.next())) ) }
+        xs = xs.filter { !$0.isNaN }
+        for n in [xs.count, 7] {  // the vector path and the scalar tail
+            var out = [UInt16](repeating: 0, count: n)
+            qwen_f32_to_f16(xs, &out, Int32(n))
+            for i in 0..<n { XCTAssertEqual(out[i], Float16(xs[i]).bitPattern, "\(xs[i])") }
+        }
+    }
+
+    /// Attention over a half-float cache equals attention over the same values, rounded, in f32.
+    func testHalfFloatCacheMatchesRoundedValues() {
+        var rng = SeededRandom(seed: 8)
+        let blockSize = 16, poolBlocks = 12
+        for (heads, kvHeads, hd) in [(14, 2, 64), (4, 1, 32), (2, 2, 24)] {
+            let n = poolBlocks * blockSize * kvHeads * hd
+            let keys = (0..<n).map { _ in Float(rng.unit() * 2 - 1) }, values = (0..<n).map { _ in Float(rng.unit() * 2 - 1) }
+            var kh = [UInt16](repeating: 0, count: n), vh = [UInt16](repeating: 0, count: n)
+            qwen_f32_to_f16(keys, &kh, Int32(n))
+            qwen_f32_to_f16(values, &vh, Int32(n))
+            let kr = kh.map { Float(Float16(bitPattern: $0)) }, vr = vh.map { Float(Float16(bitPattern: $0)) }
+            let table: [Int32] = (0..<poolBlocks).map { Int32($0) }.shuffled(using: &rng)
+            for ctx in [1, 16, 33, 150] {
+                let q = (0..<(heads * hd)).map { _ in Float(rng.unit() * 4 - 2) }
+                var want = [Float](repeating: 0, count: heads * hd), got = want
+                var scratch = [Float](repeating: 0, count: (heads / kvHeads) * ctx)
+                let scale = 1 / Float(hd).squareRoot()
+                qwen_attend_paged_kv(q, Int32(heads), Int32(kvHeads), Int32(hd), kr, vr, table, Int32(blockSize), Int32(ctx), scale,
+                                     &want, &scratch, 0, Int32(kvHeads), 0)
+                qwen_attend_paged_kv(q, Int32(heads), Int32(kvHeads), Int32(hd), kh, vh, table, Int32(blockSize), Int32(ctx), scale,
+                                     &got, &scratch, 0, Int32(kvHeads), 1)
+                for i in 0..<got.count { XCTAssertEqual(got[i], want[i], accuracy: 1e-5, "heads \(heads)/\(kvHeads) hd \(hd) ctx \(ctx)") }
+            }
+        }
+    }
 }

@@ -202,7 +202,7 @@ def test_api_keys(tmp_path):
 
 def test_config_precedence_and_bad_settings(tmp_path):
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("# a config\nport: 9001\nmax-running: 7\nkv_cache_gb: 1.5\nchat-template-args: {\"enable_thinking\": false}\ncompute: int8\n")
+    cfg.write_text("# a config\nport: 9001\nmax-running: 7\nkv_cache_gb: 1.5\nchat-template-args: {\"enable_thinking\": false}\ncompute: int8\nkv-cache-dtype: f16\n")
     env = {**os.environ, "QWEN_SERVE_PORT": "9002", "QWEN_SERVE_MAX_WAITING": "11"}
     out = subprocess.run([BIN, "serve", "--config", str(cfg), "--max-running", "9", "--print-config"], env=env,
                          capture_output=True, text=True)
@@ -214,8 +214,9 @@ def test_config_precedence_and_bad_settings(tmp_path):
     assert got["kv-cache-gb"] == "1.5"    # file over default
     assert got["chat-template-args"] == '{"enable_thinking": false}'
     assert got["compute"] == "int8"
+    assert got["kv-cache-dtype"] == "f16"
     for bad, word in [("port: 70000", "port"), ("max-running: zero", "max-running"), ("colour: blue", "colour"),
-                      ("chat-template-args: [1]", "chat-template-args"), ("compute: int4", "compute")]:
+                      ("chat-template-args: [1]", "chat-template-args"), ("compute: int4", "compute"), ("kv-cache-dtype: q4", "kv-cache-dtype")]:
         cfg.write_text(bad + "\n")
         r = subprocess.run([BIN, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and word in r.stderr and str(cfg) in r.stderr, r.stderr

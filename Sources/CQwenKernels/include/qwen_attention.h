@@ -20,6 +20,15 @@ void qwen_attend_paged_groups(const float *q, int heads, int kv_heads, int hd, c
                               const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch,
                               int g_begin, int g_end);
 
+/// The same over a cache stored as f32 (kv_f16 = 0) or IEEE half floats (kv_f16 = 1;
+/// kbase/vbase then point at uint16_t elements).
+void qwen_attend_paged_kv(const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase,
+                          const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch,
+                          int g_begin, int g_end, int kv_f16);
+
+/// Rounds n floats to IEEE half floats (nearest, ties to even), as a half-float cache stores them.
+void qwen_f32_to_f16(const float *src, uint16_t *dst, int n);
+
 #ifdef __cplusplus
 }
 #endif
