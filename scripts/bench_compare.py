@@ -82,9 +82,13 @@ def llama_bench(bindir, model, threads, args, reps):
     return json.loads(out)[0]["avg_ts"]
 
 
+QWEN_BENCH_FLAGS = []
+
+
 def qwen_bench(binary, model, prompt, gen, reps):
-    out = subprocess.run([binary, "bench", "--model", model, "--prompt-tokens", str(prompt), "--gen-tokens", str(gen), "--reps", str(reps)],
-                         capture_output=True, text=True, check=True).stdout
+    # `bench` takes explicit modes: int8 is what `--compute auto` runs for this GGUF on x86 CPUs with VNNI or AVX2.
+    out = subprocess.run([binary, "bench", "--model", model, "--prompt-tokens", str(prompt), "--gen-tokens", str(gen), "--reps", str(reps),
+                          "--compute", "int8", *QWEN_BENCH_FLAGS], capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -121,8 +125,8 @@ def start_llama_server(bindir, model, threads):
     return p, port
 
 
-def start_qwen_server(binary, model):
-    p = subprocess.Popen([binary, "serve", "--model", model, "--port", "0"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+def start_qwen_server(binary, model, kv_dtype):
+    p = subprocess.Popen([binary, "serve", "--model", model, "--port", "0", "--kv-cache-dtype", kv_dtype], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     for line in p.stderr:
         m = re.search(r"on http://[^:]+:(\d+)", line)
         if m:
@@ -140,9 +144,12 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--levels", default="1:4,10:20,50:100", help="concurrency:requests,...")
+    ap.add_argument("--contexts", default="2048,8192", help="long-context rows: prompt processing and generation after this many tokens")
+    ap.add_argument("--kv-cache-dtype", default="f32", help="qwen-serve's KV cache (bench and serve)")
     ap.add_argument("--skip-server", action="store_true")
     ap.add_argument("--write", default="BENCHMARKS.md")
     a = ap.parse_args()
+    QWEN_BENCH_FLAGS[:] = ["--kv-cache-dtype", a.kv_cache_dtype]
     model = a.model
     if model == "default":
         model = subprocess.run([a.binary, "fetch", "default"], capture_output=True, text=True, check=True).stdout.strip()
@@ -159,11 +166,16 @@ def main():
     tg_l = llama_bench(bindir, model, a.threads, ["-p", "0", "-n", "64"], a.reps)
     row("prompt tok/s, 128 tokens", short_l, short_q["pp_tok_s"])
     row("generation tok/s, short context", tg_l, short_q["tg_tok_s"])
-    long_q = qwen_bench(a.binary, model, 2048, 64, max(1, a.reps - 1))
-    long_pp_l = llama_bench(bindir, model, a.threads, ["-p", "2048", "-n", "0"], max(1, a.reps - 1))
-    long_tg_l = llama_bench(bindir, model, a.threads, ["-p", "0", "-n", "64", "-d", "2048"], max(1, a.reps - 1))
-    row("prompt tok/s, 2,048 tokens", long_pp_l, long_q["pp_tok_s"])
-    row("generation tok/s at 2,048 tokens of context", long_tg_l, long_q["tg_tok_s"])
+    for k, n in enumerate(int(x) for x in a.contexts.split(",") if x):
+        reps = max(1, a.reps - 1 - k)
+        if k % 2 == 0:
+            long_q = qwen_bench(a.binary, model, n, 64, reps)
+        long_pp_l = llama_bench(bindir, model, a.threads, ["-p", str(n), "-n", "0"], reps)
+        long_tg_l = llama_bench(bindir, model, a.threads, ["-p", "0", "-n", "64", "-d", str(n)], reps)
+        if k % 2 == 1:
+            long_q = qwen_bench(a.binary, model, n, 64, reps)
+        row(f"prompt tok/s, {n:,} tokens", long_pp_l, long_q["pp_tok_s"])
+        row(f"generation tok/s at {n:,} tokens of context", long_tg_l, long_q["tg_tok_s"])
 
     serving = []
     if not a.skip_server:
@@ -171,7 +183,7 @@ def main():
             c, n = map(int, level.split(":"))
             results = {}
             for who in (("llama", "qwen") if k % 2 == 0 else ("qwen", "llama")):
-                p, port = start_llama_server(bindir, model, a.threads) if who == "llama" else start_qwen_server(a.binary, model)
+                p, port = start_llama_server(bindir, model, a.threads) if who == "llama" else start_qwen_server(a.binary, model, a.kv_cache_dtype)
                 try:
                     results[who] = asyncio.run(loadgen.run_level("127.0.0.1", port, c, n, 128, 128, seed=c))
                 finally:
@@ -187,9 +199,11 @@ def main():
     except (OSError, StopIteration):
         pass
     lines = [f"## Side by side with llama.cpp ({time.strftime('%Y-%m-%d')}, {cpu}, {a.threads} threads)", "",
-             f"Command: `make bench-compare  # python3 scripts/bench_compare.py --threads {a.threads} --reps {a.reps} --levels {a.levels}`", "",
+             f"Command: `make bench-compare  # python3 scripts/bench_compare.py --threads {a.threads} --reps {a.reps} --levels {a.levels} "
+             f"--contexts {a.contexts} --kv-cache-dtype {a.kv_cache_dtype}`", "",
              f"llama.cpp from llama-cpp-python {LLAMA_CPP_PYTHON}'s vendored source, built with GGML_NATIVE; both on the default GGUF "
-             "(Qwen2.5-Coder-0.5B-Instruct Q4_K_M) with default settings. llama-bench's averages against `qwen-serve bench`'s medians; "
+             f"(Qwen2.5-Coder-0.5B-Instruct Q4_K_M); qwen-serve in int8 compute (what `auto` picks here) with a {a.kv_cache_dtype} KV cache. "
+             "llama-bench's averages (generation after -d N tokens of context) against `qwen-serve bench`'s medians; "
              "servers: random 128-token prompts, 128 output tokens (ignore_eos), streamed, run one after the other.", "",
              "| | llama.cpp | qwen-serve | ratio |", "|---|---|---|---|"]
     for name, l, q in rows:
