@@ -102,6 +102,30 @@ AVX512 static inline __m512 load16(const void *base, size_t i, int f16) {
                : _mm512_loadu_ps((const float *)base + i);
 }
 
+/// Heads whose outputs are accumulated together over the values: n × nv accumulators in registers.
+static inline int values_heads(int nv, int left) {
+    const int fit = nv == 4 ? 6 : nv == 8 ? 3 : 1;
+    return left < fit ? left : fit;
+}
+
+/// out[k] = Σ_i p[k·ctx + i] · v_i for heads k < N, each value row read once for all N
+/// (inlined with constant NV and N, so the accumulators stay in registers).
+AVX512 static inline __attribute__((always_inline)) void values_block(const float *p, int ctx, const void *vbase, const int32_t *blocks,
+                                                                      int block_size, int kvw, int g, int hd, float *out,
+                                                                      const int NV, const int N, const int f16) {
+    __m512 acc[24];
+    for (int k = 0; k < N * NV; k++) acc[k] = _mm512_setzero_ps();
+    for (int i = 0; i < ctx; i++) {
+        const size_t v = kv_row(blocks, block_size, i, kvw, g, hd);
+        for (int c = 0; c < NV; c++) {
+            const __m512 vc = load16(vbase, v + 16 * (size_t)c, f16);
+            for (int k = 0; k < N; k++) acc[k * NV + c] = _mm512_fmadd_ps(_mm512_set1_ps(p[(size_t)k * ctx + i]), vc, acc[k * NV + c]);
+        }
+    }
+    for (int k = 0; k < N; k++)
+        for (int c = 0; c < NV; c++) _mm512_storeu_ps(out + (size_t)k * hd + 16 * c, acc[k * NV + c]);
+}
+
 // Inlined into one copy per storage type (f16 is a constant in each caller).
 AVX512 static inline __attribute__((always_inline)) void attend_avx512_body(
     const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase, const int32_t *blocks, int block_size,
@@ -144,17 +168,21 @@ AVX512 static inline __attribute__((always_inline)) void attend_avx512_body(
             for (i = 0; i + 16 <= ctx; i += 16) _mm512_storeu_ps(s + i, _mm512_mul_ps(_mm512_loadu_ps(s + i), inv));
             for (; i < ctx; i++) s[i] *= 1.0f / total;
         }
-        for (int h = 0; h < group; h++) {
-            const float *p = scratch + (size_t)h * ctx;
-            __m512 acc[16];
-            for (int c = 0; c < nv; c++) acc[c] = _mm512_setzero_ps();
-            for (int i = 0; i < ctx; i++) {
-                const size_t v = kv_row(blocks, block_size, i, kvw, g, hd);
-                const __m512 pi = _mm512_set1_ps(p[i]);
-                for (int c = 0; c < nv; c++) acc[c] = _mm512_fmadd_ps(pi, load16(vbase, v + 16 * (size_t)c, f16), acc[c]);
-            }
+        // The values, read once for as many of the group's heads as fit in registers
+        // (hd 64: six heads, hd 128: three), instead of once per head.
+        for (int h = 0; h < group;) {
+            const int n = values_heads(nv, group - h);
             float *o = out + (size_t)(g * group + h) * hd;
-            for (int c = 0; c < nv; c++) _mm512_storeu_ps(o + 16 * c, acc[c]);
+            const float *p = scratch + (size_t)h * ctx;
+            switch (nv * 8 + n) {
+#define VALUES_CASE(NV, N) case NV * 8 + N: values_block(p, ctx, vbase, blocks, block_size, kvw, g, hd, o, NV, N, f16); break;
+                VALUES_CASE(4, 1) VALUES_CASE(4, 2) VALUES_CASE(4, 3) VALUES_CASE(4, 4) VALUES_CASE(4, 5) VALUES_CASE(4, 6)
+                VALUES_CASE(8, 1) VALUES_CASE(8, 2) VALUES_CASE(8, 3)
+#undef VALUES_CASE
+            default:
+                for (int k = 0; k < n; k++) values_block(p + (size_t)k * ctx, ctx, vbase, blocks, block_size, kvw, g, hd, o + (size_t)k * hd, nv, 1, f16);
+            }
+            h += n;
         }
     }
 }
