@@ -298,6 +298,34 @@ def make_dequant(out):
     dump(os.path.join(out, "expected", "dequant.json"), cases)
 
 
+def make_quantize_q4k(out, llama_dir, f32_gguf):
+    """llama.cpp's own Q4_K blocks (llama-quantize --pure, its reference quantizer) for rows of a
+    float model's matrices: the gguf package has no Q4_K quantizer. `f32_gguf`: any f32 GGUF
+    (convert_hf_to_gguf.py --outtype f32); `llama_dir`: a llama.cpp build (make bench-compare's)."""
+    import subprocess
+    import tempfile
+    import numpy as np
+    from gguf import GGUFReader
+    with tempfile.TemporaryDirectory() as d:
+        q = os.path.join(d, "q4k.gguf")
+        subprocess.run([os.path.join(llama_dir, "bin", "llama-quantize"), "--pure", f32_gguf, q, "Q4_K", "2"], check=True,
+                       capture_output=True)
+        src, dst = GGUFReader(f32_gguf), GGUFReader(q)
+        by_name = {t.name: t for t in dst.tensors}
+        cases = []
+        for t in src.tensors:
+            if t.name not in ("blk.0.attn_q.weight", "blk.3.ffn_down.weight", "blk.7.ffn_up.weight"):
+                continue
+            cols = int(t.shape[0])
+            x = np.asarray(t.data, dtype=np.float32).reshape(-1, cols)[:4]
+            qt = by_name[t.name]
+            assert qt.tensor_type.name == "Q4_K", qt.tensor_type
+            row_bytes = cols // 256 * 144
+            blocks = np.asarray(qt.data).reshape(-1).view(np.uint8)[: 4 * row_bytes]
+            cases.append({"name": t.name, "rows": 4, "cols": cols, "x": [float(v) for v in x.flatten()], "q4_k": blocks.tobytes().hex()})
+    dump(os.path.join(out, "expected", "quantize_q4k.json"), cases)
+
+
 # ---------------------------------------------------------------- real model
 
 def make_quantize(out):
@@ -792,11 +820,16 @@ def main():
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--only-adapters", action="store_true", help="rebuild only adapters/ from the committed models")
     ap.add_argument("--only-train", action="store_true", help="rebuild only train/ (gradients) from the committed models")
+    ap.add_argument("--q4k-from", nargs=2, metavar=("LLAMA_CPP_DIR", "F32_GGUF"),
+                    help="rebuild only expected/quantize_q4k.json with llama-quantize from this build, on this f32 GGUF")
     ap.add_argument("--binary", default=os.path.join(os.path.dirname(__file__), "..", ".build", "release", "qwen-serve"),
                     help="the built qwen-serve, which trains the round-trip adapter")
     ap.add_argument("--qwen3-template", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                                                              "templates", "qwen3.jinja"))
     a = ap.parse_args()
+    if a.q4k_from:
+        make_quantize_q4k(a.out, *a.q4k_from)
+        return
     torch.set_num_threads(2)
     os.makedirs(os.path.join(a.out, "expected"), exist_ok=True)
     rng = random.Random(1)

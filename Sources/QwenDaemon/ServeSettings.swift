@@ -35,7 +35,7 @@ public struct ServeSettings: Equatable, Sendable {
     public var compute = "auto"
     /// How the KV cache stores keys and values: f32 or f16.
     public var kvCacheDType = "f32"
-    /// Quantize float weight matrices at load: nil, q8_0 or q4_0 (see QuantizeType).
+    /// Quantize float weight matrices at load: nil, q8_0, q4_0 or q4_k (see QuantizeType).
     public var quantize: String?
     /// HTTPS: a PEM certificate chain and its private key (both or neither).
     public var tlsCertFile: String?
@@ -115,7 +115,7 @@ public struct ServeSettings: Equatable, Sendable {
             guard !value.isEmpty else { throw bad("a non-empty key") }
             adminKeys.append(value)
         case "quantize":
-            guard ["q8_0", "q4_0", "none"].contains(value) else { throw bad("q8_0, q4_0 or none") }
+            guard ["q8_0", "q4_0", "q4_k", "none"].contains(value) else { throw bad("q8_0, q4_0, q4_k or none") }
             quantize = value == "none" ? nil : value
         case "max-connections": maxConnections = try int(1...1_000_000)
         case "header-timeout": headerTimeout = try double()

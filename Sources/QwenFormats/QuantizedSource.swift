@@ -4,12 +4,23 @@ import QwenKernels
 
 /// What `--quantize` turns float weight matrices into at load.
 public enum QuantizeType: String, Sendable, CaseIterable {
-    case q8_0, q4_0
-    var ggmlType: Int32 { self == .q8_0 ? Int32(QWEN_Q8_0) : Int32(QWEN_Q4_0) }
+    case q8_0, q4_0, q4_k
+
+    var ggmlType: Int32 {
+        switch self {
+        case .q8_0: return Int32(QWEN_Q8_0)
+        case .q4_0: return Int32(QWEN_Q4_0)
+        case .q4_k: return Int32(QWEN_Q4_K)
+        }
+    }
+
+    /// The block type a matrix of `cols` columns gets: Q4_K needs rows of whole 256-value
+    /// super-blocks; narrower or odd widths take Q8_0 instead.
+    func ggmlType(cols: Int) -> Int32 { self == .q4_k && cols % 256 != 0 ? Int32(QWEN_Q8_0) : ggmlType }
 }
 
 /// A float checkpoint (bf16/f16/f32) seen through quantization: every 2-D weight matrix whose
-/// width is a multiple of 32 becomes ggml blocks of `type` (ggml's reference rules, so the same
+/// width is a multiple of 32 becomes ggml blocks of `type` (Q4_K: widths that are multiples of 256; others Q8_0) (ggml's reference rules, so the same
 /// as llama.cpp's quantize tool would make), which the compact and int8 kernels then read like
 /// a GGUF's. Its f32 view is the dequantized blocks, so every path sees the same weights.
 /// Tensors already quantized, 1-D tensors and odd widths pass through unchanged.
@@ -50,11 +61,12 @@ public final class QuantizedSource: TensorSource {
         if let b = lock.withLock({ blocks[name] }) { return b }
         let s = base.shape(of: name)!
         let x = try base.floats(name)
-        let rowBytes = Int(qwen_quant_row_bytes(type.ggmlType, Int32(s[1])))
+        let t = type.ggmlType(cols: s[1])
+        let rowBytes = Int(qwen_quant_row_bytes(t, Int32(s[1])))
         let (total, overflow) = rowBytes.multipliedReportingOverflow(by: s[0])
         guard !overflow else { throw ModelFileError(origin, "tensor \(name) is too large to quantize") }
         let b = Blocks(bytes: total)
-        let written = qwen_quantize_rows(type.ggmlType, x.pointer, s[0], Int32(s[1]), b.data)
+        let written = qwen_quantize_rows(t, x.pointer, s[0], Int32(s[1]), b.data)
         precondition(written == total, "quantized size mismatch")
         lock.withLock { blocks[name] = b }
         return b
@@ -62,7 +74,7 @@ public final class QuantizedSource: TensorSource {
 
     public func compactStorage(_ name: String) -> (Int32, UnsafeRawPointer, AnyObject)? {
         guard quantizes(name), let b = try? quantized(name) else { return base.compactStorage(name) }
-        return (type.ggmlType, UnsafeRawPointer(b.data), b)
+        return (type.ggmlType(cols: base.shape(of: name)![1]), UnsafeRawPointer(b.data), b)
     }
 
     public func floats(_ name: String) throws -> FloatBuffer {
@@ -70,9 +82,10 @@ public final class QuantizedSource: TensorSource {
         let s = base.shape(of: name)!
         let b = try quantized(name)
         let out = FloatBuffer(count: s[0] * s[1])
-        let rowBytes = Int(qwen_quant_row_bytes(type.ggmlType, Int32(s[1])))
+        let t = type.ggmlType(cols: s[1])
+        let rowBytes = Int(qwen_quant_row_bytes(t, Int32(s[1])))
         for r in 0..<s[0] {
-            qwen_dequant_row(type.ggmlType, b.data + r * rowBytes, Int32(s[1]), out.pointer + r * s[1])
+            qwen_dequant_row(t, b.data + r * rowBytes, Int32(s[1]), out.pointer + r * s[1])
         }
         return out
     }

@@ -15,7 +15,7 @@ struct Bench: ParsableCommand {
     var f32Weights: F32Weights = .auto
     @Option(help: "Products with quantized weights: f32 or int8 (8-bit inputs, integer dot products).")
     var compute: ComputeMode = .f32
-    @Option(help: "Quantize float weight matrices at load: q8_0 or q4_0.")
+    @Option(help: "Quantize float weight matrices at load: q8_0, q4_0 or q4_k.")
     var quantize: QuantizeType?
     @Option(name: .customLong("prompt-tokens")) var promptTokens = 128
     @Option(name: .customLong("gen-tokens")) var genTokens = 64

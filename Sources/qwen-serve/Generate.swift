@@ -17,7 +17,7 @@ struct Generate: ParsableCommand {
     var f32Weights: F32Weights = .auto
     @Option(help: "Products with quantized weights: auto (int8 on CPUs with AVX-512 VNNI, else f32), f32 or int8.")
     var compute: ComputeChoice = .auto
-    @Option(help: "Quantize float weight matrices at load: q8_0 or q4_0.")
+    @Option(help: "Quantize float weight matrices at load: q8_0, q4_0 or q4_k.")
     var quantize: QuantizeType?
     @Option(name: .customLong("adapter-path"), help: "A LoRA adapter directory (PEFT or mlx-lm) to apply.")
     var adapterPath: String?

@@ -31,7 +31,7 @@ struct Serve: AsyncParsableCommand {
     var compute: String?
     @Option(name: .customLong("kv-cache-dtype"), help: "How the KV cache stores keys and values: f32 or f16 (half the memory and the bytes attention reads at long contexts; keys and values rounded to 11 significant bits). [default: f32]")
     var kvCacheDType: String?
-    @Option(help: "Quantize float weight matrices at load: q8_0 or q4_0 (ggml's rules; with auto compute they then run in int8). [default: none]")
+    @Option(help: "Quantize float weight matrices at load: q8_0, q4_0 or q4_k (ggml's rules; with auto compute they then run in int8). [default: none]")
     var quantize: String?
     @Option(name: .customLong("max-running"), help: "Sequences batched together at most. [default: 64]") var maxRunning: String?
     @Option(name: .customLong("max-waiting"), help: "Requests that may wait; more get HTTP 429. [default: 256]") var maxWaiting: String?

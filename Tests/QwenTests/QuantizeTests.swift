@@ -24,6 +24,27 @@ final class QuantizeTests: XCTestCase {
         }
     }
 
+    /// Q4_K blocks equal llama.cpp's own (llama-quantize --pure on rows of a random Qwen3-0.6B's
+    /// matrices; `make_fixtures.py --q4k-from`), byte for byte.
+    func testQ4KBlocksEqualLlamaCpp() throws {
+        let cases = try XCTUnwrap(try Fixtures.json("expected/quantize_q4k.json") as? [[String: Any]])
+        XCTAssertEqual(cases.count, 3)
+        for c in cases {
+            let rows = c["rows"] as! Int, cols = c["cols"] as! Int
+            let x = (c["x"] as! [NSNumber]).map(\.floatValue)
+            let hex = Array((c["q4_k"] as! String).utf8)
+            let want = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(decoding: hex[$0..<($0 + 2)], as: UTF8.self), radix: 16)! }
+            var got = [UInt8](repeating: 0, count: want.count)
+            XCTAssertEqual(qwen_quantize_rows(Int32(QWEN_Q4_K), x, rows, Int32(cols), &got), want.count)
+            var differing = 0
+            for b in 0..<(want.count / 144) where got[(b * 144)..<((b + 1) * 144)] != want[(b * 144)..<((b + 1) * 144)] { differing += 1 }
+            XCTAssertEqual(differing, 0, "\(c["name"]!): \(differing) of \(want.count / 144) blocks differ")
+        }
+        XCTAssertEqual(qwen_quant_row_bytes(Int32(QWEN_Q4_K), 512), 288)
+        var out = [UInt8](repeating: 0, count: 144)
+        XCTAssertEqual(qwen_quantize_rows(Int32(QWEN_Q4_K), [Float](repeating: 1, count: 96), 1, 96, &out), -1, "widths must be multiples of 256")
+    }
+
     /// Logits of the quantized tiny model against transformers' f32 ones. Random tiny checkpoints
     /// are a harsh case (no structure, 64-wide layers): measured q8_0 2.9% of the logit spread at
     /// worst with top-1 68/71, q4_0 46% and 31/71 (the README states these). The bounds catch a
@@ -42,6 +63,17 @@ final class QuantizeTests: XCTestCase {
                 XCTAssertLessThan(worst, bound, "\(type) \(compute)")
                 XCTAssertGreaterThanOrEqual(Double(agree), (type == .q8_0 ? 0.9 : 0.35) * Double(rows), "\(type) \(compute)")
             }
+        }
+    }
+
+    /// `--quantize q4_k`: matrices whose width is not a multiple of 256 (all of the tiny model's)
+    /// take Q8_0, and the model loads and runs in both compute modes.
+    func testQ4KFallsBackToQ8ForNarrowMatrices() throws {
+        for compute in [ComputeChoice.f32, .int8] {
+            let loaded = try LoadedModel.load(path: Fixtures.path("qwen3-tiny-f32"), choice: compute, quantize: .q4_k)
+            XCTAssertEqual(try XCTUnwrap(loaded.model.weights.layers[0].q as? CompactMatrix).storageType, Int32(QWEN_Q8_0))
+            let (worst, _, _) = try logitDistance(loaded.model, expected: "qwen3")
+            XCTAssertLessThan(worst, 0.05)
         }
     }
 
