@@ -134,7 +134,9 @@ public final class TokenConstraint: @unchecked Sendable {
     public let vocabulary: TokenVocabulary
     private let lock = NSLock()
     private var cache: [Matcher.State: TokenMask] = [:]
-    public static let cacheLimit = 512
+    /// Masks kept per constraint (19 KB each on a 152k vocabulary): with the server's 32 cached
+    /// constraints, at most ~80 MB whatever clients send.
+    public static let cacheLimit = 128
     public private(set) var hits = 0, misses = 0
 
     public init(grammar: Grammar, vocabulary: TokenVocabulary) {

@@ -13,7 +13,7 @@ final class StructuredOutputs: @unchecked Sendable {
     private var vocab: TokenVocabulary?
     /// Compiled constraints by their canonical text, least recently used first.
     private var compiled: [(key: String, constraint: TokenConstraint)] = []
-    static let cacheLimit = 64
+    static let cacheLimit = 32
 
     init(tokenizer: Tokenizer, logitRows: Int) {
         self.tokenizer = tokenizer
