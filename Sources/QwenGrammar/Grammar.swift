@@ -216,7 +216,9 @@ public struct GrammarBuilder {
     /// Refused beyond this many nodes: a grammar's size bounds the work of every step.
     public var limit = 200_000
 
-    public struct TooLarge: Error {}
+    public struct TooLarge: Error, CustomStringConvertible {
+        public var description: String { "the grammar is too large to compile (over its node limit)" }
+    }
 
     public init() {}
 
