@@ -91,4 +91,4 @@ def test_quantize_on_load_gives_float_checkpoints_the_int8_kernels():
         s.stop()
     r = __import__("subprocess").run([os.environ.get("QWEN_SERVE_BIN", "qwen-serve"), "serve", "--model", "x",
                                       "--quantize", "q3_k", "--print-config"], capture_output=True, text=True)
-    assert r.returncode != 0 and "quantize must be q8_0, q4_0 or none" in r.stderr
+    assert r.returncode != 0 and "quantize must be q8_0, q4_0, q4_k or none" in r.stderr
