@@ -1,3 +1,4 @@
+#include "ggml_blocks.h"
 #include "qwen_attention.h"
 #include "qwen_cpu.h"
 #include "simd_exp.h"
@@ -8,16 +9,14 @@
 // Built for AVX-512, AVX2 and plain x86-64; the loader picks the one this CPU runs.
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
-extern float qwen_f16_table[65536];
-
-/// Element i of a cache stored as f32 or (f16 != 0) as IEEE half floats.
-static inline float ld(const void *base, size_t i, int f16) {
-    return f16 ? qwen_f16_table[((const uint16_t *)base)[i]] : ((const float *)base)[i];
+/// Element i of a cache stored as f32 or (half != 0) as IEEE half floats.
+static inline float ld(const void *base, size_t i, int half) {
+    return half ? qwen_f16_table[((const uint16_t *)base)[i]] : ((const float *)base)[i];
 }
 
-static inline float dot(const float *a, const void *base, size_t off, int n, int f16) {
+static inline float dot(const float *a, const void *base, size_t off, int n, int half) {
     float s = 0;
-    for (int i = 0; i < n; i++) s += a[i] * ld(base, off + (size_t)i, f16);
+    for (int i = 0; i < n; i++) s += a[i] * ld(base, off + (size_t)i, half);
     return s;
 }
 
@@ -29,10 +28,10 @@ static inline size_t kv_row(const int32_t *blocks, int block_size, int t, int kv
 /// scratch[h * ctx + t] = q_h · k_t × scale for positions t0..<ctx, one key row at a time
 /// (each key read once for the group's query heads).
 static inline void scores_from(int t0, const float *qg, int group, int hd, const void *kbase, const int32_t *blocks,
-                               int block_size, int ctx, int kvw, int g, float scale, float *scratch, int f16) {
+                               int block_size, int ctx, int kvw, int g, float scale, float *scratch, int half) {
     for (int t = t0; t < ctx; t++) {
         const size_t k = kv_row(blocks, block_size, t, kvw, g, hd);
-        for (int h = 0; h < group; h++) scratch[(size_t)h * ctx + t] = dot(qg + (size_t)h * hd, kbase, k, hd, f16) * scale;
+        for (int h = 0; h < group; h++) scratch[(size_t)h * ctx + t] = dot(qg + (size_t)h * hd, kbase, k, hd, half) * scale;
     }
 }
 
@@ -45,12 +44,12 @@ static inline float max_of(const float *s, int n) {
 CLONES
 static void attend_generic(const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase,
                        const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch, int g0, int g1,
-                       int f16) {
+                       int half) {
     const int group = heads / kv_heads;
     const int kvw = kv_heads * hd;
     for (int g = g0; g < g1; g++) {
         const float *qg = q + (size_t)g * group * hd;
-        scores_from(0, qg, group, hd, kbase, blocks, block_size, ctx, kvw, g, scale, scratch, f16);
+        scores_from(0, qg, group, hd, kbase, blocks, block_size, ctx, kvw, g, scale, scratch, half);
         for (int h = 0; h < group; h++) {
             float *s = scratch + (size_t)h * ctx;
             const float m = max_of(s, ctx);
@@ -69,7 +68,7 @@ static void attend_generic(const float *q, int heads, int kv_heads, int hd, cons
             for (int h = 0; h < group; h++) {
                 const float p = scratch[(size_t)h * ctx + t];
                 float *o = og + (size_t)h * hd;
-                for (int i = 0; i < hd; i++) o[i] += p * ld(vbase, v + (size_t)i, f16);
+                for (int i = 0; i < hd; i++) o[i] += p * ld(vbase, v + (size_t)i, half);
             }
         }
     }
@@ -97,8 +96,8 @@ AVX512 static inline __m512 sums16(__m512 *v) {
 }
 
 /// 16 cache elements from element i on, as floats.
-AVX512 static inline __m512 load16(const void *base, size_t i, int f16) {
-    return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)))
+AVX512 static inline __m512 load16(const void *base, size_t i, int half) {
+    return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)))
                : _mm512_loadu_ps((const float *)base + i);
 }
 
@@ -112,13 +111,13 @@ static inline int values_heads(int nv, int left) {
 /// (inlined with constant NV and N, so the accumulators stay in registers).
 AVX512 static inline __attribute__((always_inline)) void values_block(const float *p, int ctx, const void *vbase, const int32_t *blocks,
                                                                       int block_size, int kvw, int g, int hd, float *out,
-                                                                      const int NV, const int N, const int f16) {
+                                                                      const int NV, const int N, const int half) {
     __m512 acc[24];
     for (int k = 0; k < N * NV; k++) acc[k] = _mm512_setzero_ps();
     for (int i = 0; i < ctx; i++) {
         const size_t v = kv_row(blocks, block_size, i, kvw, g, hd);
         for (int c = 0; c < NV; c++) {
-            const __m512 vc = load16(vbase, v + 16 * (size_t)c, f16);
+            const __m512 vc = load16(vbase, v + 16 * (size_t)c, half);
             for (int k = 0; k < N; k++) acc[k * NV + c] = _mm512_fmadd_ps(_mm512_set1_ps(p[(size_t)k * ctx + i]), vc, acc[k * NV + c]);
         }
     }
@@ -126,10 +125,10 @@ AVX512 static inline __attribute__((always_inline)) void values_block(const floa
         for (int c = 0; c < NV; c++) _mm512_storeu_ps(out + (size_t)k * hd + 16 * c, acc[k * NV + c]);
 }
 
-// Inlined into one copy per storage type (f16 is a constant in each caller).
+// Inlined into one copy per storage type (half is a constant in each caller).
 AVX512 static inline __attribute__((always_inline)) void attend_avx512_body(
     const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase, const int32_t *blocks, int block_size,
-    int ctx, float scale, float *out, float *scratch, int g0, int g1, const int f16) {
+    int ctx, float scale, float *out, float *scratch, int g0, int g1, const int half) {
     const int group = heads / kv_heads, kvw = kv_heads * hd, nv = hd / 16;
     for (int g = g0; g < g1; g++) {
         const float *qg = q + (size_t)g * group * hd;
@@ -141,14 +140,14 @@ AVX512 static inline __attribute__((always_inline)) void attend_avx512_body(
                 const float *qh = qg + (size_t)h * hd;
                 __m512 part[16];
                 for (int j = 0; j < 16; j++) {
-                    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qh), load16(kbase, k[j], f16));
-                    for (int c = 1; c < nv; c++) a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * c), load16(kbase, k[j] + 16 * (size_t)c, f16), a);
+                    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qh), load16(kbase, k[j], half));
+                    for (int c = 1; c < nv; c++) a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * c), load16(kbase, k[j] + 16 * (size_t)c, half), a);
                     part[j] = a;
                 }
                 _mm512_storeu_ps(scratch + (size_t)h * ctx + t, _mm512_mul_ps(sums16(part), _mm512_set1_ps(scale)));
             }
         }
-        scores_from(t, qg, group, hd, kbase, blocks, block_size, ctx, kvw, g, scale, scratch, f16);
+        scores_from(t, qg, group, hd, kbase, blocks, block_size, ctx, kvw, g, scale, scratch, half);
         for (int h = 0; h < group; h++) {
             float *s = scratch + (size_t)h * ctx;
             const float m = max_of(s, ctx);
@@ -175,12 +174,12 @@ AVX512 static inline __attribute__((always_inline)) void attend_avx512_body(
             float *o = out + (size_t)(g * group + h) * hd;
             const float *p = scratch + (size_t)h * ctx;
             switch (nv * 8 + n) {
-#define VALUES_CASE(NV, N) case NV * 8 + N: values_block(p, ctx, vbase, blocks, block_size, kvw, g, hd, o, NV, N, f16); break;
+#define VALUES_CASE(NV, N) case NV * 8 + N: values_block(p, ctx, vbase, blocks, block_size, kvw, g, hd, o, NV, N, half); break;
                 VALUES_CASE(4, 1) VALUES_CASE(4, 2) VALUES_CASE(4, 3) VALUES_CASE(4, 4) VALUES_CASE(4, 5) VALUES_CASE(4, 6)
                 VALUES_CASE(8, 1) VALUES_CASE(8, 2) VALUES_CASE(8, 3)
 #undef VALUES_CASE
             default:
-                for (int k = 0; k < n; k++) values_block(p + (size_t)k * ctx, ctx, vbase, blocks, block_size, kvw, g, hd, o + (size_t)k * hd, nv, 1, f16);
+                for (int k = 0; k < n; k++) values_block(p + (size_t)k * ctx, ctx, vbase, blocks, block_size, kvw, g, hd, o + (size_t)k * hd, nv, 1, half);
             }
             h += n;
         }
@@ -214,41 +213,18 @@ void qwen_attend_paged_groups(const float *q, int heads, int kv_heads, int hd, c
     qwen_attend_paged_kv(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g_begin, g_end, 0);
 }
 
-/// Rounds n floats to IEEE half (nearest, ties to even; overflow to infinity).
-static uint16_t to_f16(float x) {
-    uint32_t b;
-    memcpy(&b, &x, 4);
-    const uint32_t sign = (b >> 16) & 0x8000u, exp = (b >> 23) & 0xffu, mant = b & 0x7fffffu;
-    if (exp == 0xffu) return (uint16_t)(sign | 0x7c00u | (mant ? 0x200u : 0));
-    const int e = (int)exp - 127 + 15;
-    if (e >= 31) return (uint16_t)(sign | 0x7c00u);
-    if (e <= 0) {
-        if (e < -10) return (uint16_t)sign;
-        const uint32_t m = mant | 0x800000u;
-        const int shift = 14 - e;
-        uint32_t h = m >> shift;
-        const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (h & 1))) h++;
-        return (uint16_t)(sign | h);
-    }
-    uint32_t h = ((uint32_t)e << 10) | (mant >> 13);
-    const uint32_t rem = mant & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;
-    return (uint16_t)(sign | h);
-}
-
 AVX512 static void to_f16_avx512(const float *src, uint16_t *dst, int n) {
     int i = 0;
     for (; i + 16 <= n; i += 16)
         _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    for (; i < n; i++) dst[i] = to_f16(src[i]);
+    for (; i < n; i++) dst[i] = qwen_f16_from_f32(src[i]);
 }
 
 void qwen_f32_to_f16(const float *src, uint16_t *dst, int n) {
     if (qwen_cpu_has_avx512()) {
         to_f16_avx512(src, dst, n);
     } else {
-        for (int i = 0; i < n; i++) dst[i] = to_f16(src[i]);
+        for (int i = 0; i < n; i++) dst[i] = qwen_f16_from_f32(src[i]);
     }
 }
 

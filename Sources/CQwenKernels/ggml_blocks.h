@@ -7,6 +7,9 @@
 /// f16 bit patterns to f32, filled at load time (f16_table.c).
 extern float qwen_f16_table[65536];
 
+/// f32 → f16 bits, rounding to nearest even (as the conversion instruction does); f16_table.c.
+uint16_t qwen_f16_from_f32(float f);
+
 static inline float f16(const uint8_t *p) { return qwen_f16_table[(uint16_t)(p[0] | (p[1] << 8))]; }
 
 /// Scale and min of sub-block j of a Q4_K/Q5_K block (6 bits each, packed in 12 bytes).

@@ -2,32 +2,11 @@
 // checkpoint quantized here equals one quantized by llama.cpp's tools): per 32 values a scale d
 // stored as f16 and the values as round(x / d) — Q8_0: d = max|x| / 127, q in [−127, 127];
 // Q4_0: d = −m / 8 with m the value of largest magnitude, q = min(15, ⌊x / d + 8.5⌋).
+#include "ggml_blocks.h"
 #include "qwen_quant.h"
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-
-/// f32 → f16 bits, rounding to nearest even (as the conversion instruction does).
-static uint16_t to_f16(float f) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    const uint32_t sign = (x >> 16) & 0x8000;
-    x &= 0x7FFFFFFF;
-    if (x >= 0x7F800000) return (uint16_t)(sign | 0x7C00 | (x > 0x7F800000 ? 0x200 : 0));  // inf, NaN
-    if (x >= 0x477FF000) return (uint16_t)(sign | 0x7C00);                                   // rounds past 65504
-    if (x < 0x38800000) {                                                                     // subnormal or zero
-        if (x < 0x33000000) return (uint16_t)sign;
-        const uint32_t m = (x & 0x7FFFFF) | 0x800000, shift = 126 - (x >> 23);
-        uint32_t h = m >> shift;
-        const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (h & 1))) h++;
-        return (uint16_t)(sign | h);
-    }
-    uint32_t h = ((x >> 13) - (112u << 10));
-    const uint32_t rem = x & 0x1FFF;
-    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
-    return (uint16_t)(sign | h);
-}
 
 // Q4_K, ggml's reference rules (quantize_row_q4_K_ref): per 256 values eight sub-blocks of 32,
 // each with a 4-bit scale and min found by a weighted least-squares search over 21 candidate
@@ -44,27 +23,6 @@ static inline int nearest_int(float f) {
     int i;
     memcpy(&i, &v, 4);
     return (i & 0x007fffff) - 0x00400000;
-}
-
-static float from_f16(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu;
-    uint32_t mant = h & 0x3ffu, bits;
-    if (exp == 0) {
-        if (mant == 0) {
-            bits = sign;
-        } else {
-            int e = -1;
-            do { mant <<= 1; e++; } while ((mant & 0x400u) == 0);
-            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mant & 0x3ffu) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (mant << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
 }
 
 static float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L, float *the_min, uint8_t *Laux,
@@ -161,19 +119,13 @@ static void quantize_block_q4_k(const float *x, uint8_t *y) {
             scales6[j] |= (uint8_t)((lm >> 4) << 6);
         }
     }
-    const uint16_t dh = to_f16(max_scale / 63.f), dminh = to_f16(max_min / 63.f);
+    const uint16_t dh = qwen_f16_from_f32(max_scale / 63.f), dminh = qwen_f16_from_f32(max_min / 63.f);
     for (int j = 0; j < 8; ++j) {
-        uint8_t sc, m;
-        if (j < 4) {
-            sc = scales6[j] & 63;
-            m = scales6[j + 4] & 63;
-        } else {
-            sc = (uint8_t)((scales6[j + 4] & 0xF) | ((scales6[j - 4] >> 6) << 4));
-            m = (uint8_t)((scales6[j + 4] >> 4) | ((scales6[j] >> 6) << 4));
-        }
-        const float d = from_f16(dh) * sc;
+        float sc, m;
+        scale_min_k4(j, scales6, &sc, &m);
+        const float d = qwen_f16_table[dh] * sc;
         if (!d) continue;
-        const float dm = from_f16(dminh) * m;
+        const float dm = qwen_f16_table[dminh] * m;
         for (int ii = 0; ii < 32; ++ii) {
             int l = nearest_int((x[32 * j + ii] + dm) / d);
             L[32 * j + ii] = (uint8_t)(l < 0 ? 0 : l > 15 ? 15 : l);
@@ -206,7 +158,7 @@ long qwen_quantize_rows(int type, const float *x, long rows, int cols, void *out
             float amax = 0;
             for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(v[j]));
             const float d = amax / 127, id = d ? 1 / d : 0;
-            const uint16_t dh = to_f16(d);
+            const uint16_t dh = qwen_f16_from_f32(d);
             memcpy(o, &dh, 2);
             for (int j = 0; j < 32; j++) o[2 + j] = (uint8_t)(int8_t)roundf(v[j] * id);
             o += 34;
@@ -216,7 +168,7 @@ long qwen_quantize_rows(int type, const float *x, long rows, int cols, void *out
                 if (amax < fabsf(v[j])) { amax = fabsf(v[j]); max = v[j]; }
             }
             const float d = max / -8, id = d ? 1 / d : 0;
-            const uint16_t dh = to_f16(d);
+            const uint16_t dh = qwen_f16_from_f32(d);
             memcpy(o, &dh, 2);
             for (int j = 0; j < 16; j++) {
                 const float a = v[j] * id + 8.5f, c = v[16 + j] * id + 8.5f;
