@@ -137,13 +137,6 @@ public struct CodePointSet: Sendable, Hashable {
         keep += scalars.map { $0...$0 }
         return CodePointSet(ranges: keep).complement
     }
-
-    /// The same set with both letter cases of every ASCII letter.
-    public var caseInsensitive: CodePointSet {
-        var extra: [ClosedRange<UInt32>] = []
-        for c in UInt32(0x41)...0x5A where contains(c) || contains(c + 32) { extra.append(c...c); extra.append((c + 32)...(c + 32)) }
-        return CodePointSet(ranges: ranges + extra)
-    }
 }
 
 /// A JSON number's constraints. Exponents are never produced; the digits are bounded so a

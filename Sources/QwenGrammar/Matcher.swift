@@ -367,3 +367,33 @@ extension Matcher {
         return nil
     }
 }
+
+extension Matcher {
+    /// When every thread is at the start of a free-run string character: the fewest further
+    /// characters any of them may take (Int.max when unbounded); otherwise nil.
+    /// Threads waiting for a byte no plain token has (the string's closing quote) are no
+    /// obstacle: plain tokens cannot feed them, and the walk of the other tokens covers them.
+    public func freeRunRoom(_ s: State) -> Int? {
+        var room = Int.max
+        var runs = 0
+        for t in s.threads {
+            guard let top = t.last else { return nil }
+            if case .literal(let bytes) = nodes[Int(top.node)] {
+                let next = bytes[Int(top.pos)]
+                guard next == 0x22 || next == 0x5C || next < 0x20 else { return nil }
+                continue
+            }
+            guard top.pos == 0, case .char(_, run: true) = nodes[Int(top.node)] else { return nil }
+            runs += 1
+            var i = t.count - 2
+            while i >= 0 {
+                if case .counted(_, _, let hi) = nodes[Int(t[i].node)] {
+                    if let hi { room = min(room, hi - Int(t[i].a)) }
+                    break
+                }
+                i -= 1
+            }
+        }
+        return runs > 0 ? room : nil
+    }
+}

@@ -83,6 +83,12 @@ public struct SchemaCompiler {
             self.name = name
             self.parameters = parameters
         }
+
+        /// From a request's `{"type": "function", "function": {"name", "parameters"}}`; nil without a name.
+        public init?(openAI v: JSONValue) {
+            guard let name = v["function"]?["name"]?.string else { return nil }
+            self.init(name: name, parameters: v["function"]?["parameters"])
+        }
     }
 
     /// Tool calls in Qwen's format, `<tool_call>\n{"name": …, "arguments": …}\n</tool_call>`,
@@ -92,8 +98,7 @@ public struct SchemaCompiler {
         var c = SchemaCompiler()
         var calls: [Int] = []
         for (k, t) in tools.enumerated() {
-            var name = ""
-            JSONValue.string(t.name).writeCompact(into: &name)
+            let name = JSONValue.string(t.name).compact
             let args: Int
             do {
                 args = try c.root(t.parameters ?? .object([("type", .string("object"))]), key: k + 1)
@@ -182,18 +187,25 @@ public struct SchemaCompiler {
     /// Longest `enum`/`const`/choice value, in bytes.
     static let maxLiteralBytes = 4096
 
-    /// Exactly one of the byte strings, as a trie (one thread whatever the count).
-    mutating func trie(_ words: [[UInt8]]) throws -> Int {
+    /// Exactly one of the byte strings, as a trie (one thread whatever the count); each run of
+    /// bytes shared by a whole branch is one literal, so only branching points nest.
+    mutating func trie(_ words: [[UInt8]], depth: Int = 0) throws -> Int {
         if let w = words.first(where: { $0.count > Self.maxLiteralBytes }) {
             throw Refusal(path: "", message: "a value of \(w.count) bytes is longer than the \(Self.maxLiteralBytes) allowed in an enum or choice")
         }
-        if words.count == 1 { return try b.add(.literal(words[0])) }
+        guard depth <= 128 else { throw Refusal(path: "", message: "the values of an enum or choice branch more than 128 times along one value") }
         var options: [Int] = []
         if words.contains(where: \.isEmpty) { options.append(try b.empty()) }
         var groups: [UInt8: [[UInt8]]] = [:]
-        for w in words where !w.isEmpty { groups[w[0], default: []].append(Array(w.dropFirst())) }
+        for w in words where !w.isEmpty { groups[w[0], default: []].append(w) }
         for first in groups.keys.sorted() {
-            options.append(try b.seq([try b.add(.literal([first])), try trie(groups[first]!)]))
+            let group = groups[first]!
+            // The bytes every word of the branch shares (none ends inside them).
+            var shared = 1
+            while group.allSatisfy({ $0.count > shared && $0[shared] == group[0][shared] }) { shared += 1 }
+            let rest = group.map { Array($0.dropFirst(shared)) }
+            let head = try b.add(.literal(Array(group[0].prefix(shared))))
+            options.append(rest.allSatisfy(\.isEmpty) ? head : try b.seq([head, try trie(rest, depth: depth + 1)]))
         }
         guard !options.isEmpty else { throw Refusal(path: "", message: "an empty list of choices allows nothing") }
         return try b.alt(options)
@@ -299,7 +311,7 @@ public struct SchemaCompiler {
             }
         }
         guard !kept.isEmpty else { throw Refusal(path: path, message: "no listed value has the schema's type") }
-        return try trie(kept.map { var o = ""; $0.writeCompact(into: &o); return Array(o.utf8) })
+        return try trie(kept.map { Array($0.compact.utf8) })
     }
 
     mutating func typed(_ t: String, _ s: JSONValue, _ path: String) throws -> Int {
@@ -413,8 +425,7 @@ public struct SchemaCompiler {
         // Declared properties in order, then required ones without a schema (any value).
         var members: [(required: Bool, node: Int)] = []
         for (name, schema) in props + missing.map({ ($0, JSONValue.bool(true)) }) {
-            var key = ""
-            JSONValue.string(name).writeCompact(into: &key)
+            let key = JSONValue.string(name).compact
             let v = try value(schema, path + "/properties/" + Self.escapePointer(name))
             members.append((required.contains(name), try b.seq([try b.literal(key + ":"), ws, v])))
         }
@@ -463,8 +474,4 @@ public struct SchemaCompiler {
     static func escapePointer(_ s: String) -> String {
         s.replacingOccurrences(of: "~", with: "~0").replacingOccurrences(of: "/", with: "~1")
     }
-}
-
-extension JSONValue {
-    func writeCompact(into out: inout String) { out += compact }
 }

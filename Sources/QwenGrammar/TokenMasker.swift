@@ -14,8 +14,6 @@ public final class TokenVocabulary: @unchecked Sendable {
     public let endIds: [Int32]
     let all: ByteTrie
     let nonPlain: ByteTrie
-    /// Plain tokens' character counts (0: not plain).
-    let plainChars: [UInt16]
     /// Plain tokens sorted by character count.
     let plainByLength: [Int32]
     let plainLengths: [UInt16]
@@ -35,7 +33,6 @@ public final class TokenVocabulary: @unchecked Sendable {
         }
         all = ByteTrie(usable)
         nonPlain = ByteTrie(nonPlainTokens)
-        plainChars = plain
         let sorted = plain.indices.filter { plain[$0] > 0 }.sorted { plain[$0] < plain[$1] }
         plainByLength = sorted.map { Int32($0) }
         plainLengths = sorted.map { plain[$0] }
@@ -137,7 +134,6 @@ public final class TokenConstraint: @unchecked Sendable {
     /// Masks kept per constraint (19 KB each on a 152k vocabulary): with the server's 32 cached
     /// constraints, at most ~80 MB whatever clients send.
     public static let cacheLimit = 128
-    public private(set) var hits = 0, misses = 0
 
     public init(grammar: Grammar, vocabulary: TokenVocabulary) {
         matcher = Matcher(grammar)
@@ -146,11 +142,10 @@ public final class TokenConstraint: @unchecked Sendable {
 
     public func mask(_ s: Matcher.State) -> TokenMask {
         lock.lock()
-        if let m = cache[s] { hits += 1; lock.unlock(); return m }
+        if let m = cache[s] { lock.unlock(); return m }
         lock.unlock()
         let m = computeMask(s)
         lock.lock()
-        misses += 1
         if cache.count >= Self.cacheLimit { cache.removeAll(keepingCapacity: true) }
         cache[s] = m
         lock.unlock()
@@ -199,35 +194,5 @@ public final class TokenConstraint: @unchecked Sendable {
     public func advance(_ s: Matcher.State, bytes: [UInt8]) -> Matcher.State? {
         let n = matcher.advance(s, bytes: bytes)
         return n.isDead ? nil : n
-    }
-}
-
-extension Matcher {
-    /// When every thread is at the start of a free-run string character: the fewest further
-    /// characters any of them may take (Int.max when unbounded); otherwise nil.
-    /// Threads waiting for a byte no plain token has (the string's closing quote) are no
-    /// obstacle: plain tokens cannot feed them, and the walk of the other tokens covers them.
-    public func freeRunRoom(_ s: State) -> Int? {
-        var room = Int.max
-        var runs = 0
-        for t in s.threads {
-            guard let top = t.last else { return nil }
-            if case .literal(let bytes) = nodes[Int(top.node)] {
-                let next = bytes[Int(top.pos)]
-                guard next == 0x22 || next == 0x5C || next < 0x20 else { return nil }
-                continue
-            }
-            guard top.pos == 0, case .char(_, run: true) = nodes[Int(top.node)] else { return nil }
-            runs += 1
-            var i = t.count - 2
-            while i >= 0 {
-                if case .counted(_, _, let hi) = nodes[Int(t[i].node)] {
-                    if let hi { room = min(room, hi - Int(t[i].a)) }
-                    break
-                }
-                i -= 1
-            }
-        }
-        return runs > 0 ? room : nil
     }
 }

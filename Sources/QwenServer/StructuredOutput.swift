@@ -125,8 +125,7 @@ final class StructuredOutputs: @unchecked Sendable {
             chosen = (tools ?? []).filter { $0["function"]?["name"]?.string == name }
             guard !chosen.isEmpty else { throw APIError.badParam("tool_choice", "'tool_choice' names '\(name)', which is not among 'tools'") }
         }
-        return .tools(chosen.map { SchemaCompiler.Tool(name: $0["function"]?["name"]?.string ?? "", parameters: $0["function"]?["parameters"]) },
-                      parallel: parallel)
+        return .tools(chosen.compactMap(SchemaCompiler.Tool.init(openAI:)), parallel: parallel)
     }
 
     /// The compiled constraint for `spec` (from the cache when seen before). A schema that

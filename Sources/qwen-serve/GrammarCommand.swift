@@ -68,8 +68,8 @@ struct GrammarCommand: ParsableCommand {
             if let tools {
                 guard let list = try readJSON(tools).array else { throw Failure(description: "\(tools): expected a list of tools") }
                 let t = try list.enumerated().map { i, v in
-                    guard let name = v["function"]?["name"]?.string else { throw Failure(description: "\(tools): tool \(i) has no function.name") }
-                    return SchemaCompiler.Tool(name: name, parameters: v["function"]?["parameters"])
+                    guard let tool = SchemaCompiler.Tool(openAI: v) else { throw Failure(description: "\(tools): tool \(i) has no function.name") }
+                    return tool
                 }
                 return try SchemaCompiler.toolCalls(t, parallel: !noParallel)
             }

@@ -130,6 +130,12 @@ final class GrammarTests: XCTestCase {
         // Choices form a trie: the threads are the next distinct bytes, not the choices.
         let items = Matcher(try SchemaCompiler.choice((0..<1000).map { "item\($0)" }))
         XCTAssertLessThanOrEqual(items.advance(items.start, bytes: Array("item1".utf8)).threadCount, 11)
+        // Shared runs are single literals; only branching nests, and deep branching is refused.
+        let long = (0..<40).map { String(repeating: "x", count: 3000) + "\($0)" }
+        XCTAssertTrue(Matcher(try SchemaCompiler.choice(long)).matches(Array(long[17].utf8)))
+        let chain = (1...100).map { String(repeating: "a", count: $0) }
+        XCTAssertTrue(Matcher(try SchemaCompiler.choice(chain)).matches(Array(chain[99].utf8)))
+        XCTAssertThrowsError(try SchemaCompiler.choice((1...300).map { String(repeating: "a", count: $0) }))
     }
 
     /// Random sentences of each grammar parse as JSON and keep the schema's rules.

@@ -122,13 +122,32 @@ def tiny():
     s.stop()
 
 
-@pytest.fixture(scope="session")
-def real():
+def default_model():
+    """The default model's path (`make model` fetches it), or a skip."""
     path = subprocess.run([BIN, "fetch", "default"], capture_output=True, text=True).stdout.strip()
     if not path or not os.path.exists(path):
         pytest.skip("the default model is not available (make model fetches it)")
+    return path
+
+
+def thinking_tiny(tmp_path):
+    """The tiny Qwen3 with Qwen3's real chat template (from ../shared), or a skip."""
+    import shutil
+    tpl = os.path.join(SHARED, "data", "templates", "qwen3.jinja")
+    if not os.path.exists(tpl):
+        pytest.skip(f"Qwen3's template is not at {tpl}")
+    d = tmp_path / "qwen3-tiny-thinking"
+    shutil.copytree(os.path.join(FIXTURES, "qwen3-tiny-f32"), d)
+    cfg = json.load(open(d / "tokenizer_config.json"))
+    cfg["chat_template"] = open(tpl).read()
+    json.dump(cfg, open(d / "tokenizer_config.json", "w"))
+    return d
+
+
+@pytest.fixture(scope="session")
+def real():
     # Pinned to f32: these tests hold the server to transformers' greedy tokens.
-    s = Server(path, "--compute", "f32")
+    s = Server(default_model(), "--compute", "f32")
     yield s
     s.stop()
 

@@ -2,13 +2,12 @@
 import concurrent.futures
 import json
 import os
-import shutil
 import time
 
 import openai
 import pytest
 
-from conftest import FIXTURES, SHARED, Server
+from conftest import FIXTURES, Server, thinking_tiny
 
 
 def client(server):
@@ -193,14 +192,7 @@ def test_models_health_metrics(tiny):
 
 def test_qwen3_template_thinking_switch(tmp_path):
     """With Qwen3's real template, enable_thinking=false adds the empty think block (server default or per request)."""
-    tpl = os.path.join(SHARED, "data", "templates", "qwen3.jinja")
-    if not os.path.exists(tpl):
-        pytest.skip(f"Qwen3's template is not at {tpl}")
-    d = tmp_path / "qwen3-tiny-thinking"
-    shutil.copytree(os.path.join(FIXTURES, "qwen3-tiny-f32"), d)
-    cfg = json.load(open(d / "tokenizer_config.json"))
-    cfg["chat_template"] = open(tpl).read()
-    json.dump(cfg, open(d / "tokenizer_config.json", "w"))
+    d = thinking_tiny(tmp_path)
     s = Server(str(d), "--chat-template-args", '{"enable_thinking": false}', "--kv-cache-gb", "0.05")
     try:
         body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}

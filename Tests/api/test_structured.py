@@ -8,7 +8,6 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import tempfile
 import uuid
@@ -20,16 +19,13 @@ import pydantic
 import pytest
 from pydantic import BaseModel, Field
 
-from conftest import BIN, FIXTURES, SHARED, Server
+from conftest import BIN, Server, default_model, thinking_tiny
 
 
 @pytest.fixture(scope="module")
 def fast():
     """The default model with the default settings (int8 compute where the CPU allows)."""
-    path = subprocess.run([BIN, "fetch", "default"], capture_output=True, text=True).stdout.strip()
-    if not path or not os.path.exists(path):
-        pytest.skip("the default model is not available (make model fetches it)")
-    s = Server(path, "--max-running", "16")
+    s = Server(default_model(), "--max-running", "16")
     yield s
     s.stop()
 
@@ -504,15 +500,7 @@ def test_reasoning_comes_before_the_constrained_answer(tmp_path, tiny_tokenizer)
     """A thinking model (the tiny Qwen3 with Qwen3's template) must open and close its reasoning,
     then answer under the grammar; with enable_thinking false the template closes it and the
     grammar starts at once."""
-    tpl = os.path.join(SHARED, "data", "templates", "qwen3.jinja")
-    if not os.path.exists(tpl):
-        pytest.skip(f"Qwen3's template is not at {tpl}")
-    d = tmp_path / "qwen3-tiny-thinking"
-    shutil.copytree(os.path.join(FIXTURES, "qwen3-tiny-f32"), d)
-    cfg = json.load(open(d / "tokenizer_config.json"))
-    cfg["chat_template"] = open(tpl).read()
-    json.dump(cfg, open(d / "tokenizer_config.json", "w"))
-    s = Server(str(d), "--kv-cache-gb", "0.05")
+    s = Server(str(thinking_tiny(tmp_path)), "--kv-cache-gb", "0.05")
     try:
         close = tiny_tokenizer.token_to_id("</think>")
         body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 1, "seed": 1, "max_tokens": 40,
