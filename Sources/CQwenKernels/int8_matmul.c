@@ -399,9 +399,9 @@ VNNI static void matmul_vnni(int type, const uint8_t *q, const float *scale, con
 // lanes vpdpbusd would hold. The pairwise sums fit 16 bits when u ≤ 63 (Q4/Q5/Q6_K panels);
 // Q8_0's u reaches 255, so there the weight is recentred (w = u − 128, the offset the correction
 // term removes) and multiplied as |w| · sign(w)·x (|w| ≤ 128 unsigned, |x| ≤ 127), which fits. Every integer sum is exact and
-// the f32 steps are the plain C version's, so the results are bit-identical to it.
+// the f32 steps are the plain C version's, so the results are bit-identical to it. The kernel
+// itself is int8_ymm.h, shared with the AVX-VNNI sets below.
 #define AVX2 __attribute__((target("avx2,fma")))
-#define MAXR_AVX2 4
 
 /// The 32 bytes of a 5-bit vector's high bits for bytes [32·h, 32·h + 32), as 16 where set.
 AVX2 static inline __attribute__((always_inline)) __m256i high_bits_avx2(const uint8_t *hb, int h) {
@@ -414,92 +414,24 @@ AVX2 static inline __attribute__((always_inline)) __m256i high_bits_avx2(const u
     return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(16));
 }
 
-AVX2 static inline __attribute__((always_inline)) void panel_avx2(const int G, const int BITS, const int R, const int HAS_MIN,
-                                                                  const int SIGNED, const uint8_t *q, const float *scale,
-                                                                  const float *min, int cols, const int8_t *xq, const int32_t *corr,
-                                                                  const float *dx, const float *dmin, float *out, int ldo, int row0,
-                                                                  int rows, int accumulate) {
-    const int ng = cols / G, n32 = cols / 32;
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[R][2];
-    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    for (int gi = 0; gi < ng; gi++) {
-        const uint8_t *wq = q + (long)gi * (BITS == 8 ? G * 16 : BITS == 4 ? G * 8 : G * 10);
-        __m256i s[R][2];
-        for (int r = 0; r < R; r++) s[r][0] = s[r][1] = _mm256_set1_epi32(SIGNED ? 0 : corr[r * ng + gi]);
-        for (int k4 = 0; k4 < G / 4; k4++) {
-            __m256i w[2];
-            for (int h = 0; h < 2; h++) {
-                if (BITS == 8) {
-                    w[h] = _mm256_loadu_si256((const __m256i *)(wq + k4 * 64 + 32 * h));
-                    if (SIGNED) w[h] = _mm256_xor_si256(w[h], _mm256_set1_epi8((char)0x80));
-                } else {
-                    const __m256i v = _mm256_loadu_si256((const __m256i *)(wq + (k4 / 2) * 64 + 32 * h));
-                    w[h] = _mm256_and_si256(k4 % 2 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
-                    if (BITS == 5) w[h] = _mm256_add_epi8(w[h], high_bits_avx2(wq + G * 8 + k4 * 8, h));
-                }
-            }
-            for (int r = 0; r < R; r++) {
-                int32_t xv;
-                memcpy(&xv, xq + (long)r * cols + gi * G + 4 * k4, 4);
-                const __m256i x = _mm256_set1_epi32(xv);
-                for (int h = 0; h < 2; h++) {
-                    const __m256i p16 = SIGNED ? _mm256_maddubs_epi16(_mm256_abs_epi8(w[h]), _mm256_sign_epi8(x, w[h]))
-                                               : _mm256_maddubs_epi16(w[h], x);
-                    s[r][h] = _mm256_add_epi32(s[r][h], _mm256_madd_epi16(p16, ones));
-                }
-            }
-        }
-        for (int h = 0; h < 2; h++) {
-            const __m256 sc = _mm256_loadu_ps(scale + gi * 16 + 8 * h);
-            for (int r = 0; r < R; r++) {
-                acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][h]), _mm256_mul_ps(sc, _mm256_set1_ps(dx[r * ng + gi])), acc[r][h]);
-            }
-            if (HAS_MIN) {
-                const __m256 mn = _mm256_loadu_ps(min + gi * 16 + 8 * h);
-                for (int r = 0; r < R; r++) acc[r][h] = _mm256_fmadd_ps(mn, _mm256_set1_ps(dmin[r * n32 + gi]), acc[r][h]);
-            }
-        }
-    }
-    for (int r = 0; r < R; r++) {
-        float a[16];
-        _mm256_storeu_ps(a, acc[r][0]);
-        _mm256_storeu_ps(a + 8, acc[r][1]);
-        store(out, ldo, r, row0, rows, a, accumulate);
-    }
-}
+#define YMM_NAME(f) f##_avx2
+#define YMM_TARGET AVX2
+#include "int8_ymm.h"
 
-#define PANEL_CASES_AVX2(G, B, M, S)                                                                               \
-    switch (R) {                                                                                                   \
-    case 1: panel_avx2(G, B, 1, M, S, ARGS); break;  case 2: panel_avx2(G, B, 2, M, S, ARGS); break;              \
-    case 3: panel_avx2(G, B, 3, M, S, ARGS); break;  default: panel_avx2(G, B, 4, M, S, ARGS); break;             \
-    }
+// AVX-VNNI (Alder Lake and later Intel cores, AMD Zen 5): the same 256-bit code with vpdpbusd in
+// place of the two-instruction pair (exact for every u, so Q8_0 needs no recentring). Intel's
+// VEX encoding needs AVX-VNNI; the EVEX encoding of the same instruction runs on AVX-512 VNNI
+// CPUs, so the "vnni256" instance compiles this code for those and lets a machine without
+// AVX-VNNI test it bit-exact — the two instances differ in the instruction's encoding only.
+#define YMM_NAME(f) f##_avxvnni
+#define YMM_TARGET __attribute__((target("avx2,fma,avxvnni")))
+#define YMM_DPBUSD(s, w, x) _mm256_dpbusd_avx_epi32(s, w, x)
+#include "int8_ymm.h"
 
-AVX2 static void matmul_avx2(int type, const uint8_t *q, const float *scale, const float *min, int rows, int cols,
-                             int panel0, int panel1, const int8_t *xq, const int32_t *corr, const float *dx,
-                             const float *dmin, int n, float *out, int ldo, int accumulate) {
-    const int g = qwen_i8_group(type), ng = cols / g, n32 = cols / 32, has_min = qwen_i8_has_min(type);
-    const long gb = qwen_i8_group_bytes(type);
-    const int groups = (n + MAXR_AVX2 - 1) / MAXR_AVX2;
-    for (int k = 0, i0 = 0; k < groups; k++) {
-        const int R = (n - i0) / (groups - k);
-        for (int p = panel0; p < panel1; p++) {
-            const uint8_t *pq = q + (long)p * ng * gb;
-            const float *ps = scale + (long)p * ng * 16, *pm = has_min ? min + (long)p * n32 * 16 : 0;
-#define ARGS pq, ps, pm, cols, xq + (long)i0 * cols, corr + i0 * ng, dx + i0 * ng, dmin + i0 * n32, out + (long)i0 * ldo, ldo, 16 * p, rows, accumulate
-            switch (type) {  // the instances: (group, bits, min term, recentred 8-bit weights)
-            case QWEN_Q6_K: PANEL_CASES_AVX2(16, 8, 0, 0) break;
-            case QWEN_Q8_0: PANEL_CASES_AVX2(32, 8, 0, 1) break;
-            case QWEN_Q4_0: PANEL_CASES_AVX2(32, 4, 0, 0) break;
-            case QWEN_Q4_1: case QWEN_Q4_K: PANEL_CASES_AVX2(32, 4, 1, 0) break;
-            case QWEN_Q5_0: PANEL_CASES_AVX2(32, 5, 0, 0) break;
-            case QWEN_Q5_1: case QWEN_Q5_K: PANEL_CASES_AVX2(32, 5, 1, 0) break;
-            }
-#undef ARGS
-        }
-        i0 += R;
-    }
-}
+#define YMM_NAME(f) f##_vnni256
+#define YMM_TARGET __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
+#define YMM_DPBUSD(s, w, x) _mm256_dpbusd_epi32(s, w, x)
+#include "int8_ymm.h"
 
 /// The kernel set in use: QWEN_INT8_KERNEL=portable|avx2|vnni forces one (tests and benchmarks;
 /// a set the CPU lacks falls back to the best it has), otherwise the best the CPU has.
@@ -507,13 +439,36 @@ static int chosen_kernel;
 static pthread_once_t kernel_once = PTHREAD_ONCE_INIT;
 
 static void choose_kernel(void) {
-    const int best = qwen_cpu_has_avx512vnni() ? QWEN_I8_VNNI : qwen_cpu_has_avx2() ? QWEN_I8_AVX2 : QWEN_I8_PORTABLE;
+    const int best = qwen_cpu_has_avx512vnni() ? QWEN_I8_VNNI : qwen_cpu_has_avxvnni() ? QWEN_I8_AVXVNNI
+                   : qwen_cpu_has_avx2() ? QWEN_I8_AVX2 : QWEN_I8_PORTABLE;
     int k = best;
     const char *e = getenv("QWEN_INT8_KERNEL");
-    if (e && !strcmp(e, "portable")) k = QWEN_I8_PORTABLE;
-    if (e && !strcmp(e, "avx2") && qwen_cpu_has_avx2()) k = QWEN_I8_AVX2;
-    if (e && !strcmp(e, "vnni") && qwen_cpu_has_avx512vnni()) k = QWEN_I8_VNNI;
+    if (e) {
+        for (int set = QWEN_I8_PORTABLE; set <= QWEN_I8_VNNI256; set++) {
+            if (!strcmp(e, qwen_i8_kernel_name(set)) && qwen_i8_kernel_runs(set)) k = set;
+        }
+    }
     chosen_kernel = k;
+}
+
+const char *qwen_i8_kernel_name(int set) {
+    switch (set) {
+    case QWEN_I8_AVX2: return "avx2";
+    case QWEN_I8_VNNI: return "vnni";
+    case QWEN_I8_AVXVNNI: return "avxvnni";
+    case QWEN_I8_VNNI256: return "vnni256";
+    default: return "portable";
+    }
+}
+
+int qwen_i8_kernel_runs(int set) {
+    switch (set) {
+    case QWEN_I8_PORTABLE: return 1;
+    case QWEN_I8_AVX2: return qwen_cpu_has_avx2();
+    case QWEN_I8_VNNI: case QWEN_I8_VNNI256: return qwen_cpu_has_avx512vnni();
+    case QWEN_I8_AVXVNNI: return qwen_cpu_has_avxvnni();
+    default: return 0;
+    }
 }
 
 int qwen_i8_kernel(void) {
@@ -525,11 +480,12 @@ void qwen_i8_matmul(int type, const uint8_t *q, const float *scale, const float 
                     int panel0, int panel1, const int8_t *xq, const int32_t *corr, const float *dx, const float *dmin, int n,
                     float *out, int ldo, int accumulate, int kernel) {
     if (kernel < 0) kernel = qwen_i8_kernel();
-    if (kernel == QWEN_I8_VNNI && qwen_cpu_has_avx512vnni()) {
-        matmul_vnni(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate);
-    } else if (kernel == QWEN_I8_AVX2 && qwen_cpu_has_avx2()) {
-        matmul_avx2(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate);
-    } else {
-        matmul_generic(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate);
+    if (!qwen_i8_kernel_runs(kernel)) kernel = QWEN_I8_PORTABLE;
+    switch (kernel) {
+    case QWEN_I8_VNNI: matmul_vnni(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate); break;
+    case QWEN_I8_AVX2: matmul_avx2(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate); break;
+    case QWEN_I8_AVXVNNI: matmul_avxvnni(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate); break;
+    case QWEN_I8_VNNI256: matmul_vnni256(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate); break;
+    default: matmul_generic(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate); break;
     }
 }

@@ -51,14 +51,10 @@ public enum CPUFeatures {
     public static var hasAVX512BF16: Bool { qwen_cpu_has_avx512bf16() != 0 }
     public static var hasAVX512VNNI: Bool { qwen_cpu_has_avx512vnni() != 0 }
     public static var hasAVX2: Bool { qwen_cpu_has_avx2() != 0 }
-    /// The int8 kernel set products use: "vnni", "avx2" or "portable" (QWEN_INT8_KERNEL forces one).
-    public static var int8Kernel: String {
-        switch Int(qwen_i8_kernel()) {
-        case Int(QWEN_I8_VNNI): return "vnni"
-        case Int(QWEN_I8_AVX2): return "avx2"
-        default: return "portable"
-        }
-    }
+    public static var hasAVXVNNI: Bool { qwen_cpu_has_avxvnni() != 0 }
+    /// The int8 kernel set products use: "vnni", "avxvnni", "avx2" or "portable" (QWEN_INT8_KERNEL
+    /// forces one, also "vnni256").
+    public static var int8Kernel: String { String(cString: qwen_i8_kernel_name(qwen_i8_kernel())) }
     /// The OpenBLAS core type that suits this CPU ("" when OpenBLAS's own detection is fine).
     public static var openBLASCoreType: String { String(cString: qwen_cpu_coretype()) }
 }

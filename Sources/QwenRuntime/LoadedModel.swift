@@ -35,7 +35,7 @@ public enum ComputeChoice: String, Sendable, CaseIterable {
         case .int8: return (.int8, "asked for")
         case .auto:
             guard source.int8PanelBytes > 0 else { return (.f32, "auto: the weights are not quantized") }
-            guard CPUFeatures.int8Kernel != "portable" else { return (.f32, "auto: this CPU has neither AVX-512 VNNI nor AVX2") }
+            guard CPUFeatures.int8Kernel != "portable" else { return (.f32, "auto: this CPU has no AVX-512 VNNI, AVX-VNNI or AVX2") }
             guard UInt64(source.int8PanelBytes) <= ProcessInfo.processInfo.physicalMemory / 10 * 8 else {
                 return (.f32, "auto: the int8 panels would not fit in memory")
             }

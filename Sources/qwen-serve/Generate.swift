@@ -15,7 +15,7 @@ struct Generate: ParsableCommand {
     var model = "default"
     @Option(name: .customLong("f32-weights"), help: "f32 copies of compact weights: auto, yes or no.")
     var f32Weights: F32Weights = .auto
-    @Option(help: "Products with quantized weights: auto (int8 on CPUs with AVX-512 VNNI, else f32), f32 or int8.")
+    @Option(help: "Products with quantized weights: auto (int8 for quantized weights on CPUs with AVX-512 VNNI, AVX-VNNI or AVX2, else f32), f32 or int8.")
     var compute: ComputeChoice = .auto
     @Option(help: "Quantize float weight matrices at load: q8_0, q4_0 or q4_k.")
     var quantize: QuantizeType?

@@ -27,7 +27,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("kv-cache-gb"), help: "Memory for the KV cache, in GiB. [default: 2]") var kvCacheGB: String?
     @Option(name: .customLong("f32-weights"), help: "Keep f32 copies of quantized/bf16 weights for faster prompts: auto (if they take under half the RAM), yes or no. [default: auto]")
     var f32Weights: String?
-    @Option(help: "Products with quantized GGUF weights: auto (int8 on CPUs with AVX-512 VNNI, else f32), f32 (as transformers computes them) or int8 (inputs rounded to 8 bits, integer dot products as llama.cpp; on the default model ~2.7× faster prompts, ~2.5× faster batched decoding). [default: auto]")
+    @Option(help: "Products with quantized GGUF weights: auto (int8 for quantized weights on CPUs with AVX-512 VNNI, AVX-VNNI or AVX2, else f32), f32 (as transformers computes them) or int8 (inputs rounded to 8 bits, integer dot products as llama.cpp; on the default model ~2.7× faster prompts, ~2.5× faster batched decoding). [default: auto]")
     var compute: String?
     @Option(name: .customLong("kv-cache-dtype"), help: "How the KV cache stores keys and values: f32 or f16 (half the memory and the bytes attention reads at long contexts; keys and values rounded to 11 significant bits). [default: f32]")
     var kvCacheDType: String?
@@ -111,7 +111,7 @@ struct Serve: AsyncParsableCommand {
             let rest = repacked < matrices.count ? "; the rest in f32" : ""
             log("compute: \(loaded.compute.rawValue) (\(loaded.computeReason))" + (loaded.compute == .int8 ? "; \(repacked) of \(matrices.count) layer matrices in int8 panels\(rest), \(CPUFeatures.int8Kernel) kernels" : ""))
             if loaded.compute == .int8 && CPUFeatures.int8Kernel == "portable" {
-                log("int8 products run their portable C kernel here (no AVX-512 VNNI or AVX2, or QWEN_INT8_KERNEL=portable): far slower than --compute f32", level: .warning)
+                log("int8 products run their portable C kernel here (no AVX-512 VNNI, AVX-VNNI or AVX2, or QWEN_INT8_KERNEL=portable): far slower than --compute f32", level: .warning)
             }
             var ec = Engine.Config()
             ec.maxRunning = s.maxRunning

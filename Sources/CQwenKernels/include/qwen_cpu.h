@@ -14,6 +14,8 @@ int qwen_cpu_has_avx512bf16(void);
 int qwen_cpu_has_avx512vnni(void);
 /// AVX2 with FMA.
 int qwen_cpu_has_avx2(void);
+/// The above and AVX-VNNI (VEX-encoded 256-bit vpdpbusd: Alder Lake and later, Zen 5).
+int qwen_cpu_has_avxvnni(void);
 /// The OpenBLAS core type that suits this CPU: "SkylakeX" with AVX-512, "Haswell" with
 /// AVX2+FMA, "" otherwise.
 const char *qwen_cpu_coretype(void);

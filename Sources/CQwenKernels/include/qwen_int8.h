@@ -42,10 +42,17 @@ void qwen_q8_dequantize(const int8_t *q, const float *d, int n, int cols, float 
 /// corr, dx: n × (cols/g); dmin: n × (cols/32).
 void qwen_i8_terms(int type, const float *xd, const int32_t *xs16, int n, int cols, int32_t *corr, float *dx, float *dmin);
 
-/// Kernel sets for the products: plain C, AVX2 (+FMA), AVX-512 VNNI. All give bit-identical results.
-enum { QWEN_I8_PORTABLE = 0, QWEN_I8_AVX2 = 1, QWEN_I8_VNNI = 2 };
-/// The set in use: the best the CPU has, or the one QWEN_INT8_KERNEL (portable, avx2, vnni) names.
+/// Kernel sets for the products: plain C, AVX2 (+FMA), AVX-512 VNNI, AVX-VNNI (256-bit vpdpbusd,
+/// VEX-encoded), and vnni256 — the AVX-VNNI code with the EVEX encoding AVX-512 VNNI CPUs run, so
+/// that code is tested where AVX-VNNI is missing. All give bit-identical results.
+enum { QWEN_I8_PORTABLE = 0, QWEN_I8_AVX2 = 1, QWEN_I8_VNNI = 2, QWEN_I8_AVXVNNI = 3, QWEN_I8_VNNI256 = 4 };
+/// The set in use: the best the CPU has (vnni, avxvnni, avx2, portable in that order), or the one
+/// QWEN_INT8_KERNEL names (portable, avx2, vnni, avxvnni, vnni256) if this CPU runs it.
 int qwen_i8_kernel(void);
+/// A set's name, as QWEN_INT8_KERNEL spells it.
+const char *qwen_i8_kernel_name(int set);
+/// Whether this CPU runs the set.
+int qwen_i8_kernel_runs(int set);
 
 /// For panels [panel0, panel1) of a repacked W and n quantized input rows (xq, with their terms):
 /// out[i·ldo + r] = Σ_k W[r,k]·d·q[i,k] (added to out when `accumulate`). `kernel`: one of the

@@ -1,0 +1,113 @@
+// The 256-bit int8 panel kernels, included by int8_matmul.c once per kernel set with
+//   YMM_NAME(f)          the set's name for f (panel_avx2, matmul_avx2, …),
+//   YMM_TARGET           the functions' target attribute,
+//   YMM_DPBUSD(s, w, x)  (optional) an instruction adding the four u8·s8 products of each 32-bit
+//                        lane to s; without it, vpmaddubsw + vpmaddwd (see int8_matmul.c).
+// A panel's 16 rows are two 256-bit halves; at most 4 input rows at a time (16 registers).
+// Every integer sum is exact and the f32 steps are the plain C version's, so the results are
+// bit-identical to it. The macros are undefined at the end, ready for the next set.
+
+#ifdef YMM_DPBUSD
+#define YMM_EXACT_U8 1
+#else
+#define YMM_EXACT_U8 0
+#endif
+
+YMM_TARGET static inline __attribute__((always_inline)) void YMM_NAME(panel)(
+    const int G, const int BITS, const int R, const int HAS_MIN, const int SIGNED, const uint8_t *q, const float *scale,
+    const float *min, int cols, const int8_t *xq, const int32_t *corr, const float *dx, const float *dmin, float *out,
+    int ldo, int row0, int rows, int accumulate) {
+    const int ng = cols / G, n32 = cols / 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    (void)ones;
+    __m256 acc[R][2];
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int gi = 0; gi < ng; gi++) {
+        const uint8_t *wq = q + (long)gi * (BITS == 8 ? G * 16 : BITS == 4 ? G * 8 : G * 10);
+        __m256i s[R][2];
+        for (int r = 0; r < R; r++) s[r][0] = s[r][1] = _mm256_set1_epi32(SIGNED ? 0 : corr[r * ng + gi]);
+        for (int k4 = 0; k4 < G / 4; k4++) {
+            __m256i w[2];
+            for (int h = 0; h < 2; h++) {
+                if (BITS == 8) {
+                    w[h] = _mm256_loadu_si256((const __m256i *)(wq + k4 * 64 + 32 * h));
+                    if (SIGNED) w[h] = _mm256_xor_si256(w[h], _mm256_set1_epi8((char)0x80));
+                } else {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(wq + (k4 / 2) * 64 + 32 * h));
+                    w[h] = _mm256_and_si256(k4 % 2 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
+                    if (BITS == 5) w[h] = _mm256_add_epi8(w[h], high_bits_avx2(wq + G * 8 + k4 * 8, h));
+                }
+            }
+            for (int r = 0; r < R; r++) {
+                int32_t xv;
+                memcpy(&xv, xq + (long)r * cols + gi * G + 4 * k4, 4);
+                const __m256i x = _mm256_set1_epi32(xv);
+                for (int h = 0; h < 2; h++) {
+#ifdef YMM_DPBUSD
+                    s[r][h] = YMM_DPBUSD(s[r][h], w[h], x);
+#else
+                    const __m256i p16 = SIGNED ? _mm256_maddubs_epi16(_mm256_abs_epi8(w[h]), _mm256_sign_epi8(x, w[h]))
+                                               : _mm256_maddubs_epi16(w[h], x);
+                    s[r][h] = _mm256_add_epi32(s[r][h], _mm256_madd_epi16(p16, ones));
+#endif
+                }
+            }
+        }
+        for (int h = 0; h < 2; h++) {
+            const __m256 sc = _mm256_loadu_ps(scale + gi * 16 + 8 * h);
+            for (int r = 0; r < R; r++) {
+                acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][h]), _mm256_mul_ps(sc, _mm256_set1_ps(dx[r * ng + gi])), acc[r][h]);
+            }
+            if (HAS_MIN) {
+                const __m256 mn = _mm256_loadu_ps(min + gi * 16 + 8 * h);
+                for (int r = 0; r < R; r++) acc[r][h] = _mm256_fmadd_ps(mn, _mm256_set1_ps(dmin[r * n32 + gi]), acc[r][h]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float a[16];
+        _mm256_storeu_ps(a, acc[r][0]);
+        _mm256_storeu_ps(a + 8, acc[r][1]);
+        store(out, ldo, r, row0, rows, a, accumulate);
+    }
+}
+
+#define YMM_CASES(G, B, M, S)                                                                                      \
+    switch (R) {                                                                                                   \
+    case 1: YMM_NAME(panel)(G, B, 1, M, S, ARGS); break;  case 2: YMM_NAME(panel)(G, B, 2, M, S, ARGS); break;    \
+    case 3: YMM_NAME(panel)(G, B, 3, M, S, ARGS); break;  default: YMM_NAME(panel)(G, B, 4, M, S, ARGS); break;   \
+    }
+
+YMM_TARGET static void YMM_NAME(matmul)(int type, const uint8_t *q, const float *scale, const float *min, int rows, int cols,
+                                        int panel0, int panel1, const int8_t *xq, const int32_t *corr, const float *dx,
+                                        const float *dmin, int n, float *out, int ldo, int accumulate) {
+    const int g = qwen_i8_group(type), ng = cols / g, n32 = cols / 32, has_min = qwen_i8_has_min(type);
+    const long gb = qwen_i8_group_bytes(type);
+    const int groups = (n + 3) / 4;
+    for (int k = 0, i0 = 0; k < groups; k++) {
+        const int R = (n - i0) / (groups - k);
+        for (int p = panel0; p < panel1; p++) {
+            const uint8_t *pq = q + (long)p * ng * gb;
+            const float *ps = scale + (long)p * ng * 16, *pm = has_min ? min + (long)p * n32 * 16 : 0;
+#define ARGS pq, ps, pm, cols, xq + (long)i0 * cols, corr + i0 * ng, dx + i0 * ng, dmin + i0 * n32, out + (long)i0 * ldo, ldo, 16 * p, rows, accumulate
+            switch (type) {  // the instances: (group, bits, min term, recentred 8-bit weights)
+            case QWEN_Q6_K: YMM_CASES(16, 8, 0, 0) break;
+            case QWEN_Q8_0: YMM_CASES(32, 8, 0, !YMM_EXACT_U8) break;
+            case QWEN_Q4_0: YMM_CASES(32, 4, 0, 0) break;
+            case QWEN_Q4_1: case QWEN_Q4_K: YMM_CASES(32, 4, 1, 0) break;
+            case QWEN_Q5_0: YMM_CASES(32, 5, 0, 0) break;
+            case QWEN_Q5_1: case QWEN_Q5_K: YMM_CASES(32, 5, 1, 0) break;
+            }
+#undef ARGS
+        }
+        i0 += R;
+    }
+}
+
+#undef YMM_CASES
+#undef YMM_EXACT_U8
+#undef YMM_NAME
+#undef YMM_TARGET
+#ifdef YMM_DPBUSD
+#undef YMM_DPBUSD
+#endif
