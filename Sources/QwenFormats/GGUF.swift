@@ -107,27 +107,40 @@ public final class GGUFFile: TensorSource {
 
     public var architecture: String? { metadata["general.architecture"]?.string }
 
+    /// llama.cpp's names of a layer's modules → the Hugging Face names of the same weights.
+    static let layerModules: [String: String] = [
+        "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+        "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+        "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    ]
+    static let topLevel = ["token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                           "output.weight": "lm_head.weight"]
+
     /// Maps llama.cpp's tensor names to the Hugging Face names of the same weights.
     public static func huggingFaceName(_ g: String) -> String {
-        switch g {
-        case "token_embd.weight": return "model.embed_tokens.weight"
-        case "output_norm.weight": return "model.norm.weight"
-        case "output.weight": return "lm_head.weight"
-        default: break
-        }
+        if let hf = topLevel[g] { return hf }
         let parts = g.split(separator: ".", maxSplits: 2).map(String.init)
         guard parts.count == 3, parts[0] == "blk", Int(parts[1]) != nil else { return g }
-        let table: [String: String] = [
-            "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-            "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-            "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-            "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-        ]
         let rest = parts[2]
         guard let dot = rest.lastIndex(of: ".") else { return g }
         let module = String(rest[..<dot]), suffix = String(rest[dot...])
-        guard let hf = table[module] else { return g }
+        guard let hf = layerModules[module] else { return g }
         return "model.layers.\(parts[1]).\(hf)\(suffix)"
+    }
+
+    /// The inverse: llama.cpp's name for a Hugging Face tensor name, nil for one it has none for.
+    public static func ggufName(_ hf: String) -> String? {
+        if let g = topLevel.first(where: { $0.value == hf })?.key { return g }
+        let prefix = "model.layers."
+        guard hf.hasPrefix(prefix) else { return nil }
+        let rest = hf.dropFirst(prefix.count)
+        guard let dot = rest.firstIndex(of: "."), let layer = Int(rest[..<dot]), layer >= 0 else { return nil }
+        let tail = rest[rest.index(after: dot)...]
+        guard let suffixDot = tail.lastIndex(of: ".") else { return nil }
+        let module = String(tail[..<suffixDot]), suffix = tail[suffixDot...]
+        guard let g = layerModules.first(where: { $0.value == module })?.key else { return nil }
+        return "blk.\(layer).\(g)\(suffix)"
     }
 
     public var tensorNames: [String] { Array(tensors.keys) }

@@ -59,16 +59,34 @@ public final class QuantizedSource: TensorSource {
     /// The tensor's blocks, quantized on first use.
     func quantized(_ name: String) throws -> Blocks {
         if let b = lock.withLock({ blocks[name] }) { return b }
+        let b = try encode(name)
+        lock.withLock { blocks[name] = b }
+        return b
+    }
+
+    /// The ggml type and byte size a tensor this view quantizes gets; nil for the others.
+    public func quantizedLayout(_ name: String) throws -> (type: Int32, bytes: Int)? {
+        guard quantizes(name), let s = base.shape(of: name) else { return nil }
+        let t = type.ggmlType(cols: s[1])
+        let (total, overflow) = Int(qwen_quant_row_bytes(t, Int32(s[1]))).multipliedReportingOverflow(by: s[0])
+        guard !overflow else { throw ModelFileError(origin, "tensor \(name) is too large to quantize") }
+        return (t, total)
+    }
+
+    /// The blocks of a tensor this view quantizes, made now and not kept (for writing a file
+    /// a tensor at a time): the bytes and the object that owns them.
+    public func quantizedBytes(_ name: String) throws -> (UnsafeRawBufferPointer, AnyObject) {
+        let b = try encode(name)
+        return (UnsafeRawBufferPointer(start: b.data, count: b.bytes), b)
+    }
+
+    private func encode(_ name: String) throws -> Blocks {
+        guard let (t, total) = try quantizedLayout(name) else { throw ModelFileError(origin, "tensor \(name) is not quantized") }
         let s = base.shape(of: name)!
         let x = try base.floats(name)
-        let t = type.ggmlType(cols: s[1])
-        let rowBytes = Int(qwen_quant_row_bytes(t, Int32(s[1])))
-        let (total, overflow) = rowBytes.multipliedReportingOverflow(by: s[0])
-        guard !overflow else { throw ModelFileError(origin, "tensor \(name) is too large to quantize") }
         let b = Blocks(bytes: total)
         let written = qwen_quantize_rows(t, x.pointer, s[0], Int32(s[1]), b.data)
         precondition(written == total, "quantized size mismatch")
-        lock.withLock { blocks[name] = b }
         return b
     }
 
