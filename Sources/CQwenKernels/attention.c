@@ -9,29 +9,40 @@
 // Built for AVX-512, AVX2 and plain x86-64; the loader picks the one this CPU runs.
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
-/// Element i of a cache stored as f32 or (half != 0) as IEEE half floats.
-static inline float ld(const void *base, size_t i, int half) {
-    return half ? qwen_f16_table[((const uint16_t *)base)[i]] : ((const float *)base)[i];
+/// Element i of a cache stored as `kind`: QWEN_KV_F32, QWEN_KV_F16 (IEEE half floats) or
+/// QWEN_KV_Q8_0 (blocks of 32 values, each 34 bytes: an f16 scale and 32 int8, so element i of
+/// kv_row's numbering is in block i/32).
+static inline float ld(const void *base, size_t i, int kind) {
+    if (kind == QWEN_KV_Q8_0) {
+        const uint8_t *b = (const uint8_t *)base + i / 32 * 34;
+        uint16_t d;
+        memcpy(&d, b, 2);
+        return qwen_f16_table[d] * (float)(int8_t)b[2 + i % 32];
+    }
+    return kind == QWEN_KV_F16 ? qwen_f16_table[((const uint16_t *)base)[i]] : ((const float *)base)[i];
 }
 
-static inline float dot(const float *a, const void *base, size_t off, int n, int half) {
+static inline float dot(const float *a, const void *base, size_t off, int n, int kind) {
     float s = 0;
-    for (int i = 0; i < n; i++) s += a[i] * ld(base, off + (size_t)i, half);
+    for (int i = 0; i < n; i++) s += a[i] * ld(base, off + (size_t)i, kind);
     return s;
 }
 
 /// The first element of position t of a sequence (key or value of kv head g) in a paged layer cache.
-static inline size_t kv_row(const int32_t *blocks, int block_size, int t, int kvw, int g, int hd) {
-    return ((size_t)blocks[t / block_size] * block_size + t % block_size) * kvw + (size_t)g * hd;
+/// A Q8_0 cache gives each head whole blocks (its width rounded up to 32; the padding is never
+/// read), so a head starts a block whatever its width.
+static inline size_t kv_row(const int32_t *blocks, int block_size, int t, int kv_heads, int g, int hd, int kind) {
+    const size_t stride = kind == QWEN_KV_Q8_0 ? (size_t)(hd + 31) / 32 * 32 : (size_t)hd;
+    return (((size_t)blocks[t / block_size] * block_size + t % block_size) * kv_heads + g) * stride;
 }
 
 /// scratch[h * ctx + t] = q_h · k_t × scale for positions t0..<ctx, one key row at a time
 /// (each key read once for the group's query heads).
 static inline void scores_from(int t0, const float *qg, int group, int hd, const void *kbase, const int32_t *blocks,
-                               int block_size, int ctx, int kvw, int g, float scale, float *scratch, int half) {
+                               int block_size, int ctx, int kv_heads, int g, float scale, float *scratch, int kind) {
     for (int t = t0; t < ctx; t++) {
-        const size_t k = kv_row(blocks, block_size, t, kvw, g, hd);
-        for (int h = 0; h < group; h++) scratch[(size_t)h * ctx + t] = dot(qg + (size_t)h * hd, kbase, k, hd, half) * scale;
+        const size_t k = kv_row(blocks, block_size, t, kv_heads, g, hd, kind);
+        for (int h = 0; h < group; h++) scratch[(size_t)h * ctx + t] = dot(qg + (size_t)h * hd, kbase, k, hd, kind) * scale;
     }
 }
 
@@ -44,12 +55,11 @@ static inline float max_of(const float *s, int n) {
 CLONES
 static void attend_generic(const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase,
                        const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch, int g0, int g1,
-                       int half) {
+                       int kind) {
     const int group = heads / kv_heads;
-    const int kvw = kv_heads * hd;
     for (int g = g0; g < g1; g++) {
         const float *qg = q + (size_t)g * group * hd;
-        scores_from(0, qg, group, hd, kbase, blocks, block_size, ctx, kvw, g, scale, scratch, half);
+        scores_from(0, qg, group, hd, kbase, blocks, block_size, ctx, kv_heads, g, scale, scratch, kind);
         for (int h = 0; h < group; h++) {
             float *s = scratch + (size_t)h * ctx;
             const float m = max_of(s, ctx);
@@ -64,11 +74,11 @@ static void attend_generic(const float *q, int heads, int kv_heads, int hd, cons
         float *og = out + (size_t)g * group * hd;
         memset(og, 0, sizeof(float) * (size_t)group * hd);
         for (int t = 0; t < ctx; t++) {
-            const size_t v = kv_row(blocks, block_size, t, kvw, g, hd);
+            const size_t v = kv_row(blocks, block_size, t, kv_heads, g, hd, kind);
             for (int h = 0; h < group; h++) {
                 const float p = scratch[(size_t)h * ctx + t];
                 float *o = og + (size_t)h * hd;
-                for (int i = 0; i < hd; i++) o[i] += p * ld(vbase, v + (size_t)i, half);
+                for (int i = 0; i < hd; i++) o[i] += p * ld(vbase, v + (size_t)i, kind);
             }
         }
     }
@@ -95,10 +105,17 @@ AVX512 static inline __m512 sums16(__m512 *v) {
     return _mm512_add_ps(_mm512_shuffle_ps(y0, y1, 0x44), _mm512_shuffle_ps(y0, y1, 0xEE));
 }
 
-/// 16 cache elements from element i on, as floats.
-AVX512 static inline __m512 load16(const void *base, size_t i, int half) {
-    return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)))
-               : _mm512_loadu_ps((const float *)base + i);
+/// 16 cache elements from element i on (i a multiple of 16), as floats.
+AVX512 static inline __m512 load16(const void *base, size_t i, int kind) {
+    if (kind == QWEN_KV_Q8_0) {
+        const uint8_t *b = (const uint8_t *)base + i / 32 * 34;
+        uint16_t d;
+        memcpy(&d, b, 2);
+        const __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 2 + i % 32))));
+        return _mm512_mul_ps(_mm512_set1_ps(qwen_f16_table[d]), x);
+    }
+    return kind == QWEN_KV_F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)))
+                               : _mm512_loadu_ps((const float *)base + i);
 }
 
 /// Heads whose outputs are accumulated together over the values: n × nv accumulators in registers.
@@ -110,14 +127,14 @@ static inline int values_heads(int nv, int left) {
 /// out[k] = Σ_i p[k·ctx + i] · v_i for heads k < N, each value row read once for all N
 /// (inlined with constant NV and N, so the accumulators stay in registers).
 AVX512 static inline __attribute__((always_inline)) void values_block(const float *p, int ctx, const void *vbase, const int32_t *blocks,
-                                                                      int block_size, int kvw, int g, int hd, float *out,
-                                                                      const int NV, const int N, const int half) {
+                                                                      int block_size, int kv_heads, int g, int hd, float *out,
+                                                                      const int NV, const int N, const int kind) {
     __m512 acc[24];
     for (int k = 0; k < N * NV; k++) acc[k] = _mm512_setzero_ps();
     for (int i = 0; i < ctx; i++) {
-        const size_t v = kv_row(blocks, block_size, i, kvw, g, hd);
+        const size_t v = kv_row(blocks, block_size, i, kv_heads, g, hd, kind);
         for (int c = 0; c < NV; c++) {
-            const __m512 vc = load16(vbase, v + 16 * (size_t)c, half);
+            const __m512 vc = load16(vbase, v + 16 * (size_t)c, kind);
             for (int k = 0; k < N; k++) acc[k * NV + c] = _mm512_fmadd_ps(_mm512_set1_ps(p[(size_t)k * ctx + i]), vc, acc[k * NV + c]);
         }
     }
@@ -125,29 +142,29 @@ AVX512 static inline __attribute__((always_inline)) void values_block(const floa
         for (int c = 0; c < NV; c++) _mm512_storeu_ps(out + (size_t)k * hd + 16 * c, acc[k * NV + c]);
 }
 
-// Inlined into one copy per storage type (half is a constant in each caller).
+// Inlined into one copy per storage type (kind is a constant in each caller).
 AVX512 static inline __attribute__((always_inline)) void attend_avx512_body(
     const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase, const int32_t *blocks, int block_size,
-    int ctx, float scale, float *out, float *scratch, int g0, int g1, const int half) {
-    const int group = heads / kv_heads, kvw = kv_heads * hd, nv = hd / 16;
+    int ctx, float scale, float *out, float *scratch, int g0, int g1, const int kind) {
+    const int group = heads / kv_heads, nv = hd / 16;
     for (int g = g0; g < g1; g++) {
         const float *qg = q + (size_t)g * group * hd;
         int t = 0;
         for (; t + 16 <= ctx; t += 16) {
             size_t k[16];
-            for (int j = 0; j < 16; j++) k[j] = kv_row(blocks, block_size, t + j, kvw, g, hd);
+            for (int j = 0; j < 16; j++) k[j] = kv_row(blocks, block_size, t + j, kv_heads, g, hd, kind);
             for (int h = 0; h < group; h++) {
                 const float *qh = qg + (size_t)h * hd;
                 __m512 part[16];
                 for (int j = 0; j < 16; j++) {
-                    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qh), load16(kbase, k[j], half));
-                    for (int c = 1; c < nv; c++) a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * c), load16(kbase, k[j] + 16 * (size_t)c, half), a);
+                    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qh), load16(kbase, k[j], kind));
+                    for (int c = 1; c < nv; c++) a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * c), load16(kbase, k[j] + 16 * (size_t)c, kind), a);
                     part[j] = a;
                 }
                 _mm512_storeu_ps(scratch + (size_t)h * ctx + t, _mm512_mul_ps(sums16(part), _mm512_set1_ps(scale)));
             }
         }
-        scores_from(t, qg, group, hd, kbase, blocks, block_size, ctx, kvw, g, scale, scratch, half);
+        scores_from(t, qg, group, hd, kbase, blocks, block_size, ctx, kv_heads, g, scale, scratch, kind);
         for (int h = 0; h < group; h++) {
             float *s = scratch + (size_t)h * ctx;
             const float m = max_of(s, ctx);
@@ -174,12 +191,12 @@ AVX512 static inline __attribute__((always_inline)) void attend_avx512_body(
             float *o = out + (size_t)(g * group + h) * hd;
             const float *p = scratch + (size_t)h * ctx;
             switch (nv * 8 + n) {
-#define VALUES_CASE(NV, N) case NV * 8 + N: values_block(p, ctx, vbase, blocks, block_size, kvw, g, hd, o, NV, N, half); break;
+#define VALUES_CASE(NV, N) case NV * 8 + N: values_block(p, ctx, vbase, blocks, block_size, kv_heads, g, hd, o, NV, N, kind); break;
                 VALUES_CASE(4, 1) VALUES_CASE(4, 2) VALUES_CASE(4, 3) VALUES_CASE(4, 4) VALUES_CASE(4, 5) VALUES_CASE(4, 6)
                 VALUES_CASE(8, 1) VALUES_CASE(8, 2) VALUES_CASE(8, 3)
 #undef VALUES_CASE
             default:
-                for (int k = 0; k < n; k++) values_block(p + (size_t)k * ctx, ctx, vbase, blocks, block_size, kvw, g, hd, o + (size_t)k * hd, nv, 1, half);
+                for (int k = 0; k < n; k++) values_block(p + (size_t)k * ctx, ctx, vbase, blocks, block_size, kv_heads, g, hd, o + (size_t)k * hd, nv, 1, kind);
             }
             h += n;
         }
@@ -193,24 +210,29 @@ AVX512 static void attend_avx512_f32(const float *q, int heads, int kv_heads, in
 
 AVX512 static void attend_avx512_f16(const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase,
                                      const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch, int g0, int g1) {
-    attend_avx512_body(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g0, g1, 1);
+    attend_avx512_body(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g0, g1, QWEN_KV_F16);
+}
+
+AVX512 static void attend_avx512_q8(const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase,
+                                    const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch, int g0, int g1) {
+    attend_avx512_body(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g0, g1, QWEN_KV_Q8_0);
 }
 
 void qwen_attend_paged_kv(const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase,
                           const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch,
-                          int g_begin, int g_end, int kv_f16) {
+                          int g_begin, int g_end, int kv_type) {
     if (qwen_cpu_has_avx512() && hd % 16 == 0 && hd <= 256) {
-        (kv_f16 ? attend_avx512_f16 : attend_avx512_f32)(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch,
-                                                         g_begin, g_end);
+        (kv_type == QWEN_KV_Q8_0 ? attend_avx512_q8 : kv_type == QWEN_KV_F16 ? attend_avx512_f16 : attend_avx512_f32)(
+            q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g_begin, g_end);
     } else {
-        attend_generic(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g_begin, g_end, kv_f16);
+        attend_generic(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g_begin, g_end, kv_type);
     }
 }
 
 void qwen_attend_paged_groups(const float *q, int heads, int kv_heads, int hd, const float *kbase, const float *vbase,
                               const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch,
                               int g_begin, int g_end) {
-    qwen_attend_paged_kv(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g_begin, g_end, 0);
+    qwen_attend_paged_kv(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g_begin, g_end, QWEN_KV_F32);
 }
 
 AVX512 static void to_f16_avx512(const float *src, uint16_t *dst, int n) {

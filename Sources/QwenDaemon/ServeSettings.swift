@@ -154,7 +154,7 @@ public struct ServeSettings: Equatable, Sendable {
             guard ["auto", "f32", "int8"].contains(value) else { throw bad("auto, f32 or int8") }
             compute = value
         case "kv-cache-dtype":
-            guard ["f32", "f16"].contains(value) else { throw bad("f32 or f16") }
+            guard ["f32", "f16", "q8_0"].contains(value) else { throw bad("f32, f16 or q8_0") }
             kvCacheDType = value
         case "tls-cert-file": tlsCertFile = value
         case "tls-key-file": tlsKeyFile = value

@@ -83,7 +83,7 @@ public final class Engine: @unchecked Sendable {
 
     /// KV blocks for a memory budget in bytes.
     public static func blocks(forBytes bytes: Int, config: QwenConfig, blockSize: Int = 16, dtype: KVCacheDType = .f32) -> Int {
-        let perBlock = 2 * config.layers * config.kvHeads * config.headDim * blockSize * dtype.bytes
+        let perBlock = 2 * config.layers * blockSize * dtype.rowBytes(kvHeads: config.kvHeads, headDim: config.headDim)
         return max(1, bytes / perBlock)
     }
 

@@ -40,14 +40,33 @@ protocol KeyValueAccess {
     func store(layer: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>, layout: BatchLayout)
     /// Per sequence of the batch: base pointers of its keys and values for `layer`, its block
     /// table and the block size (slot of position p = table[p / size] * size + p % size), and
-    /// whether they are stored as half floats.
-    func sources(layer: Int) -> (keys: [UnsafeRawPointer], values: [UnsafeRawPointer], tables: [[Int32]], blockSize: Int, f16: Bool)
+    /// how they are stored (QWEN_KV_F32, QWEN_KV_F16 or QWEN_KV_Q8_0).
+    func sources(layer: Int) -> (keys: [UnsafeRawPointer], values: [UnsafeRawPointer], tables: [[Int32]], blockSize: Int, kvType: Int32)
 }
 
 /// Serving: keys and values live in each sequence's pages of the KV pool.
 struct PagedKeyValues: KeyValueAccess {
     let caches: [KVCache]
     let width: Int
+    let kvHeads: Int
+
+    /// One row's heads (`heads` × `headDim` values) as Q8_0 blocks, each head from a block
+    /// boundary: a head width that is not a multiple of 32 is padded with zeros, which leave
+    /// its last block's scale as it is (the padding is never read).
+    static func quantizeHeads(_ x: UnsafePointer<Float>, heads: Int, headDim: Int, into out: UnsafeMutableRawPointer) {
+        if headDim % 32 == 0 {
+            qwen_quantize_rows(Int32(QWEN_Q8_0), x, 1, Int32(heads * headDim), out)
+            return
+        }
+        let padded = (headDim + 31) / 32 * 32
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: padded) { tmp in
+            tmp.initialize(repeating: 0)
+            for h in 0..<heads {
+                _ = tmp.update(fromContentsOf: UnsafeBufferPointer(start: x + h * headDim, count: headDim))
+                qwen_quantize_rows(Int32(QWEN_Q8_0), tmp.baseAddress!, 1, Int32(padded), out + h * (padded / 32 * 34))
+            }
+        }
+    }
 
     func store(layer l: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>, layout: BatchLayout) {
         for r in 0..<layout.rows {
@@ -64,13 +83,19 @@ struct PagedKeyValues: KeyValueAccess {
                 let vd = UnsafeMutableRawPointer(cache.pool.values[l].pointer).assumingMemoryBound(to: UInt16.self)
                 qwen_f32_to_f16(k + r * width, kd + slot, Int32(width))
                 qwen_f32_to_f16(v + r * width, vd + slot, Int32(width))
+            case .q8_0:
+                let byte = slot / width * cache.pool.rowBytes
+                Self.quantizeHeads(k + r * width, heads: kvHeads, headDim: width / kvHeads,
+                                   into: UnsafeMutableRawPointer(cache.pool.keys[l].pointer) + byte)
+                Self.quantizeHeads(v + r * width, heads: kvHeads, headDim: width / kvHeads,
+                                   into: UnsafeMutableRawPointer(cache.pool.values[l].pointer) + byte)
             }
         }
     }
 
-    func sources(layer l: Int) -> (keys: [UnsafeRawPointer], values: [UnsafeRawPointer], tables: [[Int32]], blockSize: Int, f16: Bool) {
+    func sources(layer l: Int) -> (keys: [UnsafeRawPointer], values: [UnsafeRawPointer], tables: [[Int32]], blockSize: Int, kvType: Int32) {
         (caches.map { UnsafeRawPointer($0.pool.keys[l].pointer) }, caches.map { UnsafeRawPointer($0.pool.values[l].pointer) },
-         caches.map(\.blocks), caches.first?.pool.blockSize ?? 16, caches.first?.pool.dtype == .f16)
+         caches.map(\.blocks), caches.first?.pool.blockSize ?? 16, caches.first?.pool.dtype.kernelType ?? Int32(QWEN_KV_F32))
     }
 }
 
@@ -101,10 +126,10 @@ struct StackedKeyValues: KeyValueAccess {
 
     func store(layer: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>, layout: BatchLayout) {}
 
-    func sources(layer l: Int) -> (keys: [UnsafeRawPointer], values: [UnsafeRawPointer], tables: [[Int32]], blockSize: Int, f16: Bool) {
+    func sources(layer l: Int) -> (keys: [UnsafeRawPointer], values: [UnsafeRawPointer], tables: [[Int32]], blockSize: Int, kvType: Int32) {
         let k = keys(l), v = values(l)
         return (starts.map { UnsafeRawPointer(k + $0 * width) }, starts.map { UnsafeRawPointer(v + $0 * width) }, starts.map { _ in identity },
-                Self.blockSize, false)
+                Self.blockSize, Int32(QWEN_KV_F32))
     }
 }
 
@@ -119,7 +144,7 @@ enum Attention {
         let t = layout.rows
         let qw = c.heads * c.headDim
         let scale = 1 / Float(c.headDim).squareRoot()
-        let (kbases, vbases, tables, blockSize, f16) = kv.sources(layer: layer)
+        let (kbases, vbases, tables, blockSize, kvType) = kv.sources(layer: layer)
         let bs = Int32(blockSize)
         // Fewer rows than threads (decoding one or a few sequences): each row's kv heads are
         // spread over the threads too, so a long context is read by every core.
@@ -137,7 +162,7 @@ enum Attention {
                 tables[k].withUnsafeBufferPointer { bt in
                     qwen_attend_paged_kv(q + r * qw, Int32(c.heads), Int32(c.kvHeads), Int32(c.headDim), kbases[k], vbases[k],
                                          bt.baseAddress, bs, Int32(layout.rowPos[r] + 1), scale, out + r * qw, buf,
-                                         Int32(g0), Int32(g1), f16 ? 1 : 0)
+                                         Int32(g0), Int32(g1), kvType)
                 }
             }
         }

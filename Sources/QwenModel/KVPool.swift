@@ -1,12 +1,31 @@
 import CQwenKernels
 import QwenKernels
 
-/// How the KV cache stores keys and values: f32, or IEEE half floats (half the memory and
-/// half the bytes attention reads; each key and value rounded to 11 significant bits).
+/// How the KV cache stores keys and values: f32; IEEE half floats (half the memory and half the
+/// bytes attention reads; each value rounded to 11 significant bits); or Q8_0 blocks (34 bytes
+/// per 32 values, 27% of f32; each value rounded to 1/254 of its block's largest magnitude, as
+/// ggml's quantize_row_q8_0 rounds).
 public enum KVCacheDType: String, Sendable, CaseIterable {
-    case f32, f16
+    case f32, f16, q8_0
 
-    public var bytes: Int { self == .f32 ? 4 : 2 }
+    /// Bytes of one cache row (one position's keys, or values, of every kv head). Q8_0 gives
+    /// each head whole blocks of 32 (its last one padded).
+    public func rowBytes(kvHeads: Int, headDim: Int) -> Int {
+        switch self {
+        case .f32: return kvHeads * headDim * 4
+        case .f16: return kvHeads * headDim * 2
+        case .q8_0: return kvHeads * ((headDim + 31) / 32) * 34
+        }
+    }
+
+    /// The kernel's number for this storage.
+    var kernelType: Int32 {
+        switch self {
+        case .f32: return Int32(QWEN_KV_F32)
+        case .f16: return Int32(QWEN_KV_F16)
+        case .q8_0: return Int32(QWEN_KV_Q8_0)
+        }
+    }
 }
 
 /// Paged key/value memory shared by many sequences: fixed-size blocks of `blockSize`
@@ -17,6 +36,8 @@ public enum KVCacheDType: String, Sendable, CaseIterable {
 public final class KVPool {
     public let layers: Int
     public let width: Int
+    /// Bytes of one position's keys (or values) in a layer's storage.
+    public let rowBytes: Int
     public let blockSize: Int
     public let dtype: KVCacheDType
     public private(set) var blockCount: Int
@@ -49,11 +70,12 @@ public final class KVPool {
         self.hasher = hasher
         layers = config.layers
         width = config.kvHeads * config.headDim
+        rowBytes = dtype.rowBytes(kvHeads: config.kvHeads, headDim: config.headDim)
         self.blockSize = blockSize
         self.dtype = dtype
         blockCount = max(blocks, 1)
         self.growable = growable
-        let slots = Self.slots(blocks: max(blocks, 1), blockSize: blockSize, width: config.kvHeads * config.headDim, dtype: dtype)
+        let slots = Self.slots(blocks: max(blocks, 1), blockSize: blockSize, rowBytes: rowBytes)
         keys = (0..<config.layers).map { _ in FloatBuffer(count: slots) }
         values = (0..<config.layers).map { _ in FloatBuffer(count: slots) }
         refCount = Array(repeating: 0, count: max(blocks, 1))
@@ -99,17 +121,17 @@ public final class KVPool {
     }
 
     /// Float-sized slots a layer's storage takes.
-    static func slots(blocks: Int, blockSize: Int, width: Int, dtype: KVCacheDType) -> Int {
-        (blocks * blockSize * width * dtype.bytes + 3) / 4
+    static func slots(blocks: Int, blockSize: Int, rowBytes: Int) -> Int {
+        (blocks * blockSize * rowBytes + 3) / 4
     }
 
     /// Bytes of one block of one layer's keys (or values).
-    var blockBytes: Int { blockSize * width * dtype.bytes }
+    var blockBytes: Int { blockSize * rowBytes }
 
     private func grow() {
         let newCount = blockCount * 2
         for l in 0..<layers {
-            let n = Self.slots(blocks: newCount, blockSize: blockSize, width: width, dtype: dtype)
+            let n = Self.slots(blocks: newCount, blockSize: blockSize, rowBytes: rowBytes)
             let k = FloatBuffer(count: n), v = FloatBuffer(count: n)
             UnsafeMutableRawPointer(k.pointer).copyMemory(from: keys[l].pointer, byteCount: blockCount * blockBytes)
             UnsafeMutableRawPointer(v.pointer).copyMemory(from: values[l].pointer, byteCount: blockCount * blockBytes)

@@ -111,7 +111,7 @@ public final class QwenModel {
                 u.apply(x + run.start * inDim, n: run.count, inDim: inDim, out: out + run.start * outDim, outDim: outDim, tmp: loraTmp)
             }
         }
-        let kv = PagedKeyValues(caches: items.map(\.cache), width: c.kvHeads * c.headDim)
+        let kv = PagedKeyValues(caches: items.map(\.cache), width: c.kvHeads * c.headDim, kvHeads: c.kvHeads)
         let io = LayerIO(x: s.x.pointer, xn: s.xn.pointer, q: s.q.pointer, k: s.k.pointer, v: s.v.pointer, attn: s.attn.pointer,
                          gate: s.gate.pointer, up: s.up.pointer, act: s.gate.pointer)
         for l in weights.layers.indices {

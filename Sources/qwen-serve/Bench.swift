@@ -22,7 +22,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Repetitions; medians are reported.") var reps = 3
     @Option(help: "Also decode this many sequences in lockstep (one forward per step, as the engine batches them).")
     var batch = 0
-    @Option(name: .customLong("kv-cache-dtype"), help: "How the KV cache stores keys and values: f32 or f16.")
+    @Option(name: .customLong("kv-cache-dtype"), help: "How the KV cache stores keys and values: f32, f16 or q8_0.")
     var kvCacheDType: KVCacheDType = .f32
     @Flag(help: "Also measure how fast this machine reads memory (all cores, 1 GiB), the ceiling for single-stream generation.")
     var bandwidth = false

@@ -29,7 +29,7 @@ struct Serve: AsyncParsableCommand {
     var f32Weights: String?
     @Option(help: "Products with quantized GGUF weights: auto (int8 for quantized weights on CPUs with AVX-512 VNNI, AVX-VNNI or AVX2, else f32), f32 (as transformers computes them) or int8 (inputs rounded to 8 bits, integer dot products as llama.cpp; on the default model ~2.7× faster prompts, ~2.5× faster batched decoding). [default: auto]")
     var compute: String?
-    @Option(name: .customLong("kv-cache-dtype"), help: "How the KV cache stores keys and values: f32 or f16 (half the memory and the bytes attention reads at long contexts; keys and values rounded to 11 significant bits). [default: f32]")
+    @Option(name: .customLong("kv-cache-dtype"), help: "How the KV cache stores keys and values: f32, f16 (half the memory and of the bytes attention reads; values rounded to 11 significant bits) or q8_0 (27% of f32; values rounded to 1/254 of each 32's largest). [default: f32]")
     var kvCacheDType: String?
     @Option(help: "Quantize float weight matrices at load: q8_0, q4_0 or q4_k (ggml's rules; with auto compute they then run in int8). [default: none]")
     var quantize: String?

@@ -80,9 +80,49 @@ final class AttentionKernelTests: XCTestCase {
                 var scratch = [Float](repeating: 0, count: (heads / kvHeads) * ctx)
                 let scale = 1 / Float(hd).squareRoot()
                 qwen_attend_paged_kv(q, Int32(heads), Int32(kvHeads), Int32(hd), kr, vr, table, Int32(blockSize), Int32(ctx), scale,
-                                     &want, &scratch, 0, Int32(kvHeads), 0)
+                                     &want, &scratch, 0, Int32(kvHeads), Int32(QWEN_KV_F32))
                 qwen_attend_paged_kv(q, Int32(heads), Int32(kvHeads), Int32(hd), kh, vh, table, Int32(blockSize), Int32(ctx), scale,
-                                     &got, &scratch, 0, Int32(kvHeads), 1)
+                                     &got, &scratch, 0, Int32(kvHeads), Int32(QWEN_KV_F16))
+                for i in 0..<got.count { XCTAssertEqual(got[i], want[i], accuracy: 1e-5, "heads \(heads)/\(kvHeads) hd \(hd) ctx \(ctx)") }
+            }
+        }
+    }
+
+    /// Attention over a Q8_0 cache equals attention over the dequantized values in f32, on the
+    /// AVX-512 path (hd 64, 32, 48) and the portable one (hd 24, and 288 past its 256 limit);
+    /// each head of each row is ggml's quantize_row_q8_0 of its values padded to 32.
+    func testQ8CacheMatchesDequantizedValues() {
+        var rng = SeededRandom(seed: 9)
+        let blockSize = 16, poolBlocks = 10
+        for (heads, kvHeads, hd) in [(14, 2, 64), (4, 1, 32), (6, 2, 48), (4, 2, 24), (2, 1, 288)] {
+            let rows = poolBlocks * blockSize, n = rows * kvHeads * hd, padded = (hd + 31) / 32 * 32
+            /// The cache bytes and, in the f32 layout, the values they stand for.
+            func q8(_ x: [Float]) -> ([UInt8], [Float]) {
+                var bytes = [UInt8](repeating: 0, count: rows * kvHeads * padded / 32 * 34), back = [Float](repeating: 0, count: n)
+                for h in 0..<(rows * kvHeads) {
+                    var head = Array(x[(h * hd)..<((h + 1) * hd)]) + [Float](repeating: 0, count: padded - hd)
+                    var block = [UInt8](repeating: 0, count: padded / 32 * 34), out = [Float](repeating: 0, count: padded)
+                    XCTAssertEqual(qwen_quantize_rows(Int32(QWEN_Q8_0), &head, 1, Int32(padded), &block), block.count)
+                    qwen_dequant_row(Int32(QWEN_Q8_0), block, Int32(padded), &out)
+                    bytes.replaceSubrange((h * block.count)..<((h + 1) * block.count), with: block)
+                    back.replaceSubrange((h * hd)..<((h + 1) * hd), with: out.prefix(hd))
+                }
+                return (bytes, back)
+            }
+            let keys = (0..<n).map { _ in Float(rng.unit() * 6 - 3) }, values = (0..<n).map { _ in Float(rng.unit() * 2 - 1) }
+            let (kq, kr) = q8(keys), (vq, vr) = q8(values)
+            XCTAssertLessThan(zip(keys, kr).map { abs($0 - $1) }.max()!, 3.0 / 254 + 1e-3, "rounding within half a step")
+            XCTAssertGreaterThan(zip(keys, kr).map { abs($0 - $1) }.max()!, 0)
+            let table: [Int32] = (0..<poolBlocks).map { Int32($0) }.shuffled(using: &rng)
+            for ctx in [1, 16, 33, 150] {
+                let q = (0..<(heads * hd)).map { _ in Float(rng.unit() * 4 - 2) }
+                var want = [Float](repeating: 0, count: heads * hd), got = want
+                var scratch = [Float](repeating: 0, count: (heads / kvHeads) * ctx)
+                let scale = 1 / Float(hd).squareRoot()
+                qwen_attend_paged_kv(q, Int32(heads), Int32(kvHeads), Int32(hd), kr, vr, table, Int32(blockSize), Int32(ctx), scale,
+                                     &want, &scratch, 0, Int32(kvHeads), Int32(QWEN_KV_F32))
+                qwen_attend_paged_kv(q, Int32(heads), Int32(kvHeads), Int32(hd), kq, vq, table, Int32(blockSize), Int32(ctx), scale,
+                                     &got, &scratch, 0, Int32(kvHeads), Int32(QWEN_KV_Q8_0))
                 for i in 0..<got.count { XCTAssertEqual(got[i], want[i], accuracy: 1e-5, "heads \(heads)/\(kvHeads) hd \(hd) ctx \(ctx)") }
             }
         }

@@ -94,3 +94,24 @@ def test_quantize_on_load_gives_float_checkpoints_the_int8_kernels():
     r = __import__("subprocess").run([os.environ.get("QWEN_SERVE_BIN", "qwen-serve"), "serve", "--model", "x",
                                       "--quantize", "q3_k", "--print-config"], capture_output=True, text=True)
     assert r.returncode != 0 and "quantize must be q8_0, q4_0, q4_k or none" in r.stderr
+
+
+def test_q8_kv_cache_serves_batches_like_solo():
+    """--kv-cache-dtype q8_0 (the tiny model's 24-wide heads take padded blocks): requests answer,
+    alone and batched alike, and the log states the cache type."""
+    s = Server(os.path.join(FIXTURES, "qwen3-tiny.gguf"), "--kv-cache-gb", "0.05", "--kv-cache-dtype", "q8_0")
+    try:
+        prompts = [f"Cache {i}: " + "token " * (2 + 7 * i) for i in range(4)]
+
+        def complete(p):
+            status, body = s.json("POST", "/v1/completions", {"prompt": p, "max_tokens": 10, "temperature": 0,
+                                                               "ignore_eos": True})
+            assert status == 200, body
+            return body["choices"][0]["text"]
+
+        alone = [complete(p) for p in prompts]
+        with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+            assert list(pool.map(complete, prompts)) == alone
+        assert any("q8_0" in line for line in s.log), s.log
+    finally:
+        s.stop()

@@ -20,11 +20,15 @@ void qwen_attend_paged_groups(const float *q, int heads, int kv_heads, int hd, c
                               const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch,
                               int g_begin, int g_end);
 
-/// The same over a cache stored as f32 (kv_f16 = 0) or IEEE half floats (kv_f16 = 1;
-/// kbase/vbase then point at uint16_t elements).
+/// How a cache stores its elements: f32; IEEE half floats; or Q8_0 — each head of each row as
+/// ceil(hd/32) blocks of 34 bytes (an f16 scale d, then 32 int8 q; a value is d·q; the last
+/// block's values past hd are padding), so a row is kv_heads·ceil(hd/32)·34 bytes.
+enum { QWEN_KV_F32 = 0, QWEN_KV_F16 = 1, QWEN_KV_Q8_0 = 2 };
+
+/// The same over a cache stored as kv_type (one of the above).
 void qwen_attend_paged_kv(const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase,
                           const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch,
-                          int g_begin, int g_end, int kv_f16);
+                          int g_begin, int g_end, int kv_type);
 
 /// Rounds n floats to IEEE half floats (nearest, ties to even), as a half-float cache stores them.
 void qwen_f32_to_f16(const float *src, uint16_t *dst, int n);
