@@ -134,35 +134,56 @@ struct StackedKeyValues: KeyValueAccess {
 }
 
 /// Causal attention for a batch of rows from different sequences, each row against its
-/// own sequence's keys and values up to and including its position.
+/// own sequence's keys and values up to and including its position. A sequence's rows at
+/// consecutive positions (a prompt chunk) are taken `blockRows` at a time, reading each key
+/// and value once per block; a row's result is the same whatever it is computed with.
 enum Attention {
     static let workers = max(1, min(8, ProcessInfo.processInfo.activeProcessorCount))
+    static let blockRows = 16
+
+    /// Runs of rows of one sequence at consecutive positions, cut to at most `blockRows`.
+    static func blocks(_ layout: BatchLayout) -> [Range<Int>] {
+        var out: [Range<Int>] = []
+        var start = 0
+        for r in 0..<layout.rows {
+            let next = r + 1
+            let continues = next < layout.rows && layout.rowItem[next] == layout.rowItem[r] && layout.rowPos[next] == layout.rowPos[r] + 1
+            if !continues || next - start == blockRows {
+                out.append(start..<next)
+                start = next
+            }
+        }
+        return out
+    }
+
+    /// Scratch floats a worker needs for `layout` (qwen_attend_paged_rows's).
+    static func scratchPerWorker(_ layout: BatchLayout, group: Int, headDim: Int) -> Int {
+        group * min(blockRows, layout.rows) * layout.maxContext + 80 * headDim
+    }
 
     static func rows(q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, layout: BatchLayout,
                      kv: KeyValueAccess, layer: Int, config c: QwenConfig,
                      scratch: UnsafeMutablePointer<Float>, scratchPerWorker: Int, workers: Int) {
-        let t = layout.rows
         let qw = c.heads * c.headDim
         let scale = 1 / Float(c.headDim).squareRoot()
         let (kbases, vbases, tables, blockSize, kvType) = kv.sources(layer: layer)
         let bs = Int32(blockSize)
-        // Fewer rows than threads (decoding one or a few sequences): each row's kv heads are
+        let runs = blocks(layout)
+        // Fewer blocks than threads (decoding one or a few sequences): each block's kv heads are
         // spread over the threads too, so a long context is read by every core.
-        let split = t < workers ? c.kvHeads : 1
-        let items = t * split
-        let chunk = (items + workers - 1) / workers
-        DispatchQueue.concurrentPerform(iterations: workers) { w in
-            let lo = w * chunk, hi = min(items, lo + chunk)
-            guard lo < hi else { return }
+        let split = runs.count < workers ? c.kvHeads : 1
+        let items = runs.count * split
+        // Later blocks see more keys: threads take items in turn, not in contiguous ranges.
+        DispatchQueue.concurrentPerform(iterations: min(workers, items)) { w in
             let buf = scratch + w * scratchPerWorker
-            for item in lo..<hi {
-                let r = item / split, g = item % split
+            for item in stride(from: w, to: items, by: workers) {
+                let run = runs[item / split], g = item % split
                 let (g0, g1) = split == 1 ? (0, c.kvHeads) : (g, g + 1)
-                let k = layout.rowItem[r]
+                let r = run.lowerBound, k = layout.rowItem[r]
                 tables[k].withUnsafeBufferPointer { bt in
-                    qwen_attend_paged_kv(q + r * qw, Int32(c.heads), Int32(c.kvHeads), Int32(c.headDim), kbases[k], vbases[k],
-                                         bt.baseAddress, bs, Int32(layout.rowPos[r] + 1), scale, out + r * qw, buf,
-                                         Int32(g0), Int32(g1), kvType)
+                    qwen_attend_paged_rows(q + r * qw, Int32(qw), Int32(run.count), Int32(layout.rowPos[r] + 1), Int32(c.heads),
+                                           Int32(c.kvHeads), Int32(c.headDim), kbases[k], vbases[k], bt.baseAddress, bs, scale,
+                                           out + r * qw, buf, Int32(g0), Int32(g1), kvType)
                 }
             }
         }

@@ -192,7 +192,7 @@ public final class QwenModel {
         kv.store(layer: l, k: io.k, v: io.v, layout: layout)
         let group = c.heads / c.kvHeads
         let workers = t >= 2 ? Attention.workers : 1
-        let perWorker = group * layout.maxContext
+        let perWorker = Attention.scratchPerWorker(layout, group: group, headDim: hd)
         Attention.rows(q: io.q, out: io.attn, layout: layout, kv: kv, layer: l, config: c,
                        scratch: scratch.scores(workers * perWorker), scratchPerWorker: perWorker, workers: workers)
         w.o.multiply(io.attn, n: t, into: io.x, accumulate: true)

@@ -127,4 +127,56 @@ final class AttentionKernelTests: XCTestCase {
             }
         }
     }
+
+    /// Rows of one sequence attended together (each key and value read once for the block) give
+    /// every row bit for bit what it gets alone, for each cache type, head widths on both paths
+    /// (AVX-512: 64, 128, 48; portable: 24) and blocks that start and end inside key tiles.
+    func testBlockedRowsAreBitIdenticalToRowsAlone() {
+        var rng = SeededRandom(seed: 10)
+        let blockSize = 16, poolBlocks = 14
+        for (heads, kvHeads, hd) in [(14, 2, 64), (16, 8, 128), (6, 2, 48), (4, 2, 24)] {
+            for kind in [QWEN_KV_F32, QWEN_KV_F16, QWEN_KV_Q8_0].map(Int32.init) {
+                let rowBytes = kind == Int32(QWEN_KV_F32) ? kvHeads * hd * 4 : kind == Int32(QWEN_KV_F16) ? kvHeads * hd * 2
+                    : kvHeads * ((hd + 31) / 32) * 34
+                let bytes = poolBlocks * blockSize * rowBytes
+                // Random bytes are valid caches of each type except for f16/q8 NaN/Inf patterns: build them from values.
+                var keys = [UInt8](repeating: 0, count: bytes), values = keys
+                let floats = poolBlocks * blockSize * kvHeads * hd
+                let kf = (0..<floats).map { _ in Float(rng.unit() * 4 - 2) }, vf = (0..<floats).map { _ in Float(rng.unit() * 2 - 1) }
+                func fill(_ x: [Float], _ out: inout [UInt8]) {
+                    switch kind {
+                    case Int32(QWEN_KV_F32): x.withUnsafeBytes { out = Array($0) }
+                    case Int32(QWEN_KV_F16):
+                        var h = [UInt16](repeating: 0, count: x.count)
+                        qwen_f32_to_f16(x, &h, Int32(x.count))
+                        h.withUnsafeBytes { out = Array($0) }
+                    default:
+                        let padded = (hd + 31) / 32 * 32, per = padded / 32 * 34
+                        for r in 0..<(x.count / hd) {
+                            var head = Array(x[(r * hd)..<((r + 1) * hd)]) + [Float](repeating: 0, count: padded - hd)
+                            out.withUnsafeMutableBytes { _ = qwen_quantize_rows(Int32(QWEN_Q8_0), &head, 1, Int32(padded), $0.baseAddress! + r * per) }
+                        }
+                    }
+                }
+                fill(kf, &keys)
+                fill(vf, &values)
+                let table: [Int32] = (0..<poolBlocks).map { Int32($0) }.shuffled(using: &rng)
+                let group = heads / kvHeads, qw = heads * hd, scale = 1 / Float(hd).squareRoot()
+                for (ctx0, n) in [(1, 1), (1, 16), (15, 5), (16, 16), (17, 3), (100, 16), (190, 34)] {
+                    let q = (0..<(n * qw)).map { _ in Float(rng.unit() * 4 - 2) }
+                    var together = [Float](repeating: .nan, count: n * qw)
+                    var scratch = [Float](repeating: .nan, count: n * group * (ctx0 + n) + 80 * hd)
+                    qwen_attend_paged_rows(q, Int32(qw), Int32(n), Int32(ctx0), Int32(heads), Int32(kvHeads), Int32(hd), keys, values, table,
+                                           Int32(blockSize), scale, &together, &scratch, 0, Int32(kvHeads), kind)
+                    for i in 0..<n {
+                        var alone = [Float](repeating: .nan, count: qw)
+                        qwen_attend_paged_kv(Array(q[(i * qw)..<((i + 1) * qw)]), Int32(heads), Int32(kvHeads), Int32(hd), keys, values, table,
+                                             Int32(blockSize), Int32(ctx0 + i), scale, &alone, &scratch, 0, Int32(kvHeads), kind)
+                        XCTAssertEqual(Array(together[(i * qw)..<((i + 1) * qw)]).map(\.bitPattern), alone.map(\.bitPattern),
+                                       "hd \(hd) kind \(kind) ctx0 \(ctx0) n \(n) row \(i)")
+                    }
+                }
+            }
+        }
+    }
 }

@@ -30,6 +30,14 @@ void qwen_attend_paged_kv(const float *q, int heads, int kv_heads, int hd, const
                           const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch,
                           int g_begin, int g_end, int kv_type);
 
+/// The same for n query rows of one sequence at consecutive positions — row i (q + i·ld, its
+/// output at out + i·ld) attends to positions 0..<ctx0 + i — reading each key and value from
+/// the cache once for all of them. Each row's result is bit-identical to qwen_attend_paged_kv
+/// on it alone. scratch: at least n·(heads/kv_heads)·(ctx0 + n − 1) + 80·hd floats.
+void qwen_attend_paged_rows(const float *q, int ld, int n, int ctx0, int heads, int kv_heads, int hd, const void *kbase,
+                            const void *vbase, const int32_t *blocks, int block_size, float scale, float *out, float *scratch,
+                            int g_begin, int g_end, int kv_type);
+
 /// Rounds n floats to IEEE half floats (nearest, ties to even), as a half-float cache stores them.
 void qwen_f32_to_f16(const float *src, uint16_t *dst, int n);
 
