@@ -52,7 +52,8 @@ public final class QuantizedSource: TensorSource {
 
     func quantizes(_ name: String) -> Bool {
         guard name.hasSuffix(".weight"), let s = base.shape(of: name), s.count == 2, s[1] % 32 == 0 else { return false }
-        if let c = base.compactStorage(name), c.0 != Int32(QWEN_F16) && c.0 != Int32(QWEN_BF16) { return false }  // already quantized
+        // Already quantized (a GGUF's f32 matrices come with type 0: float, so quantized here).
+        if let c = base.compactStorage(name), ![Int32(QWEN_F32), Int32(QWEN_F16), Int32(QWEN_BF16)].contains(c.0) { return false }
         return true
     }
 

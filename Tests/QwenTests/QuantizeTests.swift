@@ -88,4 +88,20 @@ final class QuantizeTests: XCTestCase {
         }
         XCTAssertNil(q.compactStorage("model.norm.weight").map { $0.0 == Int32(QWEN_Q8_0) ? 1 : nil } ?? nil)
     }
+
+    /// A GGUF whose matrices are f32 (convert_hf_to_gguf --outtype f32, or `fuse` output) is a
+    /// float checkpoint too: its matrices are quantized like safetensors ones.
+    func testF32GGUFMatricesAreQuantized() throws {
+        let src = try GGUFFile(path: Fixtures.path("qwen3-tiny.gguf"))
+        var replacing: [String: FloatBuffer] = [:]
+        for name in src.tensorNames where src.shape(of: name)?.count == 2 { replacing[name] = try src.floats(name) }
+        let path = try temporaryDirectory(self) + "/f32.gguf"
+        try GGUFWriter.rewrite(src, replacing: replacing, to: path)
+        let g = try GGUFFile(path: path)
+        XCTAssertEqual(g.tensors["model.layers.0.self_attn.q_proj.weight"]?.type, .f32)
+        let q = QuantizedSource(g, type: .q8_0)
+        XCTAssertEqual(q.compactStorage("model.layers.0.self_attn.q_proj.weight")?.0, Int32(QWEN_Q8_0))
+        let loaded = try LoadedModel.load(path: path, choice: .f32, quantize: .q8_0)
+        XCTAssertEqual(try XCTUnwrap(loaded.model.weights.layers[0].q as? CompactMatrix).storageType, Int32(QWEN_Q8_0))
+    }
 }
