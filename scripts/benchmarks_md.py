@@ -8,7 +8,8 @@ def write_section(repo, name, section, file="BENCHMARKS.md"):
     start = text.find("## " + name)
     if start >= 0:
         end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+        rest = text[end + 1:] if end >= 0 else ""
+        text = text[:start] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     with open(path + ".tmp", "w") as f:
