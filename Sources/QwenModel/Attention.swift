@@ -142,7 +142,7 @@ enum Attention {
     static let blockRows = 16
 
     /// Runs of rows of one sequence at consecutive positions, cut to at most `blockRows`.
-    static func blocks(_ layout: BatchLayout) -> [Range<Int>] {
+    static func rowRuns(_ layout: BatchLayout) -> [Range<Int>] {
         var out: [Range<Int>] = []
         var start = 0
         for r in 0..<layout.rows {
@@ -168,7 +168,7 @@ enum Attention {
         let scale = 1 / Float(c.headDim).squareRoot()
         let (kbases, vbases, tables, blockSize, kvType) = kv.sources(layer: layer)
         let bs = Int32(blockSize)
-        let runs = blocks(layout)
+        let runs = rowRuns(layout)
         // Fewer blocks than threads (decoding one or a few sequences): each block's kv heads are
         // spread over the threads too, so a long context is read by every core.
         let split = runs.count < workers ? c.kvHeads : 1

@@ -70,8 +70,8 @@ public enum GGUFExport {
             try? fm.removeItem(atPath: output)
             throw ExportError(description: "\(output): the written file did not load back, so it was removed: \(error)")
         }
-        let size = (try? fm.attributesOfItem(atPath: output)[.size] as? Int) ?? 0
-        return Summary(tensors: tensors.count, quantized: quantized, bytes: size ?? 0)
+        let size = (try? fm.attributesOfItem(atPath: output))?[.size] as? Int ?? 0
+        return Summary(tensors: tensors.count, quantized: quantized, bytes: size)
     }
 
     /// Embedding first, then the layers in order, then the final norm and head (llama.cpp's order).
