@@ -94,6 +94,7 @@ extension Tokenizer {
             let type = i < types.count ? (types[i].int ?? 1) : 1
             switch type {
             case 3, 4: added.append(AddedToken(id: Int32(i), content: s, special: type == 3))
+            case 5: continue  // unused: an embedding row past the vocabulary ("[PAD151700]"), no text
             default: vocab[s] = Int32(i)
             }
         }

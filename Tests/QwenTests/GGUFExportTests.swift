@@ -139,8 +139,9 @@ extension GGUFExportTests {
                                         ("tokenizer.ggml.token_type", .i32s(v.types)), ("tokenizer.ggml.merges", .strings(v.merges))],
                              tensors: [], to: out)
         let back = try Tokenizer.load(gguf: try GGUFFile(path: out))
-        XCTAssertEqual(back.tokenBytes.count, size)
-        XCTAssertEqual(Array(back.tokenBytes.prefix(original.vocabularySize)), original.tokenBytes)
+        XCTAssertEqual(original.vocabularySize, 151_665, "the file's 271 unused [PAD] ids are no tokens")
+        XCTAssertEqual(original.decode([151_700, 9707]), "Hello", "an unused id decodes to nothing, as in llama.cpp")
+        XCTAssertEqual(back.tokenBytes, original.tokenBytes)
         XCTAssertEqual(back.addedTokens.map(\.content), original.addedTokens.map(\.content))
         XCTAssertEqual(back.addedTokens.map(\.special), original.addedTokens.map(\.special))
         XCTAssertEqual(v.types.filter { $0 == 5 }.count, size - original.vocabularySize)
