@@ -48,6 +48,9 @@ public final class GGUFFile: TensorSource {
     public private(set) var metadataCount = 0
     public private(set) var tensorOrder: [String] = []
     public private(set) var alignment = 32
+    /// Each metadata entry's key, in file order, with the bytes of its type and value as stored
+    /// (what a writer copies without knowing the key).
+    public private(set) var storedMetadata: [(key: String, type: UInt32, value: Range<Int>)] = []
     public var origin: String { file.path }
 
     public init(path: String) throws {
@@ -65,7 +68,9 @@ public final class GGUFFile: TensorSource {
         for _ in 0..<kvCount {
             let key = try r.string("metadata key")
             let type = try r.u32("type of \(key)")
+            let valueStart = r.offset
             metadata[key] = try r.value(type: type, key: key, depth: 0)
+            storedMetadata.append((key, type, valueStart..<r.offset))
         }
         metadataBytes = metaStart..<r.offset
         var infos: [(String, GGMLType, [Int], Int)] = []

@@ -8,6 +8,8 @@ public enum GGUFWriter {
     public enum Value {
         case u32(UInt32), i32(Int32), f32(Float), bool(Bool), string(String)
         case strings([String]), i32s([Int32])
+        /// A value copied from another file: its GGUF type number and bytes as stored there.
+        case stored(type: UInt32, bytes: UnsafeRawBufferPointer)
     }
 
     /// A tensor to write: its GGUF name, ggml type, dims in GGUF order (innermost first),
@@ -48,6 +50,7 @@ public enum GGUFWriter {
             case .string(let s): head.u32(8); head.str(s)
             case .strings(let a): head.u32(9); head.u32(8); head.u64(UInt64(a.count)); a.forEach { head.str($0) }
             case .i32s(let a): head.u32(9); head.u32(5); head.u64(UInt64(a.count)); a.forEach { head.u32(UInt32(bitPattern: $0)) }
+            case .stored(let type, let bytes): head.u32(type); head.data.append(contentsOf: bytes)
             }
         }
         try emit(head, tensors, alignment: 32, to: path)

@@ -4,8 +4,8 @@ import QwenKernels
 import QwenModel
 import QwenTokenizer
 
-/// `qwen-serve quantize`: a Hugging Face checkpoint (safetensors in bf16/f16/f32) written as a
-/// quantized GGUF that this server and llama.cpp load — the weights `--quantize` would make at
+/// `qwen-serve quantize`: a Hugging Face checkpoint (safetensors in bf16/f16/f32), or a GGUF with
+/// float matrices, written as a quantized GGUF that this server and llama.cpp load — the weights `--quantize` would make at
 /// load (QuantizedSource), the hyper-parameters under llama.cpp's `qwen2`/`qwen3` keys, the
 /// tokenizer as `tokenizer.ggml.*` arrays and the chat template. Tensors are quantized and
 /// written one at a time, so memory stays near one tensor's size; the file is written
@@ -19,43 +19,61 @@ public enum GGUFExport {
 
     struct ExportError: Error, CustomStringConvertible { let description: String }
 
-    public static func quantize(directory: String, type: QuantizeType, to output: String, name: String? = nil) throws -> Summary {
+    /// `model`: a Hugging Face directory, or a GGUF file whose matrices are float (f32/f16/bf16;
+    /// its metadata is copied, with the new file type).
+    public static func quantize(model: String, type: QuantizeType, to output: String, name: String? = nil) throws -> Summary {
         let fm = FileManager.default
         var isDir: ObjCBool = false
-        guard fm.fileExists(atPath: directory, isDirectory: &isDir) else { throw ModelFileError(directory, "no such file or directory") }
-        guard isDir.boolValue else {
-            throw ModelFileError(directory, "is a file; quantize reads a Hugging Face model directory (config.json, tokenizer.json, *.safetensors)")
-        }
+        guard fm.fileExists(atPath: model, isDirectory: &isDir) else { throw ModelFileError(model, "no such file or directory") }
         guard !fm.fileExists(atPath: output) else { throw ExportError(description: "\(output): already exists; choose a new path") }
-        let config = try QwenConfig.fromHuggingFace(path: (directory as NSString).appendingPathComponent("config.json"))
-        let tokenizer = try Tokenizer.load(directory: directory)
-        let source = QuantizedSource(try SafetensorsDirectory(directory: directory), type: type)
-        guard let vocabulary = tokenizer.ggufVocabulary(size: config.vocabSize) else {
-            throw ModelFileError(directory, "the tokenizer has \(tokenizer.vocabularySize) tokens, more than vocab_size \(config.vocabSize)")
+        let metadata: [(String, GGUFWriter.Value)]
+        let source: QuantizedSource
+        var keepAlive: AnyObject? = nil
+        if isDir.boolValue {
+            let config = try QwenConfig.fromHuggingFace(path: (model as NSString).appendingPathComponent("config.json"))
+            let tokenizer = try Tokenizer.load(directory: model)
+            source = QuantizedSource(try SafetensorsDirectory(directory: model), type: type)
+            guard let vocabulary = tokenizer.ggufVocabulary(size: config.vocabSize) else {
+                throw ModelFileError(model, "the tokenizer has \(tokenizer.vocabularySize) tokens, more than vocab_size \(config.vocabSize)")
+            }
+            metadata = try self.metadata(config, tokenizer, vocabulary, type: type,
+                                         name: name ?? URL(fileURLWithPath: model).lastPathComponent, origin: model)
+        } else {
+            let g = try GGUFFile(path: model)
+            _ = try QwenConfig.fromGGUF(g)  // a qwen2/qwen3 file, or refused by name
+            guard g.tensors.values.contains(where: { $0.dims.count == 2 && [.f32, .f16, .bf16].contains($0.type) }) else {
+                throw ModelFileError(model, "has no float matrices to quantize (its weights are already quantized blocks)")
+            }
+            source = QuantizedSource(g, type: type)
+            keepAlive = g
+            metadata = copiedMetadata(g, type: type, name: name)
         }
-        let metadata = try self.metadata(config, tokenizer, vocabulary, type: type,
-                                         name: name ?? URL(fileURLWithPath: directory).lastPathComponent, origin: directory)
         var tensors: [GGUFWriter.Tensor] = []
         var quantized = 0
         for hf in order(source.tensorNames) {
             guard let gguf = GGUFFile.ggufName(hf) else {
                 if hf.hasSuffix("rotary_emb.inv_freq") { continue }  // a buffer older checkpoints saved, recomputed at load
-                throw ModelFileError(directory, "tensor \(hf) has no place in a qwen2/qwen3 GGUF")
+                throw ModelFileError(model, "tensor \(hf) has no place in a qwen2/qwen3 GGUF")
             }
             let shape = source.shape(of: hf)!
             let dims = Array(shape.reversed())
             if let (t, bytes) = try source.quantizedLayout(hf) {
                 quantized += 1
                 tensors.append(.init(name: gguf, type: UInt32(t), dims: dims, byteCount: bytes) { try source.quantizedBytes(hf) })
+            } else if let g = keepAlive as? GGUFFile, let t = g.tensors[hf] {
+                // Already in blocks (or a vector): copied as stored.
+                tensors.append(.init(name: gguf, type: t.type.rawValue, dims: t.dims, byteCount: t.byteCount) {
+                    (UnsafeRawBufferPointer(start: g.file.base + t.offset, count: t.byteCount), g.file)
+                })
             } else {
                 var count = 1
                 for d in shape {
                     let (c, o) = count.multipliedReportingOverflow(by: d)
-                    guard !o, d >= 0 else { throw ModelFileError(directory, "tensor \(hf) is too large") }
+                    guard !o, d >= 0 else { throw ModelFileError(model, "tensor \(hf) is too large") }
                     count = c
                 }
                 let (bytes, o) = count.multipliedReportingOverflow(by: 4)
-                guard !o else { throw ModelFileError(directory, "tensor \(hf) is too large") }
+                guard !o else { throw ModelFileError(model, "tensor \(hf) is too large") }
                 tensors.append(.init(name: gguf, type: 0, dims: dims, byteCount: bytes) {
                     let v = try source.floats(hf)
                     return (UnsafeRawBufferPointer(start: v.pointer, count: v.count * 4), v)
@@ -71,7 +89,20 @@ public enum GGUFExport {
             throw ExportError(description: "\(output): the written file did not load back, so it was removed: \(error)")
         }
         let size = (try? fm.attributesOfItem(atPath: output))?[.size] as? Int ?? 0
-        return Summary(tensors: tensors.count, quantized: quantized, bytes: size)
+        return withExtendedLifetime(keepAlive) { Summary(tensors: tensors.count, quantized: quantized, bytes: size) }
+    }
+
+    /// A GGUF's metadata copied entry by entry, with this file's type and name (and no alignment
+    /// key: the writer aligns to 32).
+    static func copiedMetadata(_ g: GGUFFile, type: QuantizeType, name: String?) -> [(String, GGUFWriter.Value)] {
+        let replaced: Set<String> = ["general.file_type", "general.quantization_version", "general.alignment"]
+        var m: [(String, GGUFWriter.Value)] = []
+        for e in g.storedMetadata where !replaced.contains(e.key) && !(name != nil && e.key == "general.name") {
+            m.append((e.key, .stored(type: e.type, bytes: UnsafeRawBufferPointer(start: g.file.base + e.value.lowerBound, count: e.value.count))))
+        }
+        if let name { m.append(("general.name", .string(name))) }
+        m += [("general.file_type", .u32(fileType(type))), ("general.quantization_version", .u32(2))]
+        return m
     }
 
     /// Embedding first, then the layers in order, then the final norm and head (llama.cpp's order).

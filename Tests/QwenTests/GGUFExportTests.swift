@@ -16,7 +16,7 @@ final class GGUFExportTests: XCTestCase {
         let cases: [(String, QuantizeType)] = [("qwen3-tiny-bf16", .q8_0), ("qwen3-tiny-f32", .q4_0), ("qwen3-tiny-f32", .q4_k), ("qwen2-tiny", .q8_0)]
         for (fixture, type) in cases {
             let out = "\(dir)/\(fixture)-\(type.rawValue).gguf"
-            let summary = try GGUFExport.quantize(directory: Fixtures.path(fixture), type: type, to: out)
+            let summary = try GGUFExport.quantize(model: Fixtures.path(fixture), type: type, to: out)
             let fromDir = try LoadedModel.load(path: Fixtures.path(fixture), choice: .f32, quantize: type)
             let fromFile = try LoadedModel.load(path: out, choice: .f32)
             XCTAssertEqual(fromFile.model.config, fromDir.model.config, fixture)
@@ -51,7 +51,7 @@ final class GGUFExportTests: XCTestCase {
     /// Metadata keys and types as llama.cpp's loader reads them (it rejects a wrong type).
     func testMetadataKeys() throws {
         let out = try temporaryDirectory(self) + "/m.gguf"
-        try GGUFExport.quantize(directory: Fixtures.path("qwen3-tiny-bf16"), type: .q8_0, to: out, name: "tiny")
+        try GGUFExport.quantize(model: Fixtures.path("qwen3-tiny-bf16"), type: .q8_0, to: out, name: "tiny")
         let g = try GGUFFile(path: out)
         let config = try QwenConfig.fromHuggingFace(path: Fixtures.path("qwen3-tiny-bf16") + "/config.json")
         XCTAssertEqual(g.architecture, "qwen3")
@@ -71,12 +71,14 @@ final class GGUFExportTests: XCTestCase {
         let dir = try temporaryDirectory(self)
         let existing = dir + "/exists.gguf"
         FileManager.default.createFile(atPath: existing, contents: Data("keep me".utf8))
-        XCTAssertThrowsError(try GGUFExport.quantize(directory: Fixtures.path("qwen3-tiny-bf16"), type: .q8_0, to: existing)) {
+        XCTAssertThrowsError(try GGUFExport.quantize(model: Fixtures.path("qwen3-tiny-bf16"), type: .q8_0, to: existing)) {
             XCTAssertTrue("\($0)".contains("already exists"), "\($0)")
         }
         XCTAssertEqual(try String(contentsOfFile: existing, encoding: .utf8), "keep me")
-        XCTAssertThrowsError(try GGUFExport.quantize(directory: Fixtures.path("qwen3-tiny.gguf"), type: .q8_0, to: dir + "/a.gguf")) {
-            XCTAssertTrue("\($0)".contains("qwen3-tiny.gguf") && "\($0)".contains("model directory"), "\($0)")
+        // The default model's matrices are all blocks already (the tiny GGUF still has f16 ones, which would be quantized).
+        let quantized = try Fixtures.defaultModel()
+        XCTAssertThrowsError(try GGUFExport.quantize(model: quantized, type: .q8_0, to: dir + "/a.gguf")) {
+            XCTAssertTrue("\($0)".contains(quantized) && "\($0)".contains("already quantized"), "\($0)")
         }
         // A checkpoint with a tensor GGUF has no name for.
         let odd = dir + "/odd"
@@ -85,11 +87,39 @@ final class GGUFExportTests: XCTestCase {
         let tensors = src.tensorNames.map { n in SafetensorsWriter.Tensor(name: n, shape: src.shape(of: n)!) { try src.floats(n) } }
         try SafetensorsWriter.write(tensors + [.init(name: "model.extra.weight", shape: [2, 2]) { FloatBuffer([1, 2, 3, 4]) }],
                                     dtype: .f32, to: odd + "/model.safetensors")
-        XCTAssertThrowsError(try GGUFExport.quantize(directory: odd, type: .q8_0, to: dir + "/b.gguf")) {
+        XCTAssertThrowsError(try GGUFExport.quantize(model: odd, type: .q8_0, to: dir + "/b.gguf")) {
             XCTAssertTrue("\($0)".contains("model.extra.weight"), "\($0)")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/a.gguf"))
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/b.gguf"))
+    }
+}
+
+extension GGUFExportTests {
+    /// A GGUF with float matrices (f32 here, as `fuse` or convert_hf_to_gguf --outtype f32 write)
+    /// is quantized too: its metadata copied entry by entry with the new file type, its blocks
+    /// those --quantize makes from it at load, so the same logits bit for bit.
+    func testFloatGGUFIsQuantized() throws {
+        let dir = try temporaryDirectory(self)
+        let src = try GGUFFile(path: Fixtures.path("qwen3-tiny.gguf"))
+        var replacing: [String: FloatBuffer] = [:]
+        for name in src.tensorNames where src.shape(of: name)?.count == 2 { replacing[name] = try src.floats(name) }
+        let f32 = dir + "/f32.gguf", out = dir + "/q8.gguf"
+        try GGUFWriter.rewrite(src, replacing: replacing, to: f32)
+        let s = try GGUFExport.quantize(model: f32, type: .q8_0, to: out)
+        XCTAssertEqual(s.quantized, replacing.count)
+        let a = try GGUFFile(path: f32), b = try GGUFFile(path: out)
+        XCTAssertEqual(b.metadata["general.file_type"]?.int, 7)
+        XCTAssertEqual(Set(b.metadata.keys), Set(a.metadata.keys).union(["general.file_type", "general.quantization_version"]))
+        for (k, v) in a.metadata where k != "general.file_type" && k != "general.quantization_version" {
+            XCTAssertEqual("\(b.metadata[k]!)", "\(v)", k)
+        }
+        XCTAssertEqual(try GGUFReaderTypes.types(of: out).filter { $0.key != "general.file_type" && $0.key != "general.quantization_version" },
+                       try GGUFReaderTypes.types(of: f32).filter { $0.key != "general.file_type" && $0.key != "general.quantization_version" })
+        let fromFile = try LoadedModel.load(path: out, choice: .f32), atLoad = try LoadedModel.load(path: f32, choice: .f32, quantize: .q8_0)
+        let prompt = atLoad.tokenizer.encode("A float GGUF, quantized")
+        func logits(_ m: QwenModel) throws -> [Float] { try m.forward([.init(cache: KVCache(config: m.config), tokens: prompt, logits: .all)])[0] }
+        XCTAssertEqual(try logits(fromFile.model).map(\.bitPattern), try logits(atLoad.model).map(\.bitPattern))
     }
 }
 
