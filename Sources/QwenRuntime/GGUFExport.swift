@@ -5,11 +5,12 @@ import QwenModel
 import QwenTokenizer
 
 /// `qwen-serve quantize`: a Hugging Face checkpoint (safetensors in bf16/f16/f32), or a GGUF with
-/// float matrices, written as a quantized GGUF that this server and llama.cpp load — the weights `--quantize` would make at
-/// load (QuantizedSource), the hyper-parameters under llama.cpp's `qwen2`/`qwen3` keys, the
-/// tokenizer as `tokenizer.ggml.*` arrays and the chat template. Tensors are quantized and
-/// written one at a time, so memory stays near one tensor's size; the file is written
-/// atomically and then loaded back as a model before this returns.
+/// float matrices, written as a quantized GGUF that this server and llama.cpp load — the weights
+/// `--quantize` would make at load (QuantizedSource), the hyper-parameters under llama.cpp's
+/// `qwen2`/`qwen3` keys, the tokenizer as `tokenizer.ggml.*` arrays and the chat template (a
+/// GGUF's metadata is copied instead). Tensors are quantized and written one at a time, so
+/// memory stays near one tensor's size; the file is written atomically and then loaded back as
+/// a model before this returns.
 public enum GGUFExport {
     public struct Summary {
         public let tensors: Int
@@ -51,7 +52,8 @@ public enum GGUFExport {
         var tensors: [GGUFWriter.Tensor] = []
         var quantized = 0
         for hf in order(source.tensorNames) {
-            guard let gguf = GGUFFile.ggufName(hf) else {
+            // A GGUF input's tensors keep their own names.
+            guard let gguf = GGUFFile.ggufName(hf) ?? (keepAlive as? GGUFFile)?.tensors[hf]?.ggufName else {
                 if hf.hasSuffix("rotary_emb.inv_freq") { continue }  // a buffer older checkpoints saved, recomputed at load
                 throw ModelFileError(model, "tensor \(hf) has no place in a qwen2/qwen3 GGUF")
             }
