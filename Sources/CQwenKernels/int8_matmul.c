@@ -433,7 +433,7 @@ AVX2 static inline __attribute__((always_inline)) __m256i high_bits_avx2(const u
 #define YMM_DPBUSD(s, w, x) _mm256_dpbusd_epi32(s, w, x)
 #include "int8_ymm.h"
 
-/// The kernel set in use: QWEN_INT8_KERNEL=portable|avx2|vnni forces one (tests and benchmarks;
+/// The kernel set in use: QWEN_INT8_KERNEL=portable|avx2|vnni|avxvnni|vnni256 forces one (tests and benchmarks;
 /// a set the CPU lacks falls back to the best it has), otherwise the best the CPU has.
 static int chosen_kernel;
 static pthread_once_t kernel_once = PTHREAD_ONCE_INIT;
