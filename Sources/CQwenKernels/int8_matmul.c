@@ -356,14 +356,30 @@ VNNI static inline __attribute__((always_inline)) void panel_vnni(const int G, c
 
 #define MAXR 12
 
-#define PANEL_CASES(G, B, M)                                                                                       \
+/// The panel instances every kernel set compiles, by ggml type: CASES(group, bits, min term,
+/// recentred 8-bit weights), with Q8_RECENTRED for Q8_0's last argument.
+#define PANEL_TYPES(CASES, Q8_RECENTRED)                                                                           \
+    switch (type) {                                                                                                \
+    case QWEN_Q6_K: CASES(16, 8, 0, 0) break;                                                                      \
+    case QWEN_Q8_0: CASES(32, 8, 0, Q8_RECENTRED) break;                                                           \
+    case QWEN_Q4_0: CASES(32, 4, 0, 0) break;                                                                      \
+    case QWEN_Q4_1: case QWEN_Q4_K: CASES(32, 4, 1, 0) break;                                                      \
+    case QWEN_Q5_0: CASES(32, 5, 0, 0) break;                                                                      \
+    case QWEN_Q5_1: case QWEN_Q5_K: CASES(32, 5, 1, 0) break;                                                      \
+    }
+
+/// A panel function's arguments for input rows [i0, i0 + R) and panel p (inside the matmul loops).
+#define PANEL_ARGS pq, ps, pm, cols, xq + (long)i0 * cols, corr + i0 * ng, dx + i0 * ng, dmin + i0 * n32, out + (long)i0 * ldo, \
+                   ldo, 16 * p, rows, accumulate
+
+#define PANEL_CASES(G, B, M, S_UNUSED)                                                                             \
     switch (R) {                                                                                                   \
-    case 1: panel_vnni(G, B, 1, M, ARGS); break;  case 2: panel_vnni(G, B, 2, M, ARGS); break;                    \
-    case 3: panel_vnni(G, B, 3, M, ARGS); break;  case 4: panel_vnni(G, B, 4, M, ARGS); break;                    \
-    case 5: panel_vnni(G, B, 5, M, ARGS); break;  case 6: panel_vnni(G, B, 6, M, ARGS); break;                    \
-    case 7: panel_vnni(G, B, 7, M, ARGS); break;  case 8: panel_vnni(G, B, 8, M, ARGS); break;                    \
-    case 9: panel_vnni(G, B, 9, M, ARGS); break;  case 10: panel_vnni(G, B, 10, M, ARGS); break;                  \
-    case 11: panel_vnni(G, B, 11, M, ARGS); break; default: panel_vnni(G, B, 12, M, ARGS); break;                 \
+    case 1: panel_vnni(G, B, 1, M, PANEL_ARGS); break;  case 2: panel_vnni(G, B, 2, M, PANEL_ARGS); break;        \
+    case 3: panel_vnni(G, B, 3, M, PANEL_ARGS); break;  case 4: panel_vnni(G, B, 4, M, PANEL_ARGS); break;        \
+    case 5: panel_vnni(G, B, 5, M, PANEL_ARGS); break;  case 6: panel_vnni(G, B, 6, M, PANEL_ARGS); break;        \
+    case 7: panel_vnni(G, B, 7, M, PANEL_ARGS); break;  case 8: panel_vnni(G, B, 8, M, PANEL_ARGS); break;        \
+    case 9: panel_vnni(G, B, 9, M, PANEL_ARGS); break;  case 10: panel_vnni(G, B, 10, M, PANEL_ARGS); break;      \
+    case 11: panel_vnni(G, B, 11, M, PANEL_ARGS); break; default: panel_vnni(G, B, 12, M, PANEL_ARGS); break;     \
     }
 
 VNNI static void matmul_vnni(int type, const uint8_t *q, const float *scale, const float *min, int rows, int cols,
@@ -378,16 +394,7 @@ VNNI static void matmul_vnni(int type, const uint8_t *q, const float *scale, con
         for (int p = panel0; p < panel1; p++) {
             const uint8_t *pq = q + (long)p * ng * gb;
             const float *ps = scale + (long)p * ng * 16, *pm = has_min ? min + (long)p * n32 * 16 : 0;
-#define ARGS pq, ps, pm, cols, xq + (long)i0 * cols, corr + i0 * ng, dx + i0 * ng, dmin + i0 * n32, out + (long)i0 * ldo, ldo, 16 * p, rows, accumulate
-            switch (type) {  // the instances: (group, bits, min term)
-            case QWEN_Q6_K: PANEL_CASES(16, 8, 0) break;
-            case QWEN_Q8_0: PANEL_CASES(32, 8, 0) break;
-            case QWEN_Q4_0: PANEL_CASES(32, 4, 0) break;
-            case QWEN_Q4_1: case QWEN_Q4_K: PANEL_CASES(32, 4, 1) break;
-            case QWEN_Q5_0: PANEL_CASES(32, 5, 0) break;
-            case QWEN_Q5_1: case QWEN_Q5_K: PANEL_CASES(32, 5, 1) break;
-            }
-#undef ARGS
+            PANEL_TYPES(PANEL_CASES, 0)
         }
         i0 += R;
     }

@@ -1,4 +1,5 @@
-// The 256-bit int8 panel kernels, included by int8_matmul.c once per kernel set with
+// The 256-bit int8 panel kernels, included by int8_matmul.c (after PANEL_TYPES and PANEL_ARGS)
+// once per kernel set with
 //   YMM_NAME(f)          the set's name for f (panel_avx2, matmul_avx2, …),
 //   YMM_TARGET           the functions' target attribute,
 //   YMM_DPBUSD(s, w, x)  (optional) an instruction adding the four u8·s8 products of each 32-bit
@@ -74,8 +75,8 @@ YMM_TARGET static inline __attribute__((always_inline)) void YMM_NAME(panel)(
 
 #define YMM_CASES(G, B, M, S)                                                                                      \
     switch (R) {                                                                                                   \
-    case 1: YMM_NAME(panel)(G, B, 1, M, S, ARGS); break;  case 2: YMM_NAME(panel)(G, B, 2, M, S, ARGS); break;    \
-    case 3: YMM_NAME(panel)(G, B, 3, M, S, ARGS); break;  default: YMM_NAME(panel)(G, B, 4, M, S, ARGS); break;   \
+    case 1: YMM_NAME(panel)(G, B, 1, M, S, PANEL_ARGS); break;  case 2: YMM_NAME(panel)(G, B, 2, M, S, PANEL_ARGS); break; \
+    case 3: YMM_NAME(panel)(G, B, 3, M, S, PANEL_ARGS); break;  default: YMM_NAME(panel)(G, B, 4, M, S, PANEL_ARGS); break; \
     }
 
 YMM_TARGET static void YMM_NAME(matmul)(int type, const uint8_t *q, const float *scale, const float *min, int rows, int cols,
@@ -89,16 +90,7 @@ YMM_TARGET static void YMM_NAME(matmul)(int type, const uint8_t *q, const float 
         for (int p = panel0; p < panel1; p++) {
             const uint8_t *pq = q + (long)p * ng * gb;
             const float *ps = scale + (long)p * ng * 16, *pm = has_min ? min + (long)p * n32 * 16 : 0;
-#define ARGS pq, ps, pm, cols, xq + (long)i0 * cols, corr + i0 * ng, dx + i0 * ng, dmin + i0 * n32, out + (long)i0 * ldo, ldo, 16 * p, rows, accumulate
-            switch (type) {  // the instances: (group, bits, min term, recentred 8-bit weights)
-            case QWEN_Q6_K: YMM_CASES(16, 8, 0, 0) break;
-            case QWEN_Q8_0: YMM_CASES(32, 8, 0, !YMM_EXACT_U8) break;
-            case QWEN_Q4_0: YMM_CASES(32, 4, 0, 0) break;
-            case QWEN_Q4_1: case QWEN_Q4_K: YMM_CASES(32, 4, 1, 0) break;
-            case QWEN_Q5_0: YMM_CASES(32, 5, 0, 0) break;
-            case QWEN_Q5_1: case QWEN_Q5_K: YMM_CASES(32, 5, 1, 0) break;
-            }
-#undef ARGS
+            PANEL_TYPES(YMM_CASES, !YMM_EXACT_U8)  // Q8_0 recentred unless vpdpbusd takes its u as is
         }
         i0 += R;
     }

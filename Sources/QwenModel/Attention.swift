@@ -14,12 +14,26 @@ public struct BatchLayout {
     public var rows: Int { rowItem.count }
     /// The longest context any row attends over.
     public let maxContext: Int
+    /// Rows of one sequence at consecutive positions (a prompt chunk), cut to at most
+    /// `Attention.blockRows`: what attention takes together. Found once per forward.
+    let runs: [Range<Int>]
 
     public init(rowItem: [Int], rowPos: [Int]) {
         precondition(rowItem.count == rowPos.count)
         self.rowItem = rowItem
         self.rowPos = rowPos
         maxContext = (rowPos.max() ?? 0) + 1
+        var runs: [Range<Int>] = []
+        var start = 0
+        for r in rowItem.indices {
+            let next = r + 1
+            let continues = next < rowItem.count && rowItem[next] == rowItem[r] && rowPos[next] == rowPos[r] + 1
+            if !continues || next - start == Attention.blockRows {
+                runs.append(start..<next)
+                start = next
+            }
+        }
+        self.runs = runs
     }
 
     /// Sequences of the given lengths stacked one after another, each from position 0.
@@ -135,26 +149,11 @@ struct StackedKeyValues: KeyValueAccess {
 
 /// Causal attention for a batch of rows from different sequences, each row against its
 /// own sequence's keys and values up to and including its position. A sequence's rows at
-/// consecutive positions (a prompt chunk) are taken `blockRows` at a time, reading each key
+/// consecutive positions (a prompt chunk, `BatchLayout.runs`) are taken `blockRows` at a time, reading each key
 /// and value once per block; a row's result is the same whatever it is computed with.
 enum Attention {
     static let workers = max(1, min(8, ProcessInfo.processInfo.activeProcessorCount))
     static let blockRows = 16
-
-    /// Runs of rows of one sequence at consecutive positions, cut to at most `blockRows`.
-    static func rowRuns(_ layout: BatchLayout) -> [Range<Int>] {
-        var out: [Range<Int>] = []
-        var start = 0
-        for r in 0..<layout.rows {
-            let next = r + 1
-            let continues = next < layout.rows && layout.rowItem[next] == layout.rowItem[r] && layout.rowPos[next] == layout.rowPos[r] + 1
-            if !continues || next - start == blockRows {
-                out.append(start..<next)
-                start = next
-            }
-        }
-        return out
-    }
 
     /// Scratch floats a worker needs for `layout` (qwen_attend_paged_rows's).
     static func scratchPerWorker(_ layout: BatchLayout, group: Int, headDim: Int) -> Int {
@@ -168,7 +167,7 @@ enum Attention {
         let scale = 1 / Float(c.headDim).squareRoot()
         let (kbases, vbases, tables, blockSize, kvType) = kv.sources(layer: layer)
         let bs = Int32(blockSize)
-        let runs = rowRuns(layout)
+        let runs = layout.runs
         // Fewer blocks than threads (decoding one or a few sequences): each block's kv heads are
         // spread over the threads too, so a long context is read by every core.
         let split = runs.count < workers ? c.kvHeads : 1

@@ -73,19 +73,45 @@ final class AttentionKernelTests: XCTestCase {
             qwen_f32_to_f16(keys, &kh, Int32(n))
             qwen_f32_to_f16(values, &vh, Int32(n))
             let kr = kh.map { Float(Float16(bitPattern: $0)) }, vr = vh.map { Float(Float16(bitPattern: $0)) }
-            let table: [Int32] = (0..<poolBlocks).map { Int32($0) }.shuffled(using: &rng)
-            for ctx in [1, 16, 33, 150] {
-                let q = (0..<(heads * hd)).map { _ in Float(rng.unit() * 4 - 2) }
-                var want = [Float](repeating: 0, count: heads * hd), got = want
-                var scratch = [Float](repeating: 0, count: (heads / kvHeads) * ctx)
-                let scale = 1 / Float(hd).squareRoot()
-                qwen_attend_paged_kv(q, Int32(heads), Int32(kvHeads), Int32(hd), kr, vr, table, Int32(blockSize), Int32(ctx), scale,
-                                     &want, &scratch, 0, Int32(kvHeads), Int32(QWEN_KV_F32))
-                qwen_attend_paged_kv(q, Int32(heads), Int32(kvHeads), Int32(hd), kh, vh, table, Int32(blockSize), Int32(ctx), scale,
-                                     &got, &scratch, 0, Int32(kvHeads), Int32(QWEN_KV_F16))
-                for i in 0..<got.count { XCTAssertEqual(got[i], want[i], accuracy: 1e-5, "heads \(heads)/\(kvHeads) hd \(hd) ctx \(ctx)") }
-            }
+            assertAttendsAsValues(kind: Int32(QWEN_KV_F16), stored: (bytes(kh), bytes(vh)), values: (kr, vr), heads: heads, kvHeads: kvHeads,
+                                  hd: hd, blockSize: blockSize, poolBlocks: poolBlocks, rng: &rng)
         }
+    }
+
+    func bytes<T>(_ a: [T]) -> [UInt8] { a.withUnsafeBytes { Array($0) } }
+
+    /// Attention over a cache stored as `kind` equals attention over the values it stands for, in
+    /// f32, at contexts inside and across pages (shuffled).
+    func assertAttendsAsValues(kind: Int32, stored: ([UInt8], [UInt8]), values: ([Float], [Float]), heads: Int, kvHeads: Int, hd: Int,
+                               blockSize: Int, poolBlocks: Int, rng: inout SeededRandom) {
+        let table: [Int32] = (0..<poolBlocks).map { Int32($0) }.shuffled(using: &rng)
+        for ctx in [1, 16, 33, 150] {
+            let q = (0..<(heads * hd)).map { _ in Float(rng.unit() * 4 - 2) }
+            var want = [Float](repeating: 0, count: heads * hd), got = want
+            var scratch = [Float](repeating: 0, count: (heads / kvHeads) * ctx)
+            let scale = 1 / Float(hd).squareRoot()
+            qwen_attend_paged_kv(q, Int32(heads), Int32(kvHeads), Int32(hd), values.0, values.1, table, Int32(blockSize), Int32(ctx), scale,
+                                 &want, &scratch, 0, Int32(kvHeads), Int32(QWEN_KV_F32))
+            qwen_attend_paged_kv(q, Int32(heads), Int32(kvHeads), Int32(hd), stored.0, stored.1, table, Int32(blockSize), Int32(ctx), scale,
+                                 &got, &scratch, 0, Int32(kvHeads), kind)
+            for i in 0..<got.count { XCTAssertEqual(got[i], want[i], accuracy: 1e-5, "kind \(kind) heads \(heads)/\(kvHeads) hd \(hd) ctx \(ctx)") }
+        }
+    }
+
+    /// `x` (rows of `hd`-wide heads) as a Q8_0 cache — each head ggml's quantize_row_q8_0 of its
+    /// values padded to 32 — and, in the f32 layout, the values those bytes stand for.
+    func q8Cache(_ x: [Float], hd: Int) -> (bytes: [UInt8], values: [Float]) {
+        let padded = (hd + 31) / 32 * 32, per = padded / 32 * 34, heads = x.count / hd
+        var bytes = [UInt8](repeating: 0, count: heads * per), back = [Float](repeating: 0, count: x.count)
+        for h in 0..<heads {
+            var head = Array(x[(h * hd)..<((h + 1) * hd)]) + [Float](repeating: 0, count: padded - hd)
+            var block = [UInt8](repeating: 0, count: per), out = [Float](repeating: 0, count: padded)
+            XCTAssertEqual(qwen_quantize_rows(Int32(QWEN_Q8_0), &head, 1, Int32(padded), &block), per)
+            qwen_dequant_row(Int32(QWEN_Q8_0), block, Int32(padded), &out)
+            bytes.replaceSubrange((h * per)..<((h + 1) * per), with: block)
+            back.replaceSubrange((h * hd)..<((h + 1) * hd), with: out.prefix(hd))
+        }
+        return (bytes, back)
     }
 
     /// Attention over a Q8_0 cache equals attention over the dequantized values in f32, on the
@@ -95,36 +121,13 @@ final class AttentionKernelTests: XCTestCase {
         var rng = SeededRandom(seed: 9)
         let blockSize = 16, poolBlocks = 10
         for (heads, kvHeads, hd) in [(14, 2, 64), (4, 1, 32), (6, 2, 48), (4, 2, 24), (2, 1, 288)] {
-            let rows = poolBlocks * blockSize, n = rows * kvHeads * hd, padded = (hd + 31) / 32 * 32
-            /// The cache bytes and, in the f32 layout, the values they stand for.
-            func q8(_ x: [Float]) -> ([UInt8], [Float]) {
-                var bytes = [UInt8](repeating: 0, count: rows * kvHeads * padded / 32 * 34), back = [Float](repeating: 0, count: n)
-                for h in 0..<(rows * kvHeads) {
-                    var head = Array(x[(h * hd)..<((h + 1) * hd)]) + [Float](repeating: 0, count: padded - hd)
-                    var block = [UInt8](repeating: 0, count: padded / 32 * 34), out = [Float](repeating: 0, count: padded)
-                    XCTAssertEqual(qwen_quantize_rows(Int32(QWEN_Q8_0), &head, 1, Int32(padded), &block), block.count)
-                    qwen_dequant_row(Int32(QWEN_Q8_0), block, Int32(padded), &out)
-                    bytes.replaceSubrange((h * block.count)..<((h + 1) * block.count), with: block)
-                    back.replaceSubrange((h * hd)..<((h + 1) * hd), with: out.prefix(hd))
-                }
-                return (bytes, back)
-            }
+            let n = poolBlocks * blockSize * kvHeads * hd
             let keys = (0..<n).map { _ in Float(rng.unit() * 6 - 3) }, values = (0..<n).map { _ in Float(rng.unit() * 2 - 1) }
-            let (kq, kr) = q8(keys), (vq, vr) = q8(values)
+            let (kq, kr) = q8Cache(keys, hd: hd), (vq, vr) = q8Cache(values, hd: hd)
             XCTAssertLessThan(zip(keys, kr).map { abs($0 - $1) }.max()!, 3.0 / 254 + 1e-3, "rounding within half a step")
             XCTAssertGreaterThan(zip(keys, kr).map { abs($0 - $1) }.max()!, 0)
-            let table: [Int32] = (0..<poolBlocks).map { Int32($0) }.shuffled(using: &rng)
-            for ctx in [1, 16, 33, 150] {
-                let q = (0..<(heads * hd)).map { _ in Float(rng.unit() * 4 - 2) }
-                var want = [Float](repeating: 0, count: heads * hd), got = want
-                var scratch = [Float](repeating: 0, count: (heads / kvHeads) * ctx)
-                let scale = 1 / Float(hd).squareRoot()
-                qwen_attend_paged_kv(q, Int32(heads), Int32(kvHeads), Int32(hd), kr, vr, table, Int32(blockSize), Int32(ctx), scale,
-                                     &want, &scratch, 0, Int32(kvHeads), Int32(QWEN_KV_F32))
-                qwen_attend_paged_kv(q, Int32(heads), Int32(kvHeads), Int32(hd), kq, vq, table, Int32(blockSize), Int32(ctx), scale,
-                                     &got, &scratch, 0, Int32(kvHeads), Int32(QWEN_KV_Q8_0))
-                for i in 0..<got.count { XCTAssertEqual(got[i], want[i], accuracy: 1e-5, "heads \(heads)/\(kvHeads) hd \(hd) ctx \(ctx)") }
-            }
+            assertAttendsAsValues(kind: Int32(QWEN_KV_Q8_0), stored: (kq, vq), values: (kr, vr), heads: heads, kvHeads: kvHeads,
+                                  hd: hd, blockSize: blockSize, poolBlocks: poolBlocks, rng: &rng)
         }
     }
 
@@ -136,30 +139,20 @@ final class AttentionKernelTests: XCTestCase {
         let blockSize = 16, poolBlocks = 14
         for (heads, kvHeads, hd) in [(14, 2, 64), (16, 8, 128), (6, 2, 48), (4, 2, 24)] {
             for kind in [QWEN_KV_F32, QWEN_KV_F16, QWEN_KV_Q8_0].map(Int32.init) {
-                let rowBytes = kind == Int32(QWEN_KV_F32) ? kvHeads * hd * 4 : kind == Int32(QWEN_KV_F16) ? kvHeads * hd * 2
-                    : kvHeads * ((hd + 31) / 32) * 34
-                let bytes = poolBlocks * blockSize * rowBytes
-                // Random bytes are valid caches of each type except for f16/q8 NaN/Inf patterns: build them from values.
-                var keys = [UInt8](repeating: 0, count: bytes), values = keys
+                // Caches of each type built from values (random bytes would hold f16/q8 NaN and Inf patterns).
                 let floats = poolBlocks * blockSize * kvHeads * hd
                 let kf = (0..<floats).map { _ in Float(rng.unit() * 4 - 2) }, vf = (0..<floats).map { _ in Float(rng.unit() * 2 - 1) }
-                func fill(_ x: [Float], _ out: inout [UInt8]) {
+                func stored(_ x: [Float]) -> [UInt8] {
                     switch kind {
-                    case Int32(QWEN_KV_F32): x.withUnsafeBytes { out = Array($0) }
+                    case Int32(QWEN_KV_F32): return bytes(x)
                     case Int32(QWEN_KV_F16):
                         var h = [UInt16](repeating: 0, count: x.count)
                         qwen_f32_to_f16(x, &h, Int32(x.count))
-                        h.withUnsafeBytes { out = Array($0) }
-                    default:
-                        let padded = (hd + 31) / 32 * 32, per = padded / 32 * 34
-                        for r in 0..<(x.count / hd) {
-                            var head = Array(x[(r * hd)..<((r + 1) * hd)]) + [Float](repeating: 0, count: padded - hd)
-                            out.withUnsafeMutableBytes { _ = qwen_quantize_rows(Int32(QWEN_Q8_0), &head, 1, Int32(padded), $0.baseAddress! + r * per) }
-                        }
+                        return bytes(h)
+                    default: return q8Cache(x, hd: hd).bytes
                     }
                 }
-                fill(kf, &keys)
-                fill(vf, &values)
+                let keys = stored(kf), values = stored(vf)
                 let table: [Int32] = (0..<poolBlocks).map { Int32($0) }.shuffled(using: &rng)
                 let group = heads / kvHeads, qw = heads * hd, scale = 1 / Float(hd).squareRoot()
                 for (ctx0, n) in [(1, 1), (1, 16), (15, 5), (16, 16), (17, 3), (100, 16), (190, 34)] {
