@@ -102,7 +102,8 @@ public final class GGUFFile: TensorSource {
             guard n % type.blockSize == 0, dims[0] % type.blockSize == 0 else {
                 throw ModelFileError(path, "tensor \(name): row of \(dims[0]) is not a whole number of \(type) blocks")
             }
-            let bytes = n / type.blockSize * type.blockBytes
+            let (bytes, o) = (n / type.blockSize).multipliedReportingOverflow(by: type.blockBytes)
+            guard !o else { throw ModelFileError(path, "tensor \(name): byte count of shape \(dims) overflows") }
             _ = try file.slice(dataStart + off, bytes, what: "data of tensor \(name)")
             let hf = Self.huggingFaceName(name)
             tensorOrder.append(hf)

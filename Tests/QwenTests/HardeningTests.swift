@@ -41,6 +41,14 @@ final class HardeningTests: XCTestCase {
         expectError(try SafetensorsFile(path: p2), "overflows")
     }
 
+    /// A GGUF tensor of F32 with dims 2^31 × 2^31: its element count fits 64 bits, its byte count
+    /// (×4) does not. It was a trap (arithmetic overflow); now it is refused by name. The same bytes
+    /// are a saved fuzz input (Tests/Fuzz/gguf/).
+    func testGGUFTensorWhoseByteCountOverflowsIsRefused() throws {
+        let p = Fixtures.root + "/../Fuzz/gguf/f32-shape-bytes-overflow"
+        expectError(try GGUFFile(path: p), "tensor output.weight: byte count of shape [2147483648, 2147483648] overflows")
+    }
+
     func testSpecialFilesAreRefusedWithoutBlocking() throws {
         let fifo = dir + "/fifo"
         XCTAssertEqual(mkfifo(fifo, 0o600), 0)
