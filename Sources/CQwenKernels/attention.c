@@ -1,13 +1,9 @@
 #include "ggml_blocks.h"
 #include "qwen_attention.h"
-#include "qwen_cpu.h"
+#include "levels.h"
 #include "simd_exp.h"
-#include <immintrin.h>
 #include <math.h>
 #include <string.h>
-
-// Built for AVX-512, AVX2 and plain x86-64; the loader picks the one this CPU runs.
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 /// Element i of a cache stored as `kind`: QWEN_KV_F32, QWEN_KV_F16 (IEEE half floats) or
 /// QWEN_KV_Q8_0 (blocks of 32 values, each 34 bytes: an f16 scale and 32 int8, so element i of
@@ -20,7 +16,11 @@ static inline float ld(const void *base, size_t i, int kind) {
         float v = qwen_f16_table[d] * (float)(int8_t)b[2 + i % 32];
         // d·q stays one rounded product, never reassociated into its consumer under
         // -ffast-math, so every path that reads a value gets the same bits.
+#if QWEN_X86
         __asm__("" : "+x"(v));
+#else
+        __asm__("" : "+w"(v));
+#endif
         return v;
     }
     return kind == QWEN_KV_F16 ? qwen_f16_table[((const uint16_t *)base)[i]] : ((const float *)base)[i];
@@ -56,10 +56,11 @@ static inline float max_of(const float *s, int n) {
     return m;
 }
 
-CLONES
-static void attend_generic(const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase,
-                       const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch, int g0, int g1,
-                       int kind) {
+// One query row, plain loops; instanced per level (levels.h) for head widths the vector
+// kernels do not take.
+static ALWAYS_INLINE void attend_generic_body(const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase,
+                                              const int32_t *blocks, int block_size, int ctx, float scale, float *out, float *scratch,
+                                              int g0, int g1, int kind) {
     const int group = heads / kv_heads;
     for (int g = g0; g < g1; g++) {
         const float *qg = q + (size_t)g * group * hd;
@@ -88,6 +89,12 @@ static void attend_generic(const float *q, int heads, int kv_heads, int hd, cons
     }
 }
 
+#define GENERIC_PARAMS (const float *q, int heads, int kv_heads, int hd, const void *kbase, const void *vbase, const int32_t *blocks, \
+                        int block_size, int ctx, float scale, float *out, float *scratch, int g0, int g1, int kind)
+#define GENERIC_ARGS (q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g0, g1, kind)
+QWEN_PER_LEVEL(attend_generic, attend_generic_body, GENERIC_PARAMS, GENERIC_ARGS)
+
+#if QWEN_X86
 // AVX-512: the scores of 16 keys at a time (per key and head a vector of partial products,
 // then one transpose-and-add tree turns 16 such vectors into 16 sums), the softmax with a
 // vectorised exp, and each head's output kept in registers over the values. Head widths
@@ -293,13 +300,22 @@ AVX512 static void attend_avx512_q8(ROWS_ARGS) {
     if (n == 1) attend_avx512_body(ONE_ROW, QWEN_KV_Q8_0); else attend_avx512_body(ROWS_PASS, QWEN_KV_Q8_0);
 }
 
+#include "attention_avx2.h"
+#endif
+
 void qwen_attend_paged_rows(const float *q, int ld, int n, int ctx0, int heads, int kv_heads, int hd, const void *kbase,
                             const void *vbase, const int32_t *blocks, int block_size, float scale, float *out, float *scratch,
                             int g_begin, int g_end, int kv_type) {
+#if QWEN_X86
     if (qwen_cpu_has_avx512() && hd % 16 == 0 && hd <= 256) {
         (kv_type == QWEN_KV_Q8_0 ? attend_avx512_q8 : kv_type == QWEN_KV_F16 ? attend_avx512_f16 : attend_avx512_f32)(
             q, ld, n, ctx0, heads, kv_heads, hd, kbase, vbase, blocks, block_size, scale, out, scratch, g_begin, g_end);
-    } else {
+    } else if (qwen_cpu_has_avx2() && hd % 8 == 0 && hd <= 256) {
+        (kv_type == QWEN_KV_Q8_0 ? attend_avx2_q8 : kv_type == QWEN_KV_F16 ? attend_avx2_f16 : attend_avx2_f32)(
+            q, ld, n, ctx0, heads, kv_heads, hd, kbase, vbase, blocks, block_size, scale, out, scratch, g_begin, g_end);
+    } else
+#endif
+    {
         for (int i = 0; i < n; i++)
             attend_generic(q + (size_t)i * ld, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx0 + i, scale, out + (size_t)i * ld,
                            scratch, g_begin, g_end, kv_type);
@@ -319,6 +335,7 @@ void qwen_attend_paged_groups(const float *q, int heads, int kv_heads, int hd, c
     qwen_attend_paged_kv(q, heads, kv_heads, hd, kbase, vbase, blocks, block_size, ctx, scale, out, scratch, g_begin, g_end, QWEN_KV_F32);
 }
 
+#if QWEN_X86
 AVX512 static void to_f16_avx512(const float *src, uint16_t *dst, int n) {
     int i = 0;
     for (; i + 16 <= n; i += 16)
@@ -326,12 +343,22 @@ AVX512 static void to_f16_avx512(const float *src, uint16_t *dst, int n) {
     for (; i < n; i++) dst[i] = qwen_f16_from_f32(src[i]);
 }
 
+__attribute__((target("avx2,f16c"))) static void to_f16_f16c(const float *src, uint16_t *dst, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) dst[i] = qwen_f16_from_f32(src[i]);
+}
+#endif
+
+// The conversion instructions round to nearest even, as qwen_f16_from_f32 does: every level
+// writes the same bits.
 void qwen_f32_to_f16(const float *src, uint16_t *dst, int n) {
-    if (qwen_cpu_has_avx512()) {
-        to_f16_avx512(src, dst, n);
-    } else {
-        for (int i = 0; i < n; i++) dst[i] = qwen_f16_from_f32(src[i]);
-    }
+#if QWEN_X86
+    if (qwen_cpu_has_avx512()) return to_f16_avx512(src, dst, n);
+    if (qwen_cpu_has_avx2()) return to_f16_f16c(src, dst, n);
+#endif
+    for (int i = 0; i < n; i++) dst[i] = qwen_f16_from_f32(src[i]);
 }
 
 void qwen_attend_paged(const float *q, int heads, int kv_heads, int hd, const float *kbase, const float *vbase,

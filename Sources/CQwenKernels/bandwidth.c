@@ -1,6 +1,7 @@
 // A memory-read probe for the benchmarks: how fast this machine streams bytes from RAM, the
 // ceiling single-stream generation (which reads every weight once per token) can approach.
 #include "qwen_cpu.h"
+#if defined(__x86_64__)
 #include <immintrin.h>
 
 __attribute__((target("avx2")))
@@ -21,8 +22,12 @@ static float sum_avx2(const float *p, long n) {
     return s;
 }
 
+#endif
+
 float qwen_read_sum(const float *p, long n) {
+#if defined(__x86_64__)
     if (qwen_cpu_has_avx2()) return sum_avx2(p, n);
+#endif
     float s = 0;
     for (long i = 0; i < n; i++) s += p[i];
     return s;

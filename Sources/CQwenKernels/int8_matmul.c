@@ -6,7 +6,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <immintrin.h>
+#include "levels.h"
+#include "simd_exp.h"
 
 // A weight is scale·(u − offset) + min, with u the unsigned integer stored in the panels, scale
 // per group of 16 or 32 values and min (types that have one) per 32. An input value is d·q.
@@ -205,6 +206,7 @@ static void quantize_generic(const float *x, int n, int cols, int ldx, int8_t *q
     }
 }
 
+#if QWEN_X86
 /// The same arithmetic 16 values at a time (conversion rounds to nearest even, as nearbyintf).
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
 static void quantize_avx512(const float *x, int n, int cols, int ldx, int8_t *q, float *d, int32_t *sums16) {
@@ -226,12 +228,46 @@ static void quantize_avx512(const float *x, int n, int cols, int ldx, int8_t *q,
     }
 }
 
-void qwen_q8_quantize(const float *x, int n, int cols, int ldx, int8_t *q, float *d, int32_t *sums16) {
-    if (qwen_cpu_has_avx512()) {
-        quantize_avx512(x, n, cols, ldx, q, d, sums16);
-    } else {
-        quantize_generic(x, n, cols, ldx, q, d, sums16);
+/// The same 8 values at a time.
+__attribute__((target("avx2,fma")))
+static void quantize_avx2(const float *x, int n, int cols, int ldx, int8_t *q, float *d, int32_t *sums16) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int i = 0; i < n; i++) {
+        const float *xr = x + (long)i * ldx;
+        for (int b = 0; b < cols / 32; b++) {
+            __m256 v[4];
+            for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_ps(xr + 32 * b + 8 * k);
+            const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                                           _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+            const float db = amax / 127.0f, id = db != 0 ? 1.0f / db : 0.0f;
+            d[(long)i * (cols / 32) + b] = db;
+            __m256i qi[4];
+            for (int k = 0; k < 4; k++) qi[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], _mm256_set1_ps(id)));
+            // packs works within 128-bit lanes: the permute puts the 4-byte groups back in order.
+            const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+            _mm256_storeu_si256((__m256i *)(q + (long)i * cols + 32 * b), _mm256_permutevar8x32_epi32(bytes, order));
+            for (int hh = 0; hh < 2; hh++) {
+                const __m256i s = _mm256_add_epi32(qi[2 * hh], qi[2 * hh + 1]);
+                __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+                sums16[(long)i * (cols / 16) + 2 * b + hh] = _mm_cvtsi128_si32(t);
+            }
+        }
     }
+}
+#endif
+
+void qwen_q8_quantize(const float *x, int n, int cols, int ldx, int8_t *q, float *d, int32_t *sums16) {
+#if QWEN_X86
+    if (qwen_cpu_has_avx512()) return quantize_avx512(x, n, cols, ldx, q, d, sums16);
+    if (qwen_cpu_has_avx2()) return quantize_avx2(x, n, cols, ldx, q, d, sums16);
+#endif
+    quantize_generic(x, n, cols, ldx, q, d, sums16);
 }
 
 void qwen_q8_dequantize(const int8_t *q, const float *d, int n, int cols, float *x) {
@@ -299,6 +335,7 @@ static void matmul_generic(int type, const uint8_t *q, const float *scale, const
 #define PREFETCH_ROWS 3
 #endif
 
+#if QWEN_X86
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
 
 /// R input rows × one panel of 16 weight rows; G (values per scale), BITS (4, 5 or 8 per value),
@@ -439,6 +476,7 @@ AVX2 static inline __attribute__((always_inline)) __m256i high_bits_avx2(const u
 #define YMM_TARGET __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
 #define YMM_DPBUSD(s, w, x) _mm256_dpbusd_epi32(s, w, x)
 #include "int8_ymm.h"
+#endif
 
 /// The kernel set in use: QWEN_INT8_KERNEL=portable|avx2|vnni|avxvnni|vnni256 forces one (tests and benchmarks;
 /// a set the CPU lacks falls back to the best it has), otherwise the best the CPU has.
@@ -489,10 +527,12 @@ void qwen_i8_matmul(int type, const uint8_t *q, const float *scale, const float 
     if (kernel < 0) kernel = qwen_i8_kernel();
     if (!qwen_i8_kernel_runs(kernel)) kernel = QWEN_I8_PORTABLE;
     switch (kernel) {
+#if QWEN_X86
     case QWEN_I8_VNNI: matmul_vnni(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate); break;
     case QWEN_I8_AVX2: matmul_avx2(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate); break;
     case QWEN_I8_AVXVNNI: matmul_avxvnni(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate); break;
     case QWEN_I8_VNNI256: matmul_vnni256(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate); break;
+#endif
     default: matmul_generic(type, q, scale, min, rows, cols, panel0, panel1, xq, corr, dx, dmin, n, out, ldo, accumulate); break;
     }
 }

@@ -1,11 +1,8 @@
 #include "qwen_quant.h"
-#include "qwen_cpu.h"
+#include "levels.h"
 #include "ggml_blocks.h"
 #include <stdint.h>
 #include <string.h>
-#include <immintrin.h>
-
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 static inline __attribute__((always_inline)) int block_size(int t) {
     switch (t) {
@@ -150,7 +147,7 @@ static inline __attribute__((always_inline)) void dequant_typed(const int type, 
     for (int b = 0; b < cols / bs; b++) expand(type, (const uint8_t *)row + (long)b * bb, out + (long)b * bs);
 }
 
-void qwen_dequant_row(int type, const void *row, int cols, float *out) {
+static ALWAYS_INLINE void dequant_row_body(int type, const void *row, int cols, float *out) {
     switch (type) {
     case QWEN_F32: memcpy(out, row, (size_t)cols * 4); break;
     case QWEN_F16: dequant_typed(QWEN_F16, row, cols, out); break;
@@ -166,6 +163,9 @@ void qwen_dequant_row(int type, const void *row, int cols, float *out) {
     default: dequant_typed(type, row, cols, out); break;
     }
 }
+QWEN_PER_LEVEL(dequant_row, dequant_row_body, (int type, const void *row, int cols, float *out), (type, row, cols, out))
+
+void qwen_dequant_row(int type, const void *row, int cols, float *out) { dequant_row(type, row, cols, out); }
 
 #define MAXN 8
 
@@ -201,11 +201,13 @@ static inline __attribute__((always_inline)) void matmul_typed(const int type, c
     }
 }
 
+// One instance per type and level (levels.h): the portable kernels, and those of every type
+// without a hand-written kernel at the level in use.
+#define MM_PARAMS (const void *w, int cols, int row0, int row1, const float *x, int n, int ldx, float *out, int ldo, int accumulate)
+#define MM_ARGS (w, cols, row0, row1, x, n, ldx, out, ldo, accumulate)
 #define TYPED(NAME, TYPE)                                                                                     \
-    CLONES static void NAME(const void *w, int cols, int row0, int row1, const float *x, int n, int ldx,      \
-                            float *out, int ldo, int accumulate) {                                             \
-        matmul_typed(TYPE, w, cols, row0, row1, x, n, ldx, out, ldo, accumulate);                             \
-    }
+    static ALWAYS_INLINE void NAME##_body MM_PARAMS { matmul_typed(TYPE, w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); } \
+    QWEN_PER_LEVEL(NAME, NAME##_body, MM_PARAMS, MM_ARGS)
 TYPED(mm_f32, QWEN_F32)
 TYPED(mm_f16, QWEN_F16)
 TYPED(mm_bf16, QWEN_BF16)
@@ -218,6 +220,8 @@ TYPED(mm_q4_k, QWEN_Q4_K)
 TYPED(mm_q5_k, QWEN_Q5_K)
 TYPED(mm_q6_k, QWEN_Q6_K)
 
+#if QWEN_X86
+#include <immintrin.h>
 // Hand-vectorised AVX-512 kernels for the two block formats the default model decodes with.
 // Each block becomes two 16-float vectors exactly as the reference expands it (q * d), then
 // one fused multiply-add per input row and half-block.
@@ -461,8 +465,13 @@ AVX512_DISPATCH(mm_q4_k_avx512)
 AVX512_DISPATCH(mm_q5_k_avx512)
 AVX512_DISPATCH(mm_q6_k_avx512)
 
+#include "simd_exp.h"
+#include "quant_matmul_avx2.h"
+#endif
+
 void qwen_quant_matmul(int type, const void *w, int cols, int row0, int row1, const float *x, int n, int ldx,
                        float *out, int ldo, int accumulate) {
+#if QWEN_X86
     if (qwen_cpu_has_avx512()) {
         switch (type) {
         case QWEN_Q5_0: mm_q5_0_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return;
@@ -472,7 +481,10 @@ void qwen_quant_matmul(int type, const void *w, int cols, int row0, int row1, co
         case QWEN_Q5_K: mm_q5_k_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return;
         case QWEN_Q6_K: mm_q6_k_avx512(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return;
         }
+    } else if (qwen_cpu_has_avx2() && quant_matmul_avx2(type, w, cols, row0, row1, x, n, ldx, out, ldo, accumulate)) {
+        return;
     }
+#endif
     switch (type) {
     case QWEN_F32: mm_f32(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;
     case QWEN_F16: mm_f16(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); break;

@@ -1,3 +1,4 @@
+import Foundation
 import CQwenKernels
 
 /// OpenBLAS, loaded on first use with the kernel set chosen for this CPU.
@@ -18,6 +19,7 @@ public enum BLAS {
     /// Loads OpenBLAS (once). Every entry point that computes calls this first.
     @discardableResult
     public static func load() throws -> Info {
+        try CPUFeatures.checkLevelRequest()
         var err = [CChar](repeating: 0, count: 512)
         var chosen = [CChar](repeating: 0, count: 64)
         let rc = qwen_blas_load(&err, Int32(err.count), &chosen, Int32(chosen.count))
@@ -55,6 +57,30 @@ public enum CPUFeatures {
     /// The int8 kernel set products use: "vnni", "avxvnni", "avx2" or "portable" (QWEN_INT8_KERNEL
     /// forces one, also "vnni256").
     public static var int8Kernel: String { String(cString: qwen_i8_kernel_name(qwen_i8_kernel())) }
-    /// The OpenBLAS core type that suits this CPU ("" when OpenBLAS's own detection is fine).
+    /// The OpenBLAS core type that suits the kernel level ("" off x86-64).
     public static var openBLASCoreType: String { String(cString: qwen_cpu_coretype()) }
+    /// The kernel level every C kernel dispatches on: "avx512", "avx2" or "portable" — the best
+    /// this CPU has, capped by QWEN_CPU_LEVEL.
+    public static var level: String { String(cString: qwen_cpu_level_name(qwen_cpu_level())) }
+    /// The best level this CPU has, whatever QWEN_CPU_LEVEL says.
+    public static var hardwareLevel: String { String(cString: qwen_cpu_level_name(qwen_cpu_hardware_level())) }
+    /// Every level this CPU can run, best first (what the tests run at).
+    public static var runnableLevels: [String] {
+        (0...Int(qwen_cpu_hardware_level())).reversed().map { String(cString: qwen_cpu_level_name(Int32($0))) }
+    }
+    /// The names QWEN_CPU_LEVEL takes.
+    public static let levelNames = ["avx512", "avx2", "portable"]
+
+    /// Fails with a message naming the value when QWEN_CPU_LEVEL is set to something that is not
+    /// a level (the kernels would ignore it and run the best level).
+    public static func checkLevelRequest() throws {
+        guard qwen_cpu_level_request_valid() == 0 else { return }
+        let value = ProcessInfo.processInfo.environment["QWEN_CPU_LEVEL"] ?? ""
+        throw CPULevelError(message: "QWEN_CPU_LEVEL=\(value) is not a kernel level; use one of \(levelNames.joined(separator: ", "))")
+    }
+}
+
+public struct CPULevelError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
 }

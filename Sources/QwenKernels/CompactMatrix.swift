@@ -31,9 +31,9 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     /// Row ranges per core: a few, so that a core slowed by other work does not hold up the step.
     static let chunksPerWorker = 8
     /// Types whose kernel beats sgemm on the f32 copy (measured, see BENCHMARKS.md): the
-    /// 32-value block formats, and the K-quants with their AVX-512 kernels (their generic
-    /// kernels are correct but not faster than sgemm).
-    static let fastTypes: Set<Int32> = CPUFeatures.hasAVX512 ? [1, 2, 3, 6, 7, 8, 12, 13, 14, 30] : [1, 2, 3, 6, 7, 8, 30]
+    /// 32-value block formats, and the K-quants with their AVX-512 or AVX2 kernels (their
+    /// portable kernels are correct but not faster than sgemm).
+    static let fastTypes: Set<Int32> = CPUFeatures.hasAVX2 || CPUFeatures.hasAVX512 ? [1, 2, 3, 6, 7, 8, 12, 13, 14, 30] : [1, 2, 3, 6, 7, 8, 30]
     /// Use the compact kernel for every type and row count up to the limit (tests).
     public var alwaysCompact = false
 

@@ -114,6 +114,10 @@ final class CompactMatrixTests: XCTestCase {
     /// Random matrices of many blocks per row and odd row counts, through every kernel path
     /// (one and two weight rows at a time, 1–17 input rows), against the dequantized matrix.
     func testKernelsOnRandomMatrices() throws {
+        forEachCPULevel { level in kernelsOnRandomMatrices(level) }
+    }
+
+    func kernelsOnRandomMatrices(_ level: String) {
         var rng = SeededRandom(seed: 9)
         for type in [GGMLType.q5_0, .q8_0, .q4_K, .q6_K, .bf16, .q4_0, .q5_1, .q5_K, .f16] {
             // 37 rows make row ranges of 3 on up to 16 workers' chunks: the two-weight-row loops and
@@ -131,7 +135,7 @@ final class CompactMatrixTests: XCTestCase {
                 reference.multiply(x.pointer, n: n, into: b.pointer, accumulate: false)
                 let scale = (0..<(n * rows)).map { abs(b[$0]) }.max()! + 1e-3
                 for i in 0..<(n * rows) {
-                    XCTAssertEqual(a[i], b[i], accuracy: 1e-4 * scale, "\(type) n=\(n) [\(i)]")
+                    XCTAssertEqual(a[i], b[i], accuracy: 1e-4 * scale, "\(level): \(type) n=\(n) [\(i)]")
                 }
             }
         }

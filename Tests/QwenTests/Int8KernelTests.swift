@@ -51,6 +51,25 @@ final class Int8KernelTests: XCTestCase {
         }
     }
 
+    /// Input quantization gives the same bytes, scales and sums at every kernel level (each
+    /// rounds to nearest even), ties and saturating values included.
+    func testInputQuantizationIsTheSameAtEveryLevel() {
+        var rng = SeededRandom(seed: 12)
+        let n = 5, cols = 128
+        var x = (0..<(n * cols)).map { _ in (rng.unit() * 2 - 1) * 5 }
+        for j in 0..<32 { x[j] = Float(j - 16) * 0.5 }  // halves: ties at every other value
+        for j in 32..<64 { x[j] = 0 }
+        x[200] = 1e30
+        var results: [String: Quantized] = [:]
+        forEachCPULevel { level in results[level] = quantize(x, n: n, cols: cols) }
+        let portable = results["portable"]!
+        for (level, r) in results {
+            XCTAssertEqual(r.q, portable.q, level)
+            XCTAssertEqual(r.d.map(\.bitPattern), portable.d.map(\.bitPattern), level)
+            XCTAssertEqual(r.sums, portable.sums, level)
+        }
+    }
+
     static let types: [GGMLType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K]
 
     /// Every repacked type, 37 rows (a partial last panel of 16), 1–25 input rows (register groups

@@ -1,3 +1,4 @@
+import CQwenKernels
 import Foundation
 import QwenFormats
 import QwenKernels
@@ -132,4 +133,16 @@ func logitDistance(_ m: QwenModel, expected name: String) throws -> (worst: Floa
         }
     }
     return (worst, agree, rows)
+}
+
+/// Runs `body` at every kernel level this CPU can run (AVX-512, AVX2, portable: see
+/// QWEN_CPU_LEVEL), best first, and puts the level in effect back afterwards. Kernel tests call
+/// it so that one run on an AVX-512 machine checks the AVX2 and portable paths as well.
+func forEachCPULevel(_ body: (String) throws -> Void) rethrows {
+    let before = qwen_cpu_level()
+    defer { _ = qwen_cpu_set_level(before) }
+    for level in (0...qwen_cpu_level()).reversed() {
+        XCTAssertEqual(qwen_cpu_set_level(level), level)
+        try body(String(cString: qwen_cpu_level_name(level)))
+    }
 }

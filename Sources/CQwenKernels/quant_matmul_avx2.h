@@ -1,0 +1,254 @@
+// AVX2 (+FMA, F16C) kernels for the compact f32 products, included by quant_matmul.c (after its
+// AVX-512 kernels, whose PREFETCH and MAXROWS it shares). Blocks are expanded exactly as the
+// reference dequantization expands them (the same float operations per value), 8 lanes at a
+// time; products differ from the other levels only in the order of summation.
+//
+// A 32-value block becomes four 8-float vectors w[0..3] (values 0–7, 8–15, 16–23, 24–31). The
+// K-quants expand a 256-value super-block into an L1 buffer first. Each input row keeps A
+// accumulators (four for one row, two for up to three, one from four rows on), so even a single
+// decoding row keeps several FMA chains in flight; NI (1…8) is a constant in each instance.
+
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define MAXROWS2 8
+
+/// The 16 bytes of a mask of 16 bits, 0x10 where a bit is set (Q5's fifth bits).
+AVX2 static inline __m128i fifth_bits(uint32_t bits16) {
+    const __m128i bytes = _mm_shuffle_epi8(_mm_cvtsi32_si128((int)bits16), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+    const __m128i bit = _mm_set1_epi64x((long long)0x8040201008040201ULL);
+    return _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(bytes, bit), bit), _mm_set1_epi8(0x10));
+}
+
+/// 16 signed bytes as two 8-float vectors times d.
+AVX2 static inline void i8x16_times(__m128i q, __m256 d, __m256 *w) {
+    w[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
+    w[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), d);
+}
+
+/// 16 unsigned bytes as two 8-float vectors q·d + m.
+AVX2 static inline void u8x16_affine(__m128i q, __m256 d, __m256 m, __m256 *w) {
+    w[0] = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), d), m);
+    w[1] = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q, 8))), d), m);
+}
+
+AVX2 static inline void block2_q4_0(const uint8_t *b, __m256 *w) {
+    const __m256 d = _mm256_set1_ps(f16(b));
+    const __m128i qs = _mm_loadu_si128((const __m128i *)(b + 2)), m4 = _mm_set1_epi8(0x0F), c8 = _mm_set1_epi8(8);
+    i8x16_times(_mm_sub_epi8(_mm_and_si128(qs, m4), c8), d, w);
+    i8x16_times(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(qs, 4), m4), c8), d, w + 2);
+}
+
+AVX2 static inline void block2_q4_1(const uint8_t *b, __m256 *w) {
+    const __m256 d = _mm256_set1_ps(f16(b)), m = _mm256_set1_ps(f16(b + 2));
+    const __m128i qs = _mm_loadu_si128((const __m128i *)(b + 4)), m4 = _mm_set1_epi8(0x0F);
+    u8x16_affine(_mm_and_si128(qs, m4), d, m, w);
+    u8x16_affine(_mm_and_si128(_mm_srli_epi16(qs, 4), m4), d, m, w + 2);
+}
+
+AVX2 static inline void block2_q5_0(const uint8_t *b, __m256 *w) {
+    const __m256 d = _mm256_set1_ps(f16(b));
+    uint32_t qh;
+    memcpy(&qh, b + 2, 4);
+    const __m128i qs = _mm_loadu_si128((const __m128i *)(b + 6)), m4 = _mm_set1_epi8(0x0F), c16 = _mm_set1_epi8(16);
+    i8x16_times(_mm_sub_epi8(_mm_or_si128(_mm_and_si128(qs, m4), fifth_bits(qh & 0xFFFF)), c16), d, w);
+    i8x16_times(_mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(qs, 4), m4), fifth_bits(qh >> 16)), c16), d, w + 2);
+}
+
+AVX2 static inline void block2_q5_1(const uint8_t *b, __m256 *w) {
+    const __m256 d = _mm256_set1_ps(f16(b)), m = _mm256_set1_ps(f16(b + 2));
+    uint32_t qh;
+    memcpy(&qh, b + 4, 4);
+    const __m128i qs = _mm_loadu_si128((const __m128i *)(b + 8)), m4 = _mm_set1_epi8(0x0F);
+    u8x16_affine(_mm_or_si128(_mm_and_si128(qs, m4), fifth_bits(qh & 0xFFFF)), d, m, w);
+    u8x16_affine(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(qs, 4), m4), fifth_bits(qh >> 16)), d, m, w + 2);
+}
+
+AVX2 static inline void block2_q8_0(const uint8_t *b, __m256 *w) {
+    const __m256 d = _mm256_set1_ps(f16(b));
+    i8x16_times(_mm_loadu_si128((const __m128i *)(b + 2)), d, w);
+    i8x16_times(_mm_loadu_si128((const __m128i *)(b + 18)), d, w + 2);
+}
+
+AVX2 static inline void block2_bf16(const uint8_t *b, __m256 *w) {
+    // bf16 is the top half of an f32: widen and shift, exactly.
+    for (int k = 0; k < 4; k++)
+        w[k] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(b + 16 * k))), 16));
+}
+
+AVX2 static inline void block2_f16(const uint8_t *b, __m256 *w) {
+    for (int k = 0; k < 4; k++) w[k] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 16 * k)));
+}
+
+/// Q4_K / Q5_K super-block into y (256 floats): (d·scale)·q − d_min·m per value, as the reference.
+AVX2 static inline __attribute__((always_inline)) void expand2_q45_k(const uint8_t *b, float *y, const int five) {
+    const float d = f16(b), dmin = f16(b + 2);
+    const uint8_t *sc = b + 4, *qh = b + 16, *q = b + (five ? 48 : 16);
+    const __m128i m4 = _mm_set1_epi8(0x0F), c16 = _mm_set1_epi8(16);
+    for (int p = 0; p < 4; p++) {
+        float s1, m1, s2, m2;
+        scale_min_k4(2 * p, sc, &s1, &m1);
+        scale_min_k4(2 * p + 1, sc, &s2, &m2);
+        const __m256 d1 = _mm256_set1_ps(d * s1), mm1 = _mm256_set1_ps(-(dmin * m1));
+        const __m256 d2 = _mm256_set1_ps(d * s2), mm2 = _mm256_set1_ps(-(dmin * m2));
+        const __m128i u1 = _mm_set1_epi8((char)(1 << (2 * p))), u2 = _mm_set1_epi8((char)(2 << (2 * p)));
+        for (int h = 0; h < 2; h++) {
+            const __m128i v = _mm_loadu_si128((const __m128i *)(q + 16 * h));
+            __m128i l = _mm_and_si128(v, m4), u = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+            if (five) {
+                const __m128i hb = _mm_loadu_si128((const __m128i *)(qh + 16 * h));
+                l = _mm_or_si128(l, _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(hb, u1), u1), c16));
+                u = _mm_or_si128(u, _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(hb, u2), u2), c16));
+            }
+            __m256 w[2];
+            u8x16_affine(l, d1, mm1, w);
+            _mm256_store_ps(y + 64 * p + 16 * h, w[0]);
+            _mm256_store_ps(y + 64 * p + 16 * h + 8, w[1]);
+            u8x16_affine(u, d2, mm2, w);
+            _mm256_store_ps(y + 64 * p + 32 + 16 * h, w[0]);
+            _mm256_store_ps(y + 64 * p + 32 + 16 * h + 8, w[1]);
+        }
+        q += 32;
+    }
+}
+AVX2 static inline __attribute__((always_inline)) void expand2_q4_k(const uint8_t *b, float *y) { expand2_q45_k(b, y, 0); }
+AVX2 static inline __attribute__((always_inline)) void expand2_q5_k(const uint8_t *b, float *y) { expand2_q45_k(b, y, 1); }
+
+AVX2 static inline __attribute__((always_inline)) void expand2_q6_k(const uint8_t *b, float *y) {
+    const float d = f16(b + 208);
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    const __m128i m4 = _mm_set1_epi8(0x0F), m3 = _mm_set1_epi8(3), c32 = _mm_set1_epi8(32);
+    for (int half = 0; half < 2; half++) {
+        for (int c = 0; c < 2; c++) {  // positions 16c..16c+15 of each quarter; scale index c
+            const __m128i a = _mm_loadu_si128((const __m128i *)(ql + 16 * c));
+            const __m128i e = _mm_loadu_si128((const __m128i *)(ql + 32 + 16 * c));
+            const __m128i h = _mm_loadu_si128((const __m128i *)(qh + 16 * c));
+            const __m128i q[4] = {
+                _mm_sub_epi8(_mm_or_si128(_mm_and_si128(a, m4), _mm_slli_epi16(_mm_and_si128(h, m3), 4)), c32),
+                _mm_sub_epi8(_mm_or_si128(_mm_and_si128(e, m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 2), m3), 4)), c32),
+                _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(a, 4), m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 4), m3), 4)), c32),
+                _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(e, 4), m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 6), m3), 4)), c32),
+            };
+            float *o = y + 128 * half + 16 * c;
+            for (int k = 0; k < 4; k++) {
+                __m256 w[2];
+                i8x16_times(q[k], _mm256_set1_ps(d * sc[c + 2 * k]), w);
+                _mm256_store_ps(o + 32 * k, w[0]);
+                _mm256_store_ps(o + 32 * k + 8, w[1]);
+            }
+        }
+        ql += 64;
+        qh += 32;
+        sc += 8;
+    }
+}
+
+/// Accumulators per input row: enough independent FMA chains with few rows.
+#define ACCS(NI) ((NI) == 1 ? 4 : (NI) <= 3 ? 2 : 1)
+
+/// out[i · ldo] (+)= the sum of row i's accumulators, for each of the NI input rows.
+AVX2 static inline __attribute__((always_inline)) void store_sums2(__m256 acc[][4], const int NI, float *out, int ldo, int accumulate) {
+    for (int i = 0; i < NI; i++) {
+        __m256 a = acc[i][0];
+        for (int k = 1; k < ACCS(NI); k++) a = _mm256_add_ps(a, acc[i][k]);
+        const float s = qwen_hsum256(a);
+        float *o = out + (long)i * ldo;
+        *o = accumulate ? *o + s : s;
+    }
+}
+
+#define AVX2_KERNEL32(NAME, BLOCK, BYTES)                                                                      \
+    AVX2 static inline __attribute__((always_inline)) void NAME##_rows(                                        \
+        const void *w, int cols, int row0, int row1, const float *x, int ldx, float *out, int ldo,             \
+        int accumulate, const int NI) {                                                                        \
+        const int nb = cols / 32, A = ACCS(NI);                                                                \
+        const long rb = (long)nb * BYTES;                                                                      \
+        for (int r = row0; r < row1; r++) {                                                                    \
+            const uint8_t *row = (const uint8_t *)w + (long)r * rb;                                            \
+            __m256 acc[NI][4];                                                                                 \
+            for (int i = 0; i < NI; i++)                                                                       \
+                for (int k = 0; k < A; k++) acc[i][k] = _mm256_setzero_ps();                                   \
+            for (int b = 0; b < nb; b++) {                                                                     \
+                __m256 wv[4];                                                                                  \
+                BLOCK(row + (long)b * BYTES, wv);                                                              \
+                const float *xb = x + (long)b * 32;                                                            \
+                for (int i = 0; i < NI; i++)                                                                   \
+                    for (int k = 0; k < 4; k++)                                                                \
+                        acc[i][k % A] = _mm256_fmadd_ps(wv[k], _mm256_loadu_ps(xb + (long)i * ldx + 8 * k), acc[i][k % A]); \
+            }                                                                                                  \
+            store_sums2(acc, NI, out + r, ldo, accumulate);                                                    \
+        }                                                                                                      \
+    }
+
+#define AVX2_KERNEL256(NAME, EXPAND, BYTES)                                                                    \
+    AVX2 static inline __attribute__((always_inline)) void NAME##_rows(                                        \
+        const void *w, int cols, int row0, int row1, const float *x, int ldx, float *out, int ldo,             \
+        int accumulate, const int NI) {                                                                        \
+        const int nb = cols / 256, A = ACCS(NI);                                                               \
+        const long rb = (long)nb * BYTES;                                                                      \
+        float y[256] __attribute__((aligned(32)));                                                             \
+        for (int r = row0; r < row1; r++) {                                                                    \
+            const uint8_t *row = (const uint8_t *)w + (long)r * rb;                                            \
+            __m256 acc[NI][4];                                                                                 \
+            for (int i = 0; i < NI; i++)                                                                       \
+                for (int k = 0; k < A; k++) acc[i][k] = _mm256_setzero_ps();                                   \
+            for (int b = 0; b < nb; b++) {                                                                     \
+                for (int o = 0; o < BYTES; o += 64) _mm_prefetch((const char *)(row + (long)b * BYTES + PREFETCH + o), _MM_HINT_T0); \
+                EXPAND(row + (long)b * BYTES, y);                                                              \
+                const float *xb = x + (long)b * 256;                                                           \
+                for (int v = 0; v < 32; v++) {                                                                 \
+                    const __m256 wv = _mm256_load_ps(y + 8 * v);                                               \
+                    for (int i = 0; i < NI; i++)                                                               \
+                        acc[i][v % A] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xb + (long)i * ldx + 8 * v), acc[i][v % A]); \
+                }                                                                                              \
+            }                                                                                                  \
+            store_sums2(acc, NI, out + r, ldo, accumulate);                                                    \
+        }                                                                                                      \
+    }
+
+#define ROWS2_CASE(NAME, K) case K: NAME##_rows(w, cols, row0, row1, xi, ldx, oi, ldo, accumulate, K); break;
+#define AVX2_DISPATCH(NAME)                                                                                    \
+    AVX2 static void NAME(const void *w, int cols, int row0, int row1, const float *x, int n, int ldx,         \
+                          float *out, int ldo, int accumulate) {                                                \
+        const int groups = (n + MAXROWS2 - 1) / MAXROWS2;                                                      \
+        for (int g = 0, i0 = 0; g < groups; g++) {                                                             \
+            const int ni = (n - i0) / (groups - g);                                                            \
+            const float *xi = x + (long)i0 * ldx;                                                              \
+            float *oi = out + (long)i0 * ldo;                                                                  \
+            switch (ni) {                                                                                      \
+                ROWS2_CASE(NAME, 1) ROWS2_CASE(NAME, 2) ROWS2_CASE(NAME, 3) ROWS2_CASE(NAME, 4)                \
+                ROWS2_CASE(NAME, 5) ROWS2_CASE(NAME, 6) ROWS2_CASE(NAME, 7) ROWS2_CASE(NAME, 8)                \
+            }                                                                                                  \
+            i0 += ni;                                                                                          \
+        }                                                                                                      \
+    }
+#define AVX2_32(NAME, BLOCK, BYTES) AVX2_KERNEL32(NAME, BLOCK, BYTES) AVX2_DISPATCH(NAME)
+#define AVX2_256(NAME, EXPAND, BYTES) AVX2_KERNEL256(NAME, EXPAND, BYTES) AVX2_DISPATCH(NAME)
+
+AVX2_32(mm_f16_avx2, block2_f16, 64)
+AVX2_32(mm_bf16_avx2, block2_bf16, 64)
+AVX2_32(mm_q4_0_avx2, block2_q4_0, 18)
+AVX2_32(mm_q4_1_avx2, block2_q4_1, 20)
+AVX2_32(mm_q5_0_avx2, block2_q5_0, 22)
+AVX2_32(mm_q5_1_avx2, block2_q5_1, 24)
+AVX2_32(mm_q8_0_avx2, block2_q8_0, 34)
+AVX2_256(mm_q4_k_avx2, expand2_q4_k, 144)
+AVX2_256(mm_q5_k_avx2, expand2_q5_k, 176)
+AVX2_256(mm_q6_k_avx2, expand2_q6_k, 210)
+
+/// Runs the AVX2 kernel of `type`; returns 0 for a type without one (f32).
+static int quant_matmul_avx2(int type, const void *w, int cols, int row0, int row1, const float *x, int n, int ldx, float *out,
+                             int ldo, int accumulate) {
+    switch (type) {
+    case QWEN_F16: mm_f16_avx2(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return 1;
+    case QWEN_BF16: mm_bf16_avx2(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return 1;
+    case QWEN_Q4_0: mm_q4_0_avx2(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return 1;
+    case QWEN_Q4_1: mm_q4_1_avx2(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return 1;
+    case QWEN_Q5_0: mm_q5_0_avx2(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return 1;
+    case QWEN_Q5_1: mm_q5_1_avx2(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return 1;
+    case QWEN_Q8_0: mm_q8_0_avx2(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return 1;
+    case QWEN_Q4_K: mm_q4_k_avx2(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return 1;
+    case QWEN_Q5_K: mm_q5_k_avx2(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return 1;
+    case QWEN_Q6_K: mm_q6_k_avx2(w, cols, row0, row1, x, n, ldx, out, ldo, accumulate); return 1;
+    default: return 0;
+    }
+}
