@@ -2,11 +2,11 @@
 SWIFT       ?= swift
 CONFIG      ?= release
 BIN         := .build/$(CONFIG)/qwen-serve
-APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev libsqlite3-dev pkg-config python3-pip python3-venv strace
+APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev libsqlite3-dev pkg-config python3-pip python3-venv strace libc6-dev-arm64-cross
 VENV        := .venv-test
 PYTHON      ?= python3
 
-.PHONY: all deps build model run test fuzz bench bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare finetune-demo fixtures fixture-deps clean install uninstall
+.PHONY: all deps build model run test check-aarch64 fuzz bench bench-levels bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare finetune-demo fixtures fixture-deps clean install uninstall
 PREFIX      ?= /usr/local
 UNITDIR     ?= /etc/systemd/system
 
@@ -35,11 +35,28 @@ run: model
 # Tests run on release builds: the real-model tests are far too slow unoptimised.
 # Then the HTTP API tests (pytest, the official openai client, schemathesis) in a venv.
 # One build serves both: tests compiled with the same flags as the binary they start.
-test: deps $(VENV)/ok
+# The kernel, engine and parity suites run again at every lower kernel level this CPU has
+# (QWEN_CPU_LEVEL: avx512 > avx2 > portable), so any machine tests every path it can run.
+LEVEL_TESTS := AttentionKernelTests|DequantTests|CompactMatrixTests|ElementwiseTests|Int8KernelTests|LoRATests|ModelNumericsTests|EngineTests|RealModelTests|TrainingGradientTests|QuantizeTests
+test: deps $(VENV)/ok check-aarch64
 	$(SWIFT) build -c $(CONFIG) --build-tests
 	$(BIN) fetch default
+	$(BIN) cpu
 	$(SWIFT) test -c $(CONFIG) --skip-build
+	for level in $$($(BIN) cpu --levels | tail -n +2); do \
+	  echo "== the kernel, engine and parity tests at kernel level $$level"; \
+	  QWEN_CPU_LEVEL=$$level $(SWIFT) test -c $(CONFIG) --skip-build --filter '$(LEVEL_TESTS)' || exit 1; \
+	done
 	QWEN_SERVE_BIN=$(BIN) $(VENV)/bin/pytest -q Tests/api
+
+# The C kernels compile for Linux on aarch64 (Graviton, Ampere): x86 code stays behind #if, the
+# portable kernels remain. Cross headers from Debian's libc6-dev-arm64-cross (make deps).
+CLANG ?= clang
+check-aarch64: deps
+	@for f in Sources/CQwenKernels/*.c; do \
+	  $(CLANG) --target=aarch64-linux-gnu --sysroot=/usr/aarch64-linux-gnu -O2 -ffast-math -fno-finite-math-only -Wall -Werror \
+	    -ISources/CQwenKernels/include -c $$f -o /dev/null || exit 1; \
+	done; echo "aarch64: every C kernel source compiles for aarch64-linux-gnu"
 
 $(VENV)/ok: Tests/api/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +77,10 @@ bench-adapters: model
 
 bench: model
 	$(PYTHON) scripts/bench.py --binary $(BIN)
+
+# Single-stream speed at every kernel level this CPU runs (QWEN_CPU_LEVEL): BENCHMARKS.md's first table.
+bench-levels: model
+	$(PYTHON) scripts/bench_levels.py --binary $(BIN)
 
 # LoRA training speed and peak memory against transformers + PEFT (needs make fixture-deps).
 bench-train: model

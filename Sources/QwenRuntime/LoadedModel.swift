@@ -53,14 +53,32 @@ public final class LoadedModel {
     /// How its quantized products compute, and why that mode was chosen.
     public let compute: ComputeMode
     public let computeReason: String
+    /// Whether the layer weights are float (bf16/f16/f32, not quantized at load): their products
+    /// then run the f32 kernels.
+    public let floatWeights: Bool
 
-    public init(name: String, path: String, model: QwenModel, tokenizer: Tokenizer, compute: ComputeMode = .f32, computeReason: String = "") {
+    public init(name: String, path: String, model: QwenModel, tokenizer: Tokenizer, compute: ComputeMode = .f32, computeReason: String = "",
+                floatWeights: Bool = false) {
         self.name = name
         self.path = path
         self.model = model
         self.tokenizer = tokenizer
         self.compute = compute
         self.computeReason = computeReason
+        self.floatWeights = floatWeights
+    }
+
+    /// For float weights, what `--quantize q8_0` would change, said at start-up: a warning where
+    /// the f32 products run on portable code (no AVX2 here, or QWEN_CPU_LEVEL=portable), a note
+    /// otherwise (generation reads 2 bytes a weight instead of about 1.06).
+    public var floatWeightAdvice: (message: String, slow: Bool)? {
+        guard floatWeights else { return nil }
+        if CPUFeatures.level == "portable" {
+            return ("float weights run on the portable f32 kernels here (no AVX2, or QWEN_CPU_LEVEL=portable): slow; --quantize q8_0 would run "
+                    + (CPUFeatures.int8Kernel == "portable" ? "on half the bytes" : "\(CPUFeatures.int8Kernel) int8 kernels") + ", far faster", true)
+        }
+        return ("float weights: each generated token reads every weight as 2 bytes; --quantize q8_0 reads about half that (faster generation, "
+                + "weights rounded to 8 bits per value)", false)
     }
 
     /// Loads a Hugging Face directory or a GGUF file from disk.
@@ -97,7 +115,8 @@ public final class LoadedModel {
             let tokenizer = try Tokenizer.load(directory: path)
             let model = try QwenModel(config: config, source: source, f32Copies: f32Weights.keep(copyBytes: source.f32CopyBytes(compute: compute)),
                                       compute: compute)
-            return LoadedModel(name: displayName, path: path, model: model, tokenizer: tokenizer, compute: compute, computeReason: why)
+            return LoadedModel(name: displayName, path: path, model: model, tokenizer: tokenizer, compute: compute, computeReason: why,
+                               floatWeights: source.int8PanelBytes == 0)
         }
         let gguf = try GGUFFile(path: path)
         let source = view(gguf)
@@ -108,6 +127,7 @@ public final class LoadedModel {
         let model = try QwenModel(config: config, source: source, f32Copies: f32Weights.keep(copyBytes: source.f32CopyBytes(compute: compute)),
                                   compute: compute)
         return LoadedModel(name: displayName.hasSuffix(".gguf") ? String(displayName.dropLast(5)) : displayName,
-                           path: path, model: model, tokenizer: tokenizer, compute: compute, computeReason: why)
+                           path: path, model: model, tokenizer: tokenizer, compute: compute, computeReason: why,
+                           floatWeights: source.int8PanelBytes == 0)
     }
 }

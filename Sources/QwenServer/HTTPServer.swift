@@ -7,6 +7,7 @@ import NIOSSL
 import Logging
 import QwenChat
 import QwenEngine
+import QwenKernels
 
 /// The HTTP front: routes, body limits, and every error as OpenAI-style JSON.
 public struct HTTPServer {
@@ -164,7 +165,8 @@ public struct HTTPServer {
 extension ModelService {
     var modelJSON: JSONValue {
         .object([("id", .string(name)), ("object", .string("model")), ("created", .int(created)), ("owned_by", .string("qwen-serve")),
-                 ("root", .string(name)), ("parent", .null), ("max_model_len", .int(contextLimit)), ("compute", .string(compute))])
+                 ("root", .string(name)), ("parent", .null), ("max_model_len", .int(contextLimit)), ("compute", .string(compute)),
+                 ("cpu_level", .string(CPUFeatures.level)), ("int8_kernel", .string(CPUFeatures.int8Kernel))])
     }
 }
 

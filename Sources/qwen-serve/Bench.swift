@@ -72,6 +72,7 @@ struct Bench: ParsableCommand {
                 "model": loaded.name, "prompt_tokens": promptTokens, "gen_tokens": genTokens, "reps": reps,
                 "pp_tok_s": median(pp), "tg_tok_s": median(tg), "load_s": loadSeconds,
                 "peak_rss_mb": Self.peakRSSMegabytes(), "blas_core": info.coreName, "blas_threads": info.threads,
+                "cpu_level": CPUFeatures.level, "int8_kernel": CPUFeatures.int8Kernel,
             ].merging(batchTokS.map { ["batch": batch, "batch_tg_tok_s": $0] } ?? [:]) { a, _ in a }.merging(extra) { a, _ in a }
             let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))

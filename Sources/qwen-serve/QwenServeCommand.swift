@@ -11,7 +11,7 @@ struct QwenServe: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "qwen-serve",
         abstract: "Qwen3 / Qwen2.5 inference on the CPU.",
-        subcommands: [Serve.self, Generate.self, Fetch.self, Bench.self, FuseCommand.self, QuantizeCommand.self, LoRACommand.self, GrammarCommand.self])
+        subcommands: [Serve.self, Generate.self, Fetch.self, Bench.self, FuseCommand.self, QuantizeCommand.self, LoRACommand.self, GrammarCommand.self, CPUCommand.self])
 }
 
 /// The server's structured logger once `serve` has set up logging; nil for the other commands.

@@ -110,9 +110,11 @@ struct Serve: AsyncParsableCommand {
             let repacked = matrices.filter { ($0 as? CompactMatrix)?.computesInt8 == true }.count
             let rest = repacked < matrices.count ? "; the rest in f32" : ""
             log("compute: \(loaded.compute.rawValue) (\(loaded.computeReason))" + (loaded.compute == .int8 ? "; \(repacked) of \(matrices.count) layer matrices in int8 panels\(rest), \(CPUFeatures.int8Kernel) kernels" : ""))
+            log("kernels: \(CPUFeatures.level) level for f32 products, attention and activations (this CPU: \(CPUFeatures.hardwareLevel)\(CPUFeatures.level != CPUFeatures.hardwareLevel ? ", capped by QWEN_CPU_LEVEL" : "")), \(CPUFeatures.int8Kernel) int8 kernels")
             if loaded.compute == .int8 && CPUFeatures.int8Kernel == "portable" {
                 log("int8 products run their portable C kernel here (no AVX-512 VNNI, AVX-VNNI or AVX2, or QWEN_INT8_KERNEL=portable): far slower than --compute f32", level: .warning)
             }
+            if let advice = loaded.floatWeightAdvice { log(advice.message, level: advice.slow ? .warning : .info) }
             var ec = Engine.Config()
             ec.maxRunning = s.maxRunning
             ec.maxWaiting = s.maxWaiting
