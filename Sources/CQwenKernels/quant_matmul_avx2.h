@@ -4,12 +4,11 @@
 // time; products differ from the other levels only in the order of summation.
 //
 // A 32-value block becomes four 8-float vectors w[0..3] (values 0–7, 8–15, 16–23, 24–31); a
-// K-quant super-block is multiplied in as it is expanded, 16 values at a time. Each input row keeps A
-// accumulators (four for one row, two for up to three, one from four rows on), so even a single
-// decoding row keeps several FMA chains in flight; NI (1…8) is a constant in each instance.
+// K-quant super-block is multiplied in as it is expanded, 16 values at a time. Each input row keeps
+// two accumulators (see ACCS); NI (1…6 rows per pass over the weights) is a constant in each instance.
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
-#define MAXROWS2 8
+#define MAXROWS2 6
 
 /// An f16 scale by the conversion instruction (the same value as the table, without its 256 KB in cache).
 AVX2 static inline float f16x(const uint8_t *p) { return _cvtsh_ss((unsigned short)(p[0] | (p[1] << 8))); }
@@ -81,8 +80,11 @@ AVX2 static inline void block2_f16(const uint8_t *b, __m256 *w) {
     for (int k = 0; k < 4; k++) w[k] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 16 * k)));
 }
 
-/// Accumulators per input row: enough independent FMA chains with few rows.
-#define ACCS(NI) ((NI) == 1 ? 4 : (NI) <= 3 ? 2 : 1)
+/// Accumulators per input row: two, whatever the number of rows, so that a row's sum is taken in
+/// the same order alone and in a batch (a sequence's results must not depend on its batch), while
+/// a single decoding row still keeps two FMA chains in flight. 6 rows × 2 + 4 weight vectors fill
+/// the 16 registers.
+#define ACCS(NI) 2
 
 /// acc[i] += 16 weights (w[0], w[1]) times row i's values at xb + i·ldx + at, for the NI rows;
 /// k picks the accumulators (k and k + 1).
@@ -173,11 +175,13 @@ AVX2 static inline __attribute__((always_inline)) void store_sums2(__m256 acc[][
     }
 }
 
-#define AVX2_KERNEL32(NAME, BLOCK, BYTES)                                                                      \
+/// One weight row at a time against NI input rows: DOT multiplies a block of VALUES weights
+/// (BYTES stored) into the accumulators. The K-quants' larger blocks ask for the bytes ahead.
+#define AVX2_KERNEL(NAME, DOT, VALUES, BYTES, PREFETCHES)                                                      \
     AVX2 static inline __attribute__((always_inline)) void NAME##_rows(                                        \
         const void *w, int cols, int row0, int row1, const float *x, int ldx, float *out, int ldo,             \
         int accumulate, const int NI) {                                                                        \
-        const int nb = cols / 32, A = ACCS(NI);                                                                \
+        const int nb = cols / VALUES, A = ACCS(NI);                                                            \
         const long rb = (long)nb * BYTES;                                                                      \
         for (int r = row0; r < row1; r++) {                                                                    \
             const uint8_t *row = (const uint8_t *)w + (long)r * rb;                                            \
@@ -185,31 +189,9 @@ AVX2 static inline __attribute__((always_inline)) void store_sums2(__m256 acc[][
             for (int i = 0; i < NI; i++)                                                                       \
                 for (int k = 0; k < A; k++) acc[i][k] = _mm256_setzero_ps();                                   \
             for (int b = 0; b < nb; b++) {                                                                     \
-                __m256 wv[4];                                                                                  \
-                BLOCK(row + (long)b * BYTES, wv);                                                              \
-                const float *xb = x + (long)b * 32;                                                            \
-                for (int i = 0; i < NI; i++)                                                                   \
-                    for (int k = 0; k < 4; k++)                                                                \
-                        acc[i][k % A] = _mm256_fmadd_ps(wv[k], _mm256_loadu_ps(xb + (long)i * ldx + 8 * k), acc[i][k % A]); \
-            }                                                                                                  \
-            store_sums2(acc, NI, out + r, ldo, accumulate);                                                    \
-        }                                                                                                      \
-    }
-
-#define AVX2_KERNEL256(NAME, DOT, BYTES)                                                                       \
-    AVX2 static inline __attribute__((always_inline)) void NAME##_rows(                                        \
-        const void *w, int cols, int row0, int row1, const float *x, int ldx, float *out, int ldo,             \
-        int accumulate, const int NI) {                                                                        \
-        const int nb = cols / 256, A = ACCS(NI);                                                               \
-        const long rb = (long)nb * BYTES;                                                                      \
-        for (int r = row0; r < row1; r++) {                                                                    \
-            const uint8_t *row = (const uint8_t *)w + (long)r * rb;                                            \
-            __m256 acc[NI][4];                                                                                 \
-            for (int i = 0; i < NI; i++)                                                                       \
-                for (int k = 0; k < A; k++) acc[i][k] = _mm256_setzero_ps();                                   \
-            for (int b = 0; b < nb; b++) {                                                                     \
-                for (int o = 0; o < BYTES; o += 64) _mm_prefetch((const char *)(row + (long)b * BYTES + PREFETCH + o), _MM_HINT_T0); \
-                DOT(row + (long)b * BYTES, x + (long)b * 256, ldx, NI, acc);                                   \
+                if (PREFETCHES)                                                                                \
+                    for (int o = 0; o < BYTES; o += 64) _mm_prefetch((const char *)(row + (long)b * BYTES + PREFETCH + o), _MM_HINT_T0); \
+                DOT(row + (long)b * BYTES, x + (long)b * VALUES, ldx, NI, acc);                                \
             }                                                                                                  \
             store_sums2(acc, NI, out + r, ldo, accumulate);                                                    \
         }                                                                                                      \
@@ -226,13 +208,22 @@ AVX2 static inline __attribute__((always_inline)) void store_sums2(__m256 acc[][
             float *oi = out + (long)i0 * ldo;                                                                  \
             switch (ni) {                                                                                      \
                 ROWS2_CASE(NAME, 1) ROWS2_CASE(NAME, 2) ROWS2_CASE(NAME, 3) ROWS2_CASE(NAME, 4)                \
-                ROWS2_CASE(NAME, 5) ROWS2_CASE(NAME, 6) ROWS2_CASE(NAME, 7) ROWS2_CASE(NAME, 8)                \
+                ROWS2_CASE(NAME, 5) ROWS2_CASE(NAME, 6)                                                        \
             }                                                                                                  \
             i0 += ni;                                                                                          \
         }                                                                                                      \
     }
-#define AVX2_32(NAME, BLOCK, BYTES) AVX2_KERNEL32(NAME, BLOCK, BYTES) AVX2_DISPATCH(NAME)
-#define AVX2_256(NAME, DOT, BYTES) AVX2_KERNEL256(NAME, DOT, BYTES) AVX2_DISPATCH(NAME)
+/// A 32-value block format: its four vectors into the accumulators.
+#define AVX2_32(NAME, BLOCK, BYTES)                                                                            \
+    AVX2 static inline __attribute__((always_inline)) void NAME##_dot(const uint8_t *b, const float *xb, int ldx, const int NI, \
+                                                                      __m256 acc[][4]) {                       \
+        __m256 w[4];                                                                                           \
+        BLOCK(b, w);                                                                                           \
+        fma16(w, xb, ldx, 0, NI, 0, acc);                                                                      \
+        fma16(w + 2, xb, ldx, 16, NI, 2, acc);                                                                 \
+    }                                                                                                          \
+    AVX2_KERNEL(NAME, NAME##_dot, 32, BYTES, 0) AVX2_DISPATCH(NAME)
+#define AVX2_256(NAME, DOT, BYTES) AVX2_KERNEL(NAME, DOT, 256, BYTES, 1) AVX2_DISPATCH(NAME)
 
 AVX2_32(mm_f16_avx2, block2_f16, 64)
 AVX2_32(mm_bf16_avx2, block2_bf16, 64)

@@ -112,7 +112,8 @@ final class CompactMatrixTests: XCTestCase {
     }
 
     /// Random matrices of many blocks per row and odd row counts, through every kernel path
-    /// (one and two weight rows at a time, 1–17 input rows), against the dequantized matrix.
+    /// (one and two weight rows at a time, 1–17 input rows) at every level, against the dequantized
+    /// matrix, and each input row against itself alone.
     func testKernelsOnRandomMatrices() throws {
         forEachCPULevel { level in kernelsOnRandomMatrices(level) }
     }
@@ -136,6 +137,14 @@ final class CompactMatrixTests: XCTestCase {
                 let scale = (0..<(n * rows)).map { abs(b[$0]) }.max()! + 1e-3
                 for i in 0..<(n * rows) {
                     XCTAssertEqual(a[i], b[i], accuracy: 1e-4 * scale, "\(level): \(type) n=\(n) [\(i)]")
+                }
+                // Each input row gets the same bits alone as with the others (a sequence's results
+                // must not depend on its batch).
+                for r in 0..<n {
+                    let alone = FloatBuffer(count: rows)
+                    compact.multiply(x.pointer + r * cols, n: 1, into: alone.pointer, accumulate: false)
+                    XCTAssertEqual((0..<rows).map { alone[$0].bitPattern }, (0..<rows).map { a[r * rows + $0].bitPattern },
+                                   "\(level): \(type) row \(r) of \(n) alone")
                 }
             }
         }
