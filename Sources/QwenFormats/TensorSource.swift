@@ -24,19 +24,21 @@ extension TensorSource {
             guard let got = shape(of: name), got == [rows, cols] else {
                 throw ModelFileError(origin, "tensor \(name) has shape \(shape(of: name) ?? []), expected \([rows, cols])")
             }
+            // In the int8 mode every compact matrix runs its kernel at every row count (float ones
+            // the compact f32 kernel), so no f32 copy is kept (see CompactMatrix.rowExact).
             let int8 = compute == .int8 && CompactMatrix.int8Packs(storageType: type, cols: cols)
-            let dense = f32Copy && !int8 ? try floats(name) : nil
-            return CompactMatrix(rows: rows, cols: cols, storageType: type, data: pointer, owner: owner, dense: dense, int8: int8)
+            let dense = f32Copy && compute != .int8 ? try floats(name) : nil
+            return CompactMatrix(rows: rows, cols: cols, storageType: type, data: pointer, owner: owner, dense: dense, int8: int8,
+                                 rowExact: compute == .int8 && !int8)
         }
         return F32Matrix(rows: rows, cols: cols, data: try floats(name, shape: [rows, cols]))
     }
 
-    /// Bytes that f32 copies of the compact 2-D tensors would take (in the int8 mode, of
-    /// those it does not repack).
+    /// Bytes that f32 copies of the compact 2-D tensors would take (none in the int8 mode).
     public func f32CopyBytes(compute: ComputeMode = .f32) -> Int {
         tensorNames.reduce(0) { sum, name in
             guard let s = shape(of: name), s.count == 2, let c = compactStorage(name), c.0 != 0 else { return sum }
-            if compute == .int8 && CompactMatrix.int8Packs(storageType: c.0, cols: s[1]) { return sum }
+            if compute == .int8 { return sum }
             return sum + s[0] * s[1] * 4
         }
     }

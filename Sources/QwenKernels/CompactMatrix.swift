@@ -33,14 +33,18 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     /// Types whose kernel beats sgemm on the f32 copy (measured, see BENCHMARKS.md): the
     /// 32-value block formats, and the K-quants with their AVX-512 or AVX2 kernels (their
     /// portable kernels are correct but not faster than sgemm).
-    static let fastTypes: Set<Int32> = CPUFeatures.hasAVX2 || CPUFeatures.hasAVX512 ? [1, 2, 3, 6, 7, 8, 12, 13, 14, 30] : [1, 2, 3, 6, 7, 8, 30]
+    static let fastTypes: Set<Int32> = CPUFeatures.hasAVX2 ? [1, 2, 3, 6, 7, 8, 12, 13, 14, 30] : [1, 2, 3, 6, 7, 8, 30]
     /// Use the compact kernel for every type and row count up to the limit (tests).
     public var alwaysCompact = false
+    /// Every product runs the compact kernel, whatever its row count (float matrices in the int8 mode).
+    let rowExact: Bool
 
     /// - data: `rows` rows of `cols` values stored as `storageType` (a ggml type number),
     ///   kept alive by `owner`.
     /// - int8: repack for the int8 kernel (quantized types only; others ignore it).
-    public init(rows: Int, cols: Int, storageType: Int32, data: UnsafeRawPointer, owner: AnyObject, dense: FloatBuffer?, int8: Bool = false) {
+    /// - rowExact: run the compact kernel at every row count (a float matrix in the int8 mode).
+    public init(rows: Int, cols: Int, storageType: Int32, data: UnsafeRawPointer, owner: AnyObject, dense: FloatBuffer?, int8: Bool = false,
+                rowExact: Bool = false) {
         self.rows = rows
         self.cols = cols
         self.storageType = storageType
@@ -48,7 +52,13 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
         self.owner = owner
         self.int8 = int8 && Int8Panels.supports(storageType, cols: cols)
             ? Int8Panels(type: storageType, rows: rows, cols: cols, data: data) : nil
-        self.dense = self.int8 == nil ? dense.map { F32Matrix(rows: rows, cols: cols, data: $0) } : nil
+        // In the int8 mode a matrix that cannot be repacked (float storage) runs the compact f32
+        // kernel at every row count, as the int8 kernel does: a row then gets the same bits alone
+        // and in a batch. Switching to sgemm for wide batches changed results in the last bits,
+        // which the next product's 8-bit input rounding can turn into differences of 1e-3 in a
+        // log-probability (seen with OpenBLAS's Haswell kernels).
+        self.rowExact = rowExact && self.int8 == nil
+        self.dense = self.int8 == nil && !rowExact ? dense.map { F32Matrix(rows: rows, cols: cols, data: $0) } : nil
     }
 
     /// Whether `int8: true` would repack a matrix of this type and width.
@@ -60,7 +70,7 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
 
     /// Whether a product with `n` input rows runs the compact kernel (else sgemm on the f32 copy).
     func usesKernel(n: Int) -> Bool {
-        if int8 != nil { return true }
+        if int8 != nil || rowExact { return true }
         if dense == nil { return alwaysCompact || n <= Self.tiledRowThreshold }
         return n <= Self.compactRowLimit && (alwaysCompact || Self.fastTypes.contains(storageType))
     }
