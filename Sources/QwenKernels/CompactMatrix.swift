@@ -23,10 +23,16 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     let dense: F32Matrix?
     let int8: Int8Panels?
     /// Up to this many rows of input go through the compact kernel (one pass over the weights
-    /// per 12 rows). Decoding the default model measured faster this way than with sgemm on
-    /// the f32 copy up to about 64 sequences (24: 130 vs 87 tok/s; 48: 138 vs 132; 64: 135 vs 134;
-    /// 96: 130 vs 150).
-    public static var compactRowLimit = 64
+    /// per 12 rows with AVX-512, per 6 with AVX2). Decoding the default model with AVX-512 measured
+    /// faster this way than with sgemm on the f32 copy up to about 64 sequences (24: 130 vs 87
+    /// tok/s; 48: 138 vs 132; 64: 135 vs 134; 96: 130 vs 150); with AVX2 see `avx2RowLimit`.
+    /// QWEN_COMPACT_ROWS overrides it for measuring.
+    public static var compactRowLimit = Int(ProcessInfo.processInfo.environment["QWEN_COMPACT_ROWS"] ?? "")
+        ?? (CPUFeatures.hasAVX512 ? 64 : avx2RowLimit)
+    /// Where the AVX2 (and portable) compact kernel stops paying: a 32-row prompt chunk of the
+    /// default model with `--f32-weights no` measured 77 tok/s compact against 85 tiled, 16 rows 75
+    /// against 41, 64 rows 84 against 104, 128 rows 88 against 125 (BENCHMARKS.md).
+    static let avx2RowLimit = 24
     static let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
     /// Row ranges per core: a few, so that a core slowed by other work does not hold up the step.
     static let chunksPerWorker = 8
@@ -80,8 +86,10 @@ public final class CompactMatrix: WeightMatrix, @unchecked Sendable {
     /// rather than run the compact kernel (one pass over the blocks per 12 rows). Measured on
     /// the default model: at 128 rows the compact kernel is faster (a 128-token prompt with
     /// `--f32-weights no`: 205 vs 163 tok/s), at 300 rows the tiles are (Q5_0 166 vs 155 GFLOPS,
-    /// Q6_K 159 vs 111). QWEN_TILED_ROWS overrides it for measuring.
-    public static var tiledRowThreshold = Int(ProcessInfo.processInfo.environment["QWEN_TILED_ROWS"] ?? "") ?? 256
+    /// Q6_K 159 vs 111) — with AVX-512; AVX2's kernels take fewer rows a pass (`avx2RowLimit`).
+    /// QWEN_TILED_ROWS overrides it for measuring.
+    public static var tiledRowThreshold = Int(ProcessInfo.processInfo.environment["QWEN_TILED_ROWS"] ?? "")
+        ?? (CPUFeatures.hasAVX512 ? 256 : avx2RowLimit)
 
     public func multiply(_ x: UnsafePointer<Float>, n: Int, into out: UnsafeMutablePointer<Float>, accumulate: Bool) {
         if !usesKernel(n: n) {
