@@ -3,8 +3,9 @@ batched together get what each gets alone, and streaming matches the one-shot re
 import concurrent.futures
 import json
 import os
+import subprocess
 
-from conftest import FIXTURES, Server
+from conftest import BIN, FIXTURES, Server
 
 
 def test_int8_server_batches_like_solo_and_streams_consistently():
@@ -54,6 +55,28 @@ def test_auto_compute_is_the_default_and_says_what_ran():
         assert s.json("GET", "/v1/models")[1]["data"][0]["compute"] == "f32"
     finally:
         s.stop()
+
+
+def test_kernel_level_is_reported_and_capped_by_qwen_cpu_level():
+    """/v1/models and the start-up log name the kernel level `qwen-serve cpu` reports; QWEN_CPU_LEVEL=portable
+    caps it (int8 kernels too), and float weights then draw a warning that names --quantize q8_0; an unknown
+    level is refused by name."""
+    levels = subprocess.run([BIN, "cpu", "--levels"], capture_output=True, text=True, check=True).stdout.split()
+    assert levels[-1] == "portable" and set(levels) <= {"avx512", "avx2", "portable"}
+    for env, level in [({}, levels[0]), ({"QWEN_CPU_LEVEL": "portable"}, "portable")]:
+        s = Server(os.path.join(FIXTURES, "qwen3-tiny-bf16"), "--kv-cache-gb", "0.05", env=env)
+        try:
+            model = s.json("GET", "/v1/models")[1]["data"][0]
+            assert model["cpu_level"] == level
+            if level == "portable":
+                assert model["int8_kernel"] == "portable"
+            assert any(f"kernels: {level} level" in line for line in s.log)
+            warned = [line for line in s.log if "--quantize q8_0" in line]
+            assert warned and ("level=warning" in warned[0]) == (level == "portable"), warned
+        finally:
+            s.stop()
+    r = subprocess.run([BIN, "cpu"], capture_output=True, text=True, env={**os.environ, "QWEN_CPU_LEVEL": "avx9000"})
+    assert r.returncode == 1 and "QWEN_CPU_LEVEL=avx9000 is not a kernel level" in r.stderr
 
 
 def test_every_int8_kernel_set_gives_the_same_answers():
