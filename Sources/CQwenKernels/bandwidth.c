@@ -26,7 +26,8 @@ static float sum_avx2(const float *p, long n) {
 
 float qwen_read_sum(const float *p, long n) {
 #if defined(__x86_64__)
-    if (qwen_cpu_has_avx2()) return sum_avx2(p, n);
+    // What the machine reads, whatever QWEN_CPU_LEVEL caps the kernels to: the hardware decides.
+    if (qwen_cpu_hardware_level() >= QWEN_LEVEL_AVX2) return sum_avx2(p, n);
 #endif
     float s = 0;
     for (long i = 0; i < n; i++) s += p[i];
