@@ -6,7 +6,7 @@ APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev libsqlite3-dev pkg-conf
 VENV        := .venv-test
 PYTHON      ?= python3
 
-.PHONY: all deps build model run test check-aarch64 fuzz bench bench-levels bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare finetune-demo fixtures fixture-deps clean install uninstall
+.PHONY: all deps build model run test check-aarch64 fuzz bench bench-kernels bench-levels bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare finetune-demo fixtures fixture-deps clean install uninstall
 PREFIX      ?= /usr/local
 UNITDIR     ?= /etc/systemd/system
 
@@ -77,6 +77,14 @@ bench-adapters: model
 
 bench: model
 	$(PYTHON) scripts/bench.py --binary $(BIN)
+
+# One thread's compact f32 products per stored type (Q5_0, Q8_0, Q4_K, Q6_K, bf16, f16 of the default
+# model's shapes), straight on the C kernels; QWEN_CPU_LEVEL=... to compare levels.
+KC := Sources/CQwenKernels
+bench-kernels:
+	$(CLANG) -O3 -ffast-math -fno-finite-math-only -I$(KC)/include -I$(KC) scripts/bench_kernels.c $(KC)/quant_matmul.c \
+	  $(KC)/cpu.c $(KC)/f16_table.c -lpthread -lm -o .build/bench_kernels
+	for t in "6 4864 896" "8 4864 896" "12 896 4864" "14 896 4864" "30 4864 896" "1 4864 896"; do .build/bench_kernels $$t; done
 
 # Single-stream speed at every kernel level this CPU runs (QWEN_CPU_LEVEL): BENCHMARKS.md's first table.
 bench-levels: model

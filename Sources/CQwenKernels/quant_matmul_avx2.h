@@ -1,11 +1,11 @@
 // AVX2 (+FMA, F16C) kernels for the compact f32 products, included by quant_matmul.c (after its
-// AVX-512 kernels, whose PREFETCH and MAXROWS it shares). Blocks are expanded exactly as the
+// AVX-512 kernels, whose PREFETCH distance it shares). Blocks are expanded exactly as the
 // reference dequantization expands them (the same float operations per value), 8 lanes at a
 // time; products differ from the other levels only in the order of summation.
 //
 // A 32-value block becomes four 8-float vectors w[0..3] (values 0–7, 8–15, 16–23, 24–31); a
 // K-quant super-block is multiplied in as it is expanded, 16 values at a time. Each input row keeps
-// two accumulators (see ACCS); NI (1…6 rows per pass over the weights) is a constant in each instance.
+// ACCS accumulators; NI (1…6 rows per pass over the weights) is a constant in each instance.
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define MAXROWS2 6
@@ -84,13 +84,13 @@ AVX2 static inline void block2_f16(const uint8_t *b, __m256 *w) {
 /// the same order alone and in a batch (a sequence's results must not depend on its batch), while
 /// a single decoding row still keeps two FMA chains in flight. 6 rows × 2 + 4 weight vectors fill
 /// the 16 registers.
-#define ACCS(NI) 2
+#define ACCS 2
 
 /// acc[i] += 16 weights (w[0], w[1]) times row i's values at xb + i·ldx + at, for the NI rows;
 /// k picks the accumulators (k and k + 1).
 AVX2 static inline __attribute__((always_inline)) void fma16(const __m256 *w, const float *xb, int ldx, int at, const int NI, const int k,
                                                              __m256 acc[][4]) {
-    const int A = ACCS(NI);
+    const int A = ACCS;
     for (int i = 0; i < NI; i++) {
         acc[i][k % A] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xb + (long)i * ldx + at), acc[i][k % A]);
         acc[i][(k + 1) % A] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb + (long)i * ldx + at + 8), acc[i][(k + 1) % A]);
@@ -168,7 +168,7 @@ AVX2 static inline __attribute__((always_inline)) void dot2_q6_k(const uint8_t *
 AVX2 static inline __attribute__((always_inline)) void store_sums2(__m256 acc[][4], const int NI, float *out, int ldo, int accumulate) {
     for (int i = 0; i < NI; i++) {
         __m256 a = acc[i][0];
-        for (int k = 1; k < ACCS(NI); k++) a = _mm256_add_ps(a, acc[i][k]);
+        for (int k = 1; k < ACCS; k++) a = _mm256_add_ps(a, acc[i][k]);
         const float s = qwen_hsum256(a);
         float *o = out + (long)i * ldo;
         *o = accumulate ? *o + s : s;
@@ -181,7 +181,7 @@ AVX2 static inline __attribute__((always_inline)) void store_sums2(__m256 acc[][
     AVX2 static inline __attribute__((always_inline)) void NAME##_rows(                                        \
         const void *w, int cols, int row0, int row1, const float *x, int ldx, float *out, int ldo,             \
         int accumulate, const int NI) {                                                                        \
-        const int nb = cols / VALUES, A = ACCS(NI);                                                            \
+        const int nb = cols / VALUES, A = ACCS;                                                            \
         const long rb = (long)nb * BYTES;                                                                      \
         for (int r = row0; r < row1; r++) {                                                                    \
             const uint8_t *row = (const uint8_t *)w + (long)r * rb;                                            \

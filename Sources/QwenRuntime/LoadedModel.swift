@@ -74,8 +74,8 @@ public final class LoadedModel {
     public var floatWeightAdvice: (message: String, slow: Bool)? {
         guard floatWeights else { return nil }
         if CPUFeatures.level == "portable" {
-            return ("float weights run on the portable f32 kernels here (no AVX2, or QWEN_CPU_LEVEL=portable): slow; --quantize q8_0 would run "
-                    + (CPUFeatures.int8Kernel == "portable" ? "on half the bytes" : "\(CPUFeatures.int8Kernel) int8 kernels") + ", far faster", true)
+            return ("float weights run on the portable f32 kernels here (no AVX2, or QWEN_CPU_LEVEL=portable): slow; "
+                    + "--quantize q8_0 would read about half the bytes", true)
         }
         return ("float weights: each generated token reads every weight as 2 bytes; --quantize q8_0 reads about half that (faster generation, "
                 + "weights rounded to 8 bits per value)", false)
