@@ -82,7 +82,7 @@ bench: model
 # model's shapes), straight on the C kernels; QWEN_CPU_LEVEL=... to compare levels.
 KC := Sources/CQwenKernels
 bench-kernels:
-	$(CLANG) -O3 -ffast-math -fno-finite-math-only -I$(KC)/include -I$(KC) scripts/bench_kernels.c $(KC)/quant_matmul.c \
+	$(CLANG) -O3 -ffast-math -fno-finite-math-only -I$(KC)/include -I$(KC) scripts/bench_kernels.c $(KC)/quant_matmul.c $(KC)/int8_matmul.c $(KC)/quantize.c \
 	  $(KC)/cpu.c $(KC)/f16_table.c -lpthread -lm -o .build/bench_kernels
 	for t in "6 4864 896" "8 4864 896" "12 896 4864" "14 896 4864" "30 4864 896" "1 4864 896"; do .build/bench_kernels $$t; done
 
