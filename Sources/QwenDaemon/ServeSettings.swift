@@ -35,6 +35,11 @@ public struct ServeSettings: Equatable, Sendable {
     public var compute = "auto"
     /// How the KV cache stores keys and values: f32 or f16.
     public var kvCacheDType = "f32"
+    /// Speculative decoding: auto (prompt lookup where the cost model expects a gain), ngram
+    /// (always, when a match is found) or off.
+    public var speculative = "auto"
+    /// Drafted tokens per sequence and step at most.
+    public var maxDraftTokens = 12
     /// Quantize float weight matrices at load: nil, q8_0, q4_0 or q4_k (see QuantizeType).
     public var quantize: String?
     /// HTTPS: a PEM certificate chain and its private key (both or neither).
@@ -74,7 +79,7 @@ public struct ServeSettings: Equatable, Sendable {
                               "admin-api-key-file", "admin-api-key", "adapter", "adapter-path",
                               "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file", "f32-weights", "compute", "kv-cache-dtype",
                               "quantize", "max-connections", "header-timeout", "body-timeout", "write-timeout", "content-special-tokens",
-                              "state-dir", "train-share", "max-upload-mb", "train-memory-gb"]
+                              "state-dir", "train-share", "max-upload-mb", "train-memory-gb", "speculative", "max-draft-tokens"]
 
     /// Applies one setting given as text; `source` names where it came from for errors.
     public mutating func set(_ key: String, _ raw: String, source: String) throws {
@@ -156,6 +161,10 @@ public struct ServeSettings: Equatable, Sendable {
         case "kv-cache-dtype":
             guard ["f32", "f16", "q8_0"].contains(value) else { throw bad("f32, f16 or q8_0") }
             kvCacheDType = value
+        case "speculative":
+            guard ["auto", "ngram", "off"].contains(value) else { throw bad("auto, ngram or off") }
+            speculative = value
+        case "max-draft-tokens": maxDraftTokens = try int(1...64)
         case "tls-cert-file": tlsCertFile = value
         case "tls-key-file": tlsKeyFile = value
         case "log-format":
@@ -246,6 +255,8 @@ public struct ServeSettings: Equatable, Sendable {
         lines.append("f32-weights: \(f32Weights)")
         lines.append("compute: \(compute)")
         lines.append("kv-cache-dtype: \(kvCacheDType)")
+        lines.append("speculative: \(speculative)")
+        lines.append("max-draft-tokens: \(maxDraftTokens)")
         if let q = quantize { lines.append("quantize: \(q)") }
         lines.append("max-running: \(maxRunning)")
         lines.append("max-waiting: \(maxWaiting)")

@@ -22,6 +22,15 @@ public final class Engine: @unchecked Sendable {
         public var blockSize = 16
         /// How the cache stores keys and values.
         public var kvDType: KVCacheDType = .f32
+        /// Speculative decoding (prompt lookup) unless a request says otherwise.
+        public var speculative: SpeculativeMode = .auto
+        /// Drafted tokens per sequence and step at most.
+        public var maxDraftTokens = 12
+        /// What one more row costs in a decode step, as a share of a one-row step (the cost
+        /// model `auto` weighs drafts with; measured on the default model, int8, 2 cores).
+        public var draftRowCost = 0.25
+        /// With more decoding sequences than this, `auto` drafts nothing (the step is compute-bound).
+        public var speculativeMaxSequences = 16
         public init() {}
     }
 
@@ -30,6 +39,9 @@ public final class Engine: @unchecked Sendable {
         public let sequences: Int
         public let tokens: Int
         public let seconds: Double
+        /// Speculative tokens the step verified, and how many of them were kept.
+        public var draftTokens = 0
+        public var acceptedDraftTokens = 0
     }
 
     public struct Snapshot: Sendable {
@@ -58,6 +70,7 @@ public final class Engine: @unchecked Sendable {
     private var waiting: [Seq] = []
     private var running: [Seq] = []
     private var admissionCounter = 0
+    private let lookup = PromptLookup()
 
     /// Called on the engine thread after every step, and about once a second when idle
     /// (the daemon's watchdog hangs off this).
@@ -194,7 +207,7 @@ public final class Engine: @unchecked Sendable {
             inbox.removeAll()
             let stop = stopRequested
             cond.unlock()
-            for g in arrived { waiting.append(g.makeFirstSequence(pool: pool)) }
+            for g in arrived { waiting.append(g.makeFirstSequence(gate: OutputGate(request: g.request, tokenizer: tokenizer))) }
             if stop {
                 for s in running + waiting { finish(s, .cancelled) }
                 running.removeAll()
@@ -255,12 +268,16 @@ public final class Engine: @unchecked Sendable {
 
         admit()
 
-        // Decode rows first (one token each), then prompt chunks in admission order.
+        // Decode rows first (one token each, plus any drafted tokens to verify), then prompt
+        // chunks in admission order.
         var budget = config.stepTokens
         var batch: [(Seq, Int)] = []
-        for s in running where s.isDecoding {
-            batch.append((s, 1))
-            budget -= 1
+        let decoding = running.filter(\.isDecoding)
+        for (i, s) in decoding.enumerated() {
+            // Drafts never take a row another decoding sequence needs.
+            s.draft = propose(s, sequences: decoding.count, room: budget - (decoding.count - i))
+            batch.append((s, 1 + s.draft.count))
+            budget -= 1 + s.draft.count
         }
         for s in running where !s.isDecoding && budget > 0 {
             let n = min(budget, s.tokens.count - s.cache!.length)
@@ -273,6 +290,12 @@ public final class Engine: @unchecked Sendable {
             let (s, n) = batch[i]
             if s.finished || s.cache == nil { batch.remove(at: i); continue }
             if s.cache!.reserve(n) { i += 1; continue }
+            if !s.draft.isEmpty {
+                // Drafts are the first thing to give up when memory is short.
+                s.draft = []
+                batch[i].1 = 1
+                continue
+            }
             // Out of memory: the newest sequence gives its memory back (as vLLM does), which
             // is this one when it is the newest, so old requests are never pushed out by new ones.
             let holders = running.filter { !$0.finished && $0.cache != nil }
@@ -302,6 +325,10 @@ public final class Engine: @unchecked Sendable {
 
         let items = batch.map { (s, n) -> QwenModel.Item in
             let from = s.cache!.length
+            if !s.draft.isEmpty {
+                // The newest token and the drafts after it, each scored.
+                return QwenModel.Item(cache: s.cache!, tokens: [s.tokens[from]] + s.draft, logits: .all, adapter: s.group.request.adapter)
+            }
             let completes = from + n == s.tokens.count
             return QwenModel.Item(cache: s.cache!, tokens: Array(s.tokens[from..<(from + n)]), logits: completes ? .last : .none,
                                   adapter: s.group.request.adapter)
@@ -315,7 +342,15 @@ public final class Engine: @unchecked Sendable {
             return nil
         }
         var spawned: [Seq] = []
+        var drafted = 0, kept = 0
         for (k, (s, _)) in batch.enumerated() where !logits[k].isEmpty {
+            if !s.draft.isEmpty {
+                let accepted = verify(s, logits[k])
+                drafted += s.draft.count
+                kept += accepted
+                s.draft = []
+                continue
+            }
             if !s.forked && s.group.request.n > 1 {
                 // The prompt is in the cache: the other choices share it from here on.
                 s.forked = true
@@ -332,7 +367,45 @@ public final class Engine: @unchecked Sendable {
         running.removeAll { $0.finished }
         let tokens = batch.reduce(0) { $0 + $1.1 }
         let secs = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-        return StepStats(sequences: batch.count, tokens: tokens, seconds: secs)
+        return StepStats(sequences: batch.count, tokens: tokens, seconds: secs, draftTokens: drafted, acceptedDraftTokens: kept)
+    }
+
+    /// The tokens `s` drafts this step (see Speculation.swift): none when speculation is off for
+    /// it, when the cost model expects no gain, or when no earlier n-gram matches its newest tokens.
+    private func propose(_ s: Seq, sequences: Int, room: Int) -> [Int32] {
+        let r = s.group.request
+        let mode = r.speculative?.mode ?? config.speculative
+        guard mode != .off, mode != .auto || sequences <= config.speculativeMaxSequences else { return [] }
+        // Room for the drafts and the token after them, within the request and the cache.
+        let limit = min(r.speculative?.maxDraftTokens ?? config.maxDraftTokens, room, r.maxTokens - s.generated - 1,
+                        maxSequenceTokens - s.tokens.count)
+        guard limit > 0 else { return [] }
+        let k = s.policy.length(limit: limit, rowCost: config.draftRowCost, sequences: sequences, force: mode == .ngram)
+        guard k > 0 else { return [] }
+        return lookup.draft(s.tokens, count: k, reference: r.prediction)
+    }
+
+    /// Samples every scored position of a drafted step in turn, as plain decoding would, and keeps
+    /// drafted tokens while they are what was sampled. Returns how many drafts were kept; the
+    /// cache is rolled back to the kept positions.
+    private func verify(_ s: Seq, _ rows: [Float]) -> Int {
+        let v = model.config.vocabSize
+        let draft = s.draft
+        let base = s.cache!.length - draft.count - 1  // the newest token's position
+        var kept = 0
+        // Counted before sampling: the request's last token may end it, and its usage, mid-run.
+        s.group.drafted += draft.count
+        for j in 0...draft.count {
+            let tok = sample(s, Array(rows[(j * v)..<((j + 1) * v)]), draft: j < draft.count ? draft[j] : nil)
+            guard !s.finished, let tok, j < draft.count, tok == draft[j] else { break }
+            kept += 1
+        }
+        s.policy.record(drafted: draft.count, accepted: kept)
+        if let c = s.cache, !s.finished {
+            c.truncate(to: base + 1 + kept)
+            assert(c.length == s.tokens.count - 1)
+        }
+        return kept
     }
 
     private func admit() {
@@ -373,52 +446,36 @@ public final class Engine: @unchecked Sendable {
         waiting.insert(s, at: 0)
     }
 
-    private func sample(_ s: Seq, _ logits: [Float]) {
+    /// Chooses `s`'s next token from its row of logits and emits it (or ends the sequence).
+    /// Returns the token chosen, nil when the logits were unusable.
+    /// `draft`: the token drafted for this position; when it is the one chosen, the request
+    /// counts it as kept.
+    @discardableResult
+    private func sample(_ s: Seq, _ logits: [Float], draft: Int32? = nil) -> Int32? {
         var l = logits
         s.sampler.adjust(&l, history: Array(s.tokens[s.group.request.prompt.count...]))
-        let constraint = s.group.request.constraint
-        if let constraint {
-            if let state = s.grammarState {
-                // Structured output: only tokens the grammar can take (and the end, once it may end).
-                // Log-probabilities below stay those of the raw distribution.
-                let m = constraint.mask(state)
-                Self.apply(m, to: &l, endIds: constraint.vocabulary.endIds)
-            } else if let gate = s.group.request.reasoningGate {
-                // Reasoning first: the block must open, then may say anything but end.
-                if s.reasoningOpen {
-                    for e in constraint.vocabulary.endIds where Int(e) < l.count { l[Int(e)] = -.infinity }
-                } else {
-                    let keep = l[Int(gate.open)]
-                    for i in l.indices { l[i] = -.infinity }
-                    l[Int(gate.open)] = keep.isFinite ? keep : 0
-                }
-            }
-        }
+        s.gate.mask(&l)
         // NaN or +infinity (a broken adapter, an overflow): this sequence ends with an error
         // of its own; its batch-mates, whose rows are independent, go on.
         guard let tok = s.sampler.sampleIfFinite(l) else {
             s.group.fail("the model produced non-finite logits for this sequence; it was stopped")
             finish(s, .cancelled)
-            return
+            return nil
         }
         let r = s.group.request
-        if ((!r.ignoreEOS || constraint != nil) && tokenizer.eosTokenIds.contains(tok)) || r.stopTokenIds.contains(tok) {
+        if tok == draft { s.group.acceptedDrafts += 1 }
+        let verdict = s.gate.accept(tok)
+        switch verdict {
+        case .end:
             finish(s, .stop)
-            return
-        }
-        var grammarDone = false
-        if constraint != nil, s.grammarState == nil, let gate = r.reasoningGate {
-            if tok == gate.open { s.reasoningOpen = true }
-            if tok == gate.close { s.grammarState = constraint?.matcher.start }
-        } else if let constraint, let state = s.grammarState {
-            guard let next = constraint.advance(state, bytes: tokenizer.tokenBytes[Int(tok)]) else {
-                // Unreachable while masks are right; a sequence is never left to run unconstrained.
-                s.group.fail("structured output: the grammar refused token \(tok); the sequence was stopped")
-                finish(s, .cancelled)
-                return
-            }
-            s.grammarState = next
-            grammarDone = !next.canContinue
+            return tok
+        case .refused(let message):
+            // Unreachable while masks are right; a sequence is never left to run unconstrained.
+            s.group.fail(message)
+            finish(s, .cancelled)
+            return tok
+        case .more, .complete:
+            break
         }
         var lp: Float? = nil
         var top: [TokenLogprob] = []
@@ -426,35 +483,13 @@ public final class Engine: @unchecked Sendable {
         s.tokens.append(tok)
         s.generated += 1
         s.group.emit(.token(index: s.index, TokenOutput(token: tok, logprob: lp, top: top)))
-        if grammarDone {
+        if verdict == .complete {
             // The output is complete: nothing else may follow.
             finish(s, .stop)
         } else if s.generated >= r.maxTokens || s.tokens.count >= maxSequenceTokens {
             finish(s, .length)
         }
-    }
-
-    /// Masks `logits` to the tokens `m` allows (−∞ elsewhere).
-    static func apply(_ m: TokenMask, to logits: inout [Float], endIds: [Int32]) {
-        var saved: [(Int, Float)] = []
-        if m.allowEnd { for e in endIds where Int(e) < logits.count { saved.append((Int(e), logits[Int(e)])) } }
-        logits.withUnsafeMutableBufferPointer { l in
-            m.bits.withUnsafeBufferPointer { bits in
-                let n = l.count
-                var w = 0
-                while w * 64 < n {
-                    let word = bits[w]
-                    let end = min(n, w * 64 + 64)
-                    if word == 0 {
-                        for i in (w * 64)..<end { l[i] = -.infinity }
-                    } else if word != .max {
-                        for i in (w * 64)..<end where word >> UInt64(i & 63) & 1 == 0 { l[i] = -.infinity }
-                    }
-                    w += 1
-                }
-            }
-        }
-        for (i, v) in saved { logits[i] = v }
+        return tok
     }
 
     private func finish(_ s: Seq, _ reason: FinishReason) {
@@ -476,6 +511,9 @@ final class Group: @unchecked Sendable {
     private var finishedChoices = 0
     private var completionTokens = 0
     var cachedTokens = 0
+    /// Speculative tokens verified for this request, and how many were kept (engine thread).
+    var drafted = 0
+    var acceptedDrafts = 0
 
     init(id: UInt64, request: EngineRequest, continuation: AsyncStream<EngineEvent>.Continuation) {
         self.id = id
@@ -516,8 +554,8 @@ final class Group: @unchecked Sendable {
 
     func fail(_ message: String) { continuation.yield(.failed(message)) }
 
-    func makeFirstSequence(pool: KVPool) -> Seq {
-        Seq(group: self, index: 0, tokens: request.prompt, sampler: Sampler(params: request.params))
+    func makeFirstSequence(gate: OutputGate) -> Seq {
+        Seq(group: self, index: 0, tokens: request.prompt, sampler: Sampler(params: request.params), gate: gate)
     }
 
     func finishChoice(_ s: Seq, _ reason: FinishReason) {
@@ -530,7 +568,8 @@ final class Group: @unchecked Sendable {
             finishedChoices = request.n
         }
         if finishedChoices == request.n {
-            continuation.yield(.done(promptTokens: request.prompt.count, completionTokens: completionTokens, cachedTokens: cachedTokens))
+            continuation.yield(.done(EngineUsage(promptTokens: request.prompt.count, completionTokens: completionTokens, cachedTokens: cachedTokens,
+                                                 draftTokens: drafted, acceptedDraftTokens: acceptedDrafts)))
             continuation.finish()
         }
     }
@@ -544,25 +583,22 @@ final class Seq {
     var tokens: [Int32]
     var generated = 0
     var sampler: Sampler
-    /// Where the output stands in the request's grammar (structured outputs); nil while a
-    /// reasoning block comes first (`reasoningOpen` once it has opened).
-    var grammarState: Matcher.State?
-    var reasoningOpen = false
+    /// What may come next (grammar, reasoning block, end tokens).
+    var gate: OutputGate
+    /// How many tokens it drafts, and this step's drafts (being verified).
+    var policy = DraftPolicy()
+    var draft: [Int32] = []
     var cache: KVCache?
     var finished = false
     var forked = false
     var admittedAt = 0
 
-    init(group: Group, index: Int, tokens: [Int32], sampler: Sampler) {
+    init(group: Group, index: Int, tokens: [Int32], sampler: Sampler, gate: OutputGate) {
         self.group = group
         self.index = index
         self.tokens = tokens
         self.sampler = sampler
-        if let gate = group.request.reasoningGate {
-            reasoningOpen = gate.inside
-        } else {
-            grammarState = group.request.constraint?.matcher.start
-        }
+        self.gate = gate
     }
 
     /// Decoding: everything but the newest token is in the cache.
@@ -571,9 +607,7 @@ final class Seq {
     func fork(index: Int) -> Seq {
         var p = group.request.params
         if let seed = p.seed { p.seed = seed &+ UInt64(index) }
-        let s = Seq(group: group, index: index, tokens: tokens, sampler: Sampler(params: p))
-        s.grammarState = grammarState
-        s.reasoningOpen = reasoningOpen
+        let s = Seq(group: group, index: index, tokens: tokens, sampler: Sampler(params: p), gate: gate)
         s.cache = cache?.fork()
         s.forked = true
         return s

@@ -22,6 +22,11 @@ public struct EngineRequest: Sendable {
     /// For a reasoning model: the constraint applies after the reasoning block, which the
     /// output must open (unless the prompt already did) and close first.
     public var reasoningGate: ReasoningGate?
+    /// Speculative decoding for this request (nil: the server's setting).
+    public var speculative: SpeculativeOptions?
+    /// Tokens the client expects much of the output to repeat (OpenAI's `prediction`): drafts
+    /// are looked up in them as well as in the prompt and output.
+    public var prediction: [Int32] = []
 
     /// The salt its KV blocks are hashed with: keys and values computed under one adapter
     /// are never reused under another (or under the base model).
@@ -55,12 +60,31 @@ public enum EngineEvent: Sendable {
     case token(index: Int, TokenOutput)
     /// Choice `index` ended.
     case finished(index: Int, reason: FinishReason)
-    /// Every choice ended. `cachedTokens` of the prompt came from the prefix cache.
-    case done(promptTokens: Int, completionTokens: Int, cachedTokens: Int)
+    /// Every choice ended.
+    case done(EngineUsage)
     case failed(String)
     /// Nothing new for a while (queued, or a long prompt being computed): a streaming
     /// response writes a keep-alive, which is also how a departed client is noticed.
     case heartbeat
+}
+
+/// What a request used, over all its choices.
+public struct EngineUsage: Sendable, Equatable {
+    public var promptTokens: Int
+    public var completionTokens: Int
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    public var cachedTokens: Int
+    /// Tokens proposed by speculative decoding, and how many of them the model kept.
+    public var draftTokens: Int
+    public var acceptedDraftTokens: Int
+
+    public init(promptTokens: Int, completionTokens: Int, cachedTokens: Int = 0, draftTokens: Int = 0, acceptedDraftTokens: Int = 0) {
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+        self.cachedTokens = cachedTokens
+        self.draftTokens = draftTokens
+        self.acceptedDraftTokens = acceptedDraftTokens
+    }
 }
 
 public enum EngineError: Error, CustomStringConvertible, Equatable {

@@ -18,6 +18,7 @@ extension ModelService {
         }
         var request = try engineRequest(prompt: prompt, o, adapter: target.adapter, caller: ctx.caller)
         request.constraint = constraint?.0
+        request.prediction = try await predictionTokens(o)
         request.reasoningGate = constraint?.1
         let stream = try submit(request)
         // A client that goes away (streaming or not) frees its sequence at once.
@@ -35,7 +36,7 @@ extension ModelService {
             var states = states
             let (usage, firstToken) = try await Self.collect(stream, &states, promptTokens: prompt.count)
             if Task.isCancelled { stream.cancel() }
-            requests.finished(record, firstToken: firstToken, completionTokens: usage.1, cancelled: gone.isSet)
+            requests.finished(record, firstToken: firstToken, completionTokens: usage.completionTokens, cancelled: gone.isSet)
             let choices: [JSONValue] = states.enumerated().map { i, s in
                 var msg: [(String, JSONValue)] = [("role", .string("assistant")), ("content", s.content.isEmpty && !s.toolCalls.isEmpty ? .null : .string(s.content))]
                 if !s.reasoning.isEmpty { msg.append(("reasoning_content", .string(s.reasoning))) }
@@ -46,7 +47,7 @@ extension ModelService {
             }
             let json: JSONValue = .object([
                 ("id", .string(id)), ("object", .string("chat.completion")), ("created", .int(created)), ("model", .string(target.name)),
-                ("choices", .array(choices)), ("usage", Self.usageJSON(usage)),
+                ("choices", .array(choices)), ("usage", usage.json),
             ])
             return Self.jsonResponse(json)
         }
@@ -85,7 +86,7 @@ extension ModelService {
                 for i in 0..<o.n {
                     try await writer.write(Self.sse(chunk(i, delta: [("role", .string("assistant")), ("content", .string(""))], logprobs: nil, finish: nil)))
                 }
-                var usage = (prompt.count, 0, 0)
+                var usage = Usage(promptTokens: prompt.count)
                 for await e in stream.events {
                     switch e {
                     case .token(let i, let t):
@@ -103,16 +104,16 @@ extension ModelService {
                         let d = states[i].finish(reason: reason == .length ? "length" : "stop")
                         if !d.isEmpty { try await writer.write(Self.sse(chunk(i, delta: deltaFields(d, i), logprobs: nil, finish: nil))) }
                         try await writer.write(Self.sse(chunk(i, delta: [], logprobs: nil, finish: states[i].finishReason)))
-                    case .done(let p, _, let cached):
-                        usage = (p, states.reduce(0) { $0 + $1.tokens }, cached)
+                    case .done(let u):
+                        usage = Usage(u, completionTokens: states.reduce(0) { $0 + $1.tokens })
                     case .failed(let m):
                         try await writer.write(Self.sse(APIError(.internalServerError, m).json))
                     case .heartbeat:
                         try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
                     }
                 }
-                try await Self.endStream(&writer, usage: o.includeUsage ? chunk(nil, delta: [], logprobs: nil, finish: nil, usage: Self.usageJSON(usage)) : nil)
-                requests.finished(record, firstToken: firstToken, completionTokens: usage.1, cancelled: gone.isSet)
+                try await Self.endStream(&writer, usage: o.includeUsage ? chunk(nil, delta: [], logprobs: nil, finish: nil, usage: usage.json) : nil)
+                requests.finished(record, firstToken: firstToken, completionTokens: usage.completionTokens, cancelled: gone.isSet)
             } catch {
                 // The client went away: free the sequence now.
                 stream.cancel()
@@ -125,8 +126,8 @@ extension ModelService {
     /// Runs a request that is not streamed to its end: fills every choice's state and
     /// returns the usage (prompt, completion, cached tokens) and when the first token came.
     static func collect(_ stream: Engine.Stream, _ states: inout [ChoiceState], promptTokens: Int) async throws
-        -> (usage: (Int, Int, Int), firstToken: Date?) {
-        var usage = (promptTokens, 0, 0)
+        -> (usage: Usage, firstToken: Date?) {
+        var usage = Usage(promptTokens: promptTokens)
         var firstToken: Date?
         for await e in stream.events {
             switch e {
@@ -135,7 +136,7 @@ extension ModelService {
                 _ = states[i].consume(t)
                 if states[i].stoppedByString { stream.cancel(choice: i) }
             case .finished(let i, let reason): _ = states[i].finish(reason: reason == .length ? "length" : "stop")
-            case .done(let p, _, let cached): usage = (p, states.reduce(0) { $0 + $1.tokens }, cached)
+            case .done(let u): usage = Usage(u, completionTokens: states.reduce(0) { $0 + $1.tokens })
             case .failed(let m):
                 stream.cancel()
                 throw APIError(.internalServerError, m)
@@ -158,11 +159,6 @@ extension ModelService {
         f += [("id", .string(IDs.make("call_"))), ("type", .string("function")),
               ("function", .object([("name", .string(c.name)), ("arguments", .string(c.arguments))]))]
         return .object(f)
-    }
-
-    static func usageJSON(_ u: (Int, Int, Int)) -> JSONValue {
-        .object([("prompt_tokens", .int(u.0)), ("completion_tokens", .int(u.1)), ("total_tokens", .int(u.0 + u.1)),
-                 ("prompt_tokens_details", .object([("cached_tokens", .int(u.2))]))])
     }
 
     static let sseHeaders: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache"]

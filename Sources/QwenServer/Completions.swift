@@ -38,6 +38,7 @@ extension ModelService {
         let constraint = try await Offload.run { [self] in try self.constraint(f, chat: false, promptText: promptText) }
         var request = try engineRequest(prompt: prompt, o, adapter: target.adapter, caller: ctx.caller)
         request.constraint = constraint?.0
+        request.prediction = try await predictionTokens(o)
         let stream = try submit(request)
         let gone = ctx.cancelWhenClientGoes(stream)
         let states = (0..<o.n).map { _ in ChoiceState(tokenizer: tokenizer, stops: o.stops, reasoning: false, tools: false, startInReasoning: false) }
@@ -64,14 +65,14 @@ extension ModelService {
         if !o.stream {
             var states = states
             let (usage, firstToken) = try await Self.collect(stream, &states, promptTokens: prompt.count)
-            requests.finished(record, firstToken: firstToken, completionTokens: usage.1, cancelled: gone.isSet)
+            requests.finished(record, firstToken: firstToken, completionTokens: usage.completionTokens, cancelled: gone.isSet)
             let choices: [JSONValue] = states.enumerated().map { i, s in
                 .object([("index", .int(i)), ("text", .string(echoText + s.content)),
                          ("logprobs", o.logprobs == nil ? .null : logprobsJSON(s.rawLogprobs, offset: echoText.count)),
                          ("finish_reason", .string(s.finishReason ?? "stop"))])
             }
             return Self.jsonResponse(.object([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)),
-                                              ("model", .string(target.name)), ("choices", .array(choices)), ("usage", Self.usageJSON(usage))]))
+                                              ("model", .string(target.name)), ("choices", .array(choices)), ("usage", usage.json)]))
         }
 
         let requests = self.requests, name = target.name
@@ -91,7 +92,7 @@ extension ModelService {
                 return .object(c)
             }
             do {
-                var usage = (prompt.count, 0, 0)
+                var usage = Usage(promptTokens: prompt.count)
                 for await e in stream.events {
                     switch e {
                     case .token(let i, let t):
@@ -111,13 +112,13 @@ extension ModelService {
                         guard !states[i].stoppedByString else { continue }
                         let d = states[i].finish(reason: reason == .length ? "length" : "stop")
                         try await writer.write(Self.sse(chunk(i, text: d.content, logprobs: nil, finish: states[i].finishReason)))
-                    case .done(let p, _, let cached): usage = (p, states.reduce(0) { $0 + $1.tokens }, cached)
+                    case .done(let u): usage = Usage(u, completionTokens: states.reduce(0) { $0 + $1.tokens })
                     case .failed(let m): try await writer.write(Self.sse(APIError(.internalServerError, m).json))
                     case .heartbeat: try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
                     }
                 }
-                try await Self.endStream(&writer, usage: o.includeUsage ? chunk(nil, text: "", logprobs: nil, finish: nil, usage: Self.usageJSON(usage)) : nil)
-                requests.finished(record, firstToken: firstToken, completionTokens: usage.1, cancelled: gone.isSet)
+                try await Self.endStream(&writer, usage: o.includeUsage ? chunk(nil, text: "", logprobs: nil, finish: nil, usage: usage.json) : nil)
+                requests.finished(record, firstToken: firstToken, completionTokens: usage.completionTokens, cancelled: gone.isSet)
             } catch {
                 stream.cancel()
                 requests.finished(record, firstToken: firstToken, completionTokens: states.reduce(0) { $0 + $1.tokens }, cancelled: true)

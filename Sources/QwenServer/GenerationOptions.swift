@@ -1,4 +1,5 @@
 import QwenChat
+import QwenEngine
 import QwenRuntime
 
 /// The sampling and output options shared by /v1/chat/completions and /v1/completions.
@@ -13,6 +14,11 @@ struct GenerationOptions {
     /// nil: no logprobs; k: the chosen token's and the top k.
     var logprobs: Int?
     var echo = false
+    /// Speculative decoding for this request (the `speculative` extension), nil: the server's.
+    var speculative: SpeculativeOptions?
+    /// OpenAI's `prediction` (`{"type": "content", "content": …}`): text the output is expected
+    /// to repeat much of, a source of drafts.
+    var prediction: String?
 
     static func parse(_ f: RequestFields, chat: Bool, vocabSize: Int) throws -> GenerationOptions {
         var o = GenerationOptions()
@@ -63,6 +69,8 @@ struct GenerationOptions {
             }
         }
         o.ignoreEOS = try f.bool("ignore_eos") ?? false
+        o.speculative = try parseSpeculative(f.body["speculative"])
+        o.prediction = try parsePrediction(f.body["prediction"])
         if chat {
             let lp = try f.bool("logprobs") ?? false
             let top = try f.int("top_logprobs", 0...20)
@@ -73,5 +81,53 @@ struct GenerationOptions {
             o.echo = try f.bool("echo") ?? false
         }
         return o
+    }
+
+    /// `"speculative": true | false | {"mode": "auto" | "ngram" | "off", "max_draft_tokens": 1…64}`.
+    static func parseSpeculative(_ v: JSONValue?) throws -> SpeculativeOptions? {
+        guard let v, !v.isNull else { return nil }
+        if let b = v.bool { return SpeculativeOptions(mode: b ? .ngram : .off) }
+        guard let o = v.object else {
+            throw APIError.badParam("speculative", "'speculative' must be a boolean or an object with 'mode' and 'max_draft_tokens'")
+        }
+        var r = SpeculativeOptions()
+        for (k, x) in o {
+            switch k {
+            case "mode":
+                guard let s = x.string, let m = SpeculativeMode(rawValue: s) else {
+                    throw APIError.badParam("speculative", "'speculative.mode' must be one of \(SpeculativeMode.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                r.mode = m
+            case "max_draft_tokens":
+                guard let n = x.int, (1...64).contains(n) else {
+                    throw APIError.badParam("speculative", "'speculative.max_draft_tokens' must be an integer from 1 to 64")
+                }
+                r.maxDraftTokens = n
+            default:
+                throw APIError.badParam("speculative", "'speculative' has an unknown field '\(k)' (it takes 'mode' and 'max_draft_tokens')")
+            }
+        }
+        return r
+    }
+
+    /// OpenAI's `prediction`: `{"type": "content", "content": string | [{"type": "text", "text": …}]}`.
+    static func parsePrediction(_ v: JSONValue?) throws -> String? {
+        guard let v, !v.isNull else { return nil }
+        guard let o = v.object, v["type"]?.string == "content", let c = v["content"] else {
+            throw APIError.badParam("prediction", "'prediction' must be {\"type\": \"content\", \"content\": …}")
+        }
+        _ = o
+        if let s = c.string { return s }
+        if let parts = c.array {
+            var text = ""
+            for p in parts {
+                guard p["type"]?.string == "text", let t = p["text"]?.string else {
+                    throw APIError.badParam("prediction", "'prediction.content' parts must be {\"type\": \"text\", \"text\": …}")
+                }
+                text += t
+            }
+            return text
+        }
+        throw APIError.badParam("prediction", "'prediction.content' must be a string or a list of text parts")
     }
 }

@@ -164,8 +164,22 @@ public final class ModelService: @unchecked Sendable {
         r.logprobs = o.logprobs
         r.adapter = adapter
         r.cacheSalt = caller.cacheSalt
+        r.speculative = o.speculative
         return r
     }
+
+    /// The tokens of the request's `prediction`, tokenized off the request threads.
+    func predictionTokens(_ o: GenerationOptions) async throws -> [Int32] {
+        guard let text = o.prediction, !text.isEmpty else { return [] }
+        let tokenizer = self.tokenizer
+        let tokens = try await Offload.run { tokenizer.encode(text) }
+        guard tokens.count <= Self.maxPredictionTokens else {
+            throw APIError.badParam("prediction", "'prediction' has \(tokens.count) tokens; at most \(Self.maxPredictionTokens) are taken")
+        }
+        return tokens
+    }
+
+    static let maxPredictionTokens = 32768
 
     func submit(_ r: EngineRequest) throws -> Engine.Stream {
         do { return try engine.submit(r) } catch let e as EngineError {

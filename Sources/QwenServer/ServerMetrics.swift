@@ -30,6 +30,8 @@ public final class ServerMetrics: @unchecked Sendable {
     private var promptTokens = 0
     private var generationTokens = 0
     private var cancelled = 0
+    private var draftTokens = 0
+    private var acceptedDraftTokens = 0
     private var ttft = Histogram([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60])
     private var tpot = Histogram([0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5])
     private var e2e = Histogram([0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300])
@@ -69,6 +71,8 @@ public final class ServerMetrics: @unchecked Sendable {
         batchSize.observe(Double(s.sequences))
         stepTokens.observe(Double(s.tokens))
         stepSeconds.observe(s.seconds)
+        draftTokens += s.draftTokens
+        acceptedDraftTokens += s.acceptedDraftTokens
         lock.unlock()
     }
 
@@ -83,6 +87,10 @@ public final class ServerMetrics: @unchecked Sendable {
         s += "# HELP qwen_prompt_tokens_total Prompt tokens received.\n# TYPE qwen_prompt_tokens_total counter\nqwen_prompt_tokens_total \(promptTokens)\n"
         s += "# HELP qwen_generation_tokens_total Tokens generated.\n# TYPE qwen_generation_tokens_total counter\nqwen_generation_tokens_total \(generationTokens)\n"
         s += "# HELP qwen_requests_cancelled_total Requests whose client went away.\n# TYPE qwen_requests_cancelled_total counter\nqwen_requests_cancelled_total \(cancelled)\n"
+        s += "# HELP qwen_spec_draft_tokens_total Tokens proposed by speculative decoding and verified.\n# TYPE qwen_spec_draft_tokens_total counter\nqwen_spec_draft_tokens_total \(draftTokens)\n"
+        s += "# HELP qwen_spec_accepted_tokens_total Proposed tokens the model kept.\n# TYPE qwen_spec_accepted_tokens_total counter\nqwen_spec_accepted_tokens_total \(acceptedDraftTokens)\n"
+        let rate = draftTokens > 0 ? Double(acceptedDraftTokens) / Double(draftTokens) : 0
+        s += "# HELP qwen_spec_acceptance_rate Kept share of all proposed tokens so far.\n# TYPE qwen_spec_acceptance_rate gauge\nqwen_spec_acceptance_rate \(rate)\n"
         s += ttft.render("qwen_time_to_first_token_seconds", "Time from request to first generated token.")
         s += tpot.render("qwen_time_per_output_token_seconds", "Mean time between generated tokens of a request.")
         s += e2e.render("qwen_request_duration_seconds", "Time from request to its last token.")

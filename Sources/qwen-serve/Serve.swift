@@ -31,6 +31,10 @@ struct Serve: AsyncParsableCommand {
     var compute: String?
     @Option(name: .customLong("kv-cache-dtype"), help: "How the KV cache stores keys and values: f32, f16 (half the memory and of the bytes attention reads; values rounded to 11 significant bits) or q8_0 (27% of f32; values rounded to 1/254 of each 32's largest). [default: f32]")
     var kvCacheDType: String?
+    @Option(help: "Speculative decoding: auto (prompt lookup: drafts from earlier n-grams of the prompt and output, verified in one forward, used where the cost model expects a gain), ngram (whenever a match is found) or off. Outputs are the same either way. [default: auto]")
+    var speculative: String?
+    @Option(name: .customLong("max-draft-tokens"), help: "Drafted tokens per sequence and step at most (1-64). [default: 12]")
+    var maxDraftTokens: String?
     @Option(help: "Quantize float weight matrices at load: q8_0, q4_0 or q4_k (ggml's rules; with auto compute they then run in int8). [default: none]")
     var quantize: String?
     @Option(name: .customLong("max-running"), help: "Sequences batched together at most. [default: 64]") var maxRunning: String?
@@ -70,6 +74,7 @@ struct Serve: AsyncParsableCommand {
         try s.apply(environment: ProcessInfo.processInfo.environment)
         let flags: [(String, String?)] = [
             ("model", model), ("host", host), ("port", port), ("served-model-name", servedModelName), ("kv-cache-gb", kvCacheGB), ("f32-weights", f32Weights), ("compute", compute), ("kv-cache-dtype", kvCacheDType), ("quantize", quantize),
+            ("speculative", speculative), ("max-draft-tokens", maxDraftTokens),
             ("max-running", maxRunning), ("max-waiting", maxWaiting), ("step-tokens", stepTokens),
             ("chat-template-args", chatTemplateArgs), ("max-body-mb", maxBodyMB), ("shutdown-grace", shutdownGrace),
             ("api-key-file", apiKeyFile), ("admin-api-key-file", adminAPIKeyFile), ("adapter-path", adapterPath),
@@ -120,6 +125,8 @@ struct Serve: AsyncParsableCommand {
             ec.maxWaiting = s.maxWaiting
             ec.stepTokens = s.stepTokens
             ec.kvDType = KVCacheDType(rawValue: s.kvCacheDType) ?? .f32
+            ec.speculative = SpeculativeMode(rawValue: s.speculative) ?? .auto
+            ec.maxDraftTokens = s.maxDraftTokens
             ec.kvBlocks = Engine.blocks(forBytes: Int(s.kvCacheGB * Double(1 << 30)), config: loaded.model.config, dtype: ec.kvDType)
             let engine = Engine(model: loaded.model, tokenizer: loaded.tokenizer, config: ec)
             let live = LiveSettings(apiKeys: s.apiKeys, adminKeys: s.adminKeys, chatTemplateArgs: try Self.templateArgs(s))

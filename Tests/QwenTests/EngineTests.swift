@@ -12,6 +12,7 @@ final class EngineTests: XCTestCase {
         var tokens: [[Int32]]
         var reasons: [FinishReason?]
         var usage: (Int, Int, Int)?
+        var engineUsage: EngineUsage?
     }
 
     func collect(_ s: Engine.Stream, n: Int = 1) async -> Result {
@@ -20,7 +21,7 @@ final class EngineTests: XCTestCase {
             switch e {
             case .token(let i, let t): r.tokens[i].append(t.token)
             case .finished(let i, let reason): r.reasons[i] = reason
-            case .done(let p, let c, let cached): r.usage = (p, c, cached)
+            case .done(let u): r.usage = (u.promptTokens, u.completionTokens, u.cachedTokens); r.engineUsage = u
             case .failed(let m): XCTFail(m)
             case .heartbeat: break
             }
