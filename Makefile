@@ -6,7 +6,7 @@ APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev libsqlite3-dev pkg-conf
 VENV        := .venv-test
 PYTHON      ?= python3
 
-.PHONY: all deps build model run test check-aarch64 fuzz bench bench-kernels bench-levels bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare finetune-demo fixtures fixture-deps clean install uninstall
+.PHONY: all deps build model run test check-aarch64 fuzz bench bench-kernels bench-levels bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare bench-spec finetune-demo fixtures fixture-deps clean install uninstall
 PREFIX      ?= /usr/local
 UNITDIR     ?= /etc/systemd/system
 
@@ -101,6 +101,11 @@ bench-train-serve: model
 # Side by side with llama.cpp (llama-bench, llama-server) built from llama-cpp-python's sdist into the cache.
 bench-compare: model
 	$(VENV)/bin/python scripts/bench_compare.py --binary $(BIN)
+
+# Speculative decoding: code edits and free chat, single stream, qwen-serve off/auto beside
+# llama-server with and without its n-gram speculation; then random load at concurrency 10 and 50.
+bench-spec: model
+	$(VENV)/bin/python scripts/bench_spec.py --binary $(BIN)
 
 # Structured outputs under load: 10 clients, every request under a JSON schema vs unconstrained.
 bench-structured: model

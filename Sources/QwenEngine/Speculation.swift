@@ -31,49 +31,60 @@ public struct SpeculativeOptions: Sendable, Equatable {
     }
 }
 
-/// Prompt lookup: proposes the tokens that followed the latest earlier occurrence of the
-/// sequence's last n tokens (n from `longest` down to `shortest`).
+/// Prompt lookup: proposes the tokens that followed an earlier occurrence of the sequence's
+/// newest tokens. Of the occurrences of its last `shortest` tokens, the one whose match reaches
+/// furthest back wins (the most recent among equals): a long match says the output is copying
+/// that passage, and the draft may be as long as asked; a short one is a guess, and the draft is
+/// held to `perMatchedToken` tokens per matched token.
 public struct PromptLookup: Sendable {
-    public var longest = 3
     public var shortest = 2
+    /// Matches are measured up to this many tokens back.
+    public var longest = 64
+    public var perMatchedToken = 2
     public init() {}
 
-    /// Up to `count` tokens that followed the most recent earlier match of the last n tokens of
-    /// `tokens` (or, failing that, of them in `reference`, e.g. the client's predicted output).
+    /// Up to `count` tokens that followed the best earlier match of the end of `tokens`, in
+    /// `tokens` itself or in `reference` (e.g. the client's predicted output).
     public func draft(_ tokens: [Int32], count: Int, reference: [Int32] = []) -> [Int32] {
-        guard count > 0 else { return [] }
-        for n in stride(from: longest, through: shortest, by: -1) where tokens.count > n {
-            let end = tokens.count
-            if let d = Self.follow(tokens, pattern: tokens[(end - n)..<end], before: end - n, count: count), !d.isEmpty {
-                return d
-            }
-            if let d = Self.follow(reference, pattern: tokens[(end - n)..<end], before: reference.count, count: count), !d.isEmpty {
-                return d
-            }
+        guard count > 0, tokens.count > shortest else { return [] }
+        let own = best(in: tokens, limit: tokens.count - 1, of: tokens)
+        let ref = reference.isEmpty ? nil : best(in: reference, limit: reference.count, of: tokens)
+        let pick: (source: [Int32], at: Int, length: Int)?
+        switch (own, ref) {
+        case let (a?, b?): pick = b.length > a.length ? (reference, b.at, b.length) : (tokens, a.at, a.length)
+        case let (a?, nil): pick = (tokens, a.at, a.length)
+        case let (nil, b?): pick = (reference, b.at, b.length)
+        case (nil, nil): pick = nil
         }
-        return []
+        guard let p = pick else { return [] }
+        let n = min(count, p.length >= longest / 8 ? count : p.length * perMatchedToken, p.source.count - p.at)
+        return n > 0 ? Array(p.source[p.at..<(p.at + n)]) : []
     }
 
-    /// The tokens after the latest occurrence of `pattern` in `source` that starts before `before`.
-    static func follow(_ source: [Int32], pattern: ArraySlice<Int32>, before: Int, count: Int) -> [Int32]? {
-        let n = pattern.count
-        guard n > 0, source.count > n else { return nil }
-        let first = pattern[pattern.startIndex]
-        return source.withUnsafeBufferPointer { s -> [Int32]? in
-            // A match must leave at least one token after it.
-            var i = min(before - 1, s.count - n - 1)
-            while i >= 0 {
-                if s[i] == first {
-                    var k = 1
-                    while k < n && s[i + k] == pattern[pattern.startIndex + k] { k += 1 }
-                    if k == n {
-                        let from = i + n
-                        return Array(s[from..<min(s.count, from + count)])
+    /// In `source`, the position after the occurrence that matches the most of `seq`'s end (at
+    /// least `shortest` tokens), among occurrences ending before `limit`, and how far it matches.
+    func best(in source: [Int32], limit: Int, of seq: [Int32]) -> (at: Int, length: Int)? {
+        let n = shortest
+        guard seq.count >= n, source.count >= n, limit >= n else { return nil }
+        return source.withUnsafeBufferPointer { s -> (Int, Int)? in
+            seq.withUnsafeBufferPointer { q -> (Int, Int)? in
+                let last = q[q.count - 1]
+                var found: (Int, Int)? = nil
+                // e: the index after a candidate occurrence; it must leave a token to propose.
+                var e = min(limit, s.count - 1)
+                while e >= n {
+                    if s[e - 1] == last {
+                        var m = 1
+                        while m < longest && m < e && m < q.count && s[e - 1 - m] == q[q.count - 1 - m] { m += 1 }
+                        if m >= n && m > (found?.1 ?? 0) {
+                            found = (e, m)
+                            if m >= longest { break }
+                        }
                     }
+                    e -= 1
                 }
-                i -= 1
+                return found
             }
-            return nil
         }
     }
 }

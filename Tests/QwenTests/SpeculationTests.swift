@@ -10,19 +10,24 @@ import XCTest
 final class SpeculationTests: XCTestCase {
     // MARK: Prompt lookup
 
-    func testPromptLookupProposesWhatFollowedTheLatestMatch() {
+    func testPromptLookupProposesWhatFollowedTheBestMatch() {
         let l = PromptLookup()
-        // "7 8" occurred twice before; the latest occurrence is followed by 40 41 42.
+        // "7 8" occurred twice before, each matching two tokens; the latest wins.
         let seq: [Int32] = [7, 8, 1, 2, 3, 9, 7, 8, 40, 41, 42, 5, 7, 8]
         XCTAssertEqual(l.draft(seq, count: 3), [40, 41, 42])
-        XCTAssertEqual(l.draft(seq, count: 10), [40, 41, 42, 5, 7, 8], "up to the end of the sequence")
-        // The longest n-gram wins: "3 7 8" matches only the first occurrence.
+        XCTAssertEqual(l.draft(seq, count: 10), [40, 41, 42, 5], "a two-token match drafts at most four")
+        // The occurrence that matches further back wins over a more recent one.
         XCTAssertEqual(l.draft([3, 7, 8, 1, 2, 9, 7, 8, 4, 3, 7, 8], count: 2), [1, 2])
         XCTAssertEqual(l.draft([1, 2, 3, 4, 5], count: 4), [], "no earlier match")
         XCTAssertEqual(l.draft([5, 5], count: 4), [], "too short to match")
         XCTAssertEqual(l.draft(seq, count: 0), [])
-        // A prediction is searched when the sequence itself has no match.
+        // A long match (the output copying a passage) drafts as far as asked.
+        let passage: [Int32] = Array(100..<140)
+        let copying = passage + [1, 2] + Array(passage[0..<10])
+        XCTAssertEqual(l.draft(copying, count: 12), Array(passage[10..<22]))
+        // A prediction is searched too; its longer match wins.
         XCTAssertEqual(l.draft([1, 2, 3, 4], count: 3, reference: [9, 3, 4, 10, 11, 12, 13]), [10, 11, 12])
+        XCTAssertEqual(l.draft([1, 2, 3, 4, 0, 3, 4], count: 3, reference: [0, 3, 4, 20, 21]), [20, 21], "three tokens matched beat two")
         XCTAssertEqual(l.draft([1, 2, 3, 4], count: 3, reference: [3, 4]), [], "a match at the reference's end has nothing after it")
     }
 
