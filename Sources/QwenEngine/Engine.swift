@@ -67,9 +67,7 @@ public final class Engine: @unchecked Sendable {
     private var nextId: UInt64 = 0
 
     // Owned by the engine thread.
-    private var waiting: [Seq] = []
-    private var running: [Seq] = []
-    private var admissionCounter = 0
+    private let scheduler: Scheduler
     private let lookup = PromptLookup()
 
     /// Called on the engine thread after every step, and about once a second when idle
@@ -90,6 +88,7 @@ public final class Engine: @unchecked Sendable {
         self.tokenizer = tokenizer
         self.config = config
         pool = KVPool(config: model.config, blocks: config.kvBlocks, blockSize: config.blockSize, dtype: config.kvDType)
+        scheduler = Scheduler(config: .init(maxRunning: config.maxRunning, stepTokens: config.stepTokens), pool: pool)
         snapshotValue = Snapshot(running: 0, waiting: 0, kvBlocksUsed: 0, kvBlocksFree: config.kvBlocks, kvBlocksCached: 0,
                                  kvBlocksTotal: config.kvBlocks)
     }
@@ -187,7 +186,7 @@ public final class Engine: @unchecked Sendable {
     private func loop() {
         while true {
             cond.lock()
-            while inbox.isEmpty && running.isEmpty && waiting.isEmpty && !stopRequested {
+            while inbox.isEmpty && scheduler.isIdle && !stopRequested {
                 if interleaved?.hasWork == true {
                     // Nothing to serve: the interleaved work takes the engine, a piece at a time
                     // so that an arriving request waits at most one piece.
@@ -207,11 +206,9 @@ public final class Engine: @unchecked Sendable {
             inbox.removeAll()
             let stop = stopRequested
             cond.unlock()
-            for g in arrived { waiting.append(g.makeFirstSequence(gate: OutputGate(request: g.request, tokenizer: tokenizer))) }
+            for g in arrived { scheduler.enqueue(g.makeFirstSequence(gate: OutputGate(request: g.request, tokenizer: tokenizer))) }
             if stop {
-                for s in running + waiting { finish(s, .cancelled) }
-                running.removeAll()
-                waiting.removeAll()
+                for s in scheduler.drain() { finish(s, .cancelled) }
                 publishSnapshot()
                 return
             }
@@ -244,15 +241,15 @@ public final class Engine: @unchecked Sendable {
     private func heartbeats() {
         let now = DispatchTime.now().uptimeNanoseconds
         var seen = Set<ObjectIdentifier>()
-        for s in waiting + running where seen.insert(ObjectIdentifier(s.group)).inserted {
+        for s in scheduler.waiting + scheduler.running where seen.insert(ObjectIdentifier(s.group)).inserted {
             if now &- s.group.lastEmit > 1_000_000_000 { s.group.emit(.heartbeat) }
         }
     }
 
     private func publishSnapshot() {
         cond.lock()
-        waitingCount = waiting.count + inbox.count
-        snapshotValue = Snapshot(running: running.count, waiting: waitingCount, kvBlocksUsed: pool.usedBlocks,
+        waitingCount = scheduler.waiting.count + inbox.count
+        snapshotValue = Snapshot(running: scheduler.running.count, waiting: waitingCount, kvBlocksUsed: pool.usedBlocks,
                                  kvBlocksFree: pool.availableBlocks - pool.cachedBlocks, kvBlocksCached: pool.cachedBlocks,
                                  kvBlocksTotal: pool.blockCount)
         cond.unlock()
@@ -262,66 +259,12 @@ public final class Engine: @unchecked Sendable {
     private func step() -> StepStats? {
         let start = DispatchTime.now()
         // Retire cancelled sequences (client gone): their blocks are free within this step.
-        for s in running + waiting where s.group.isCancelled(s.index) { finish(s, .cancelled) }
-        running.removeAll { $0.finished }
-        waiting.removeAll { $0.finished }
-
-        admit()
-
-        // Decode rows first (one token each, plus any drafted tokens to verify), then prompt
-        // chunks in admission order.
-        var budget = config.stepTokens
-        var batch: [(Seq, Int)] = []
-        let decoding = running.filter(\.isDecoding)
-        for (i, s) in decoding.enumerated() {
-            // Drafts never take a row another decoding sequence needs.
-            s.draft = propose(s, sequences: decoding.count, room: budget - (decoding.count - i))
-            batch.append((s, 1 + s.draft.count))
-            budget -= 1 + s.draft.count
-        }
-        for s in running where !s.isDecoding && budget > 0 {
-            let n = min(budget, s.tokens.count - s.cache!.length)
-            batch.append((s, n))
-            budget -= n
-        }
-        // Reserve KV memory for every row; preempt the youngest sequences when it runs out.
-        var i = 0
-        while i < batch.count {
-            let (s, n) = batch[i]
-            if s.finished || s.cache == nil { batch.remove(at: i); continue }
-            if s.cache!.reserve(n) { i += 1; continue }
-            if !s.draft.isEmpty {
-                // Drafts are the first thing to give up when memory is short.
-                s.draft = []
-                batch[i].1 = 1
-                continue
-            }
-            // Out of memory: the newest sequence gives its memory back (as vLLM does), which
-            // is this one when it is the newest, so old requests are never pushed out by new ones.
-            let holders = running.filter { !$0.finished && $0.cache != nil }
-            guard holders.count > 1, let victim = holders.max(by: { $0.admittedAt < $1.admittedAt }) else {
-                // Alone and still out of memory: it cannot grow any more.
-                finish(s, .length)
-                batch.remove(at: i)
-                continue
-            }
-            preempt(victim)
-            if victim === s {
-                batch.remove(at: i)
-                continue
-            }
-            if let j = batch.firstIndex(where: { $0.0 === victim }), j < i { i -= 1 }
-            batch.removeAll { $0.0 === victim }
-        }
-        running.removeAll { $0.finished || $0.cache == nil }
+        for s in scheduler.running + scheduler.waiting where s.group.isCancelled(s.index) { finish(s, .cancelled) }
+        scheduler.removeFinished()
+        let plan = scheduler.schedule { [unowned self] s, decoding, room in self.propose(s, sequences: decoding, room: room) }
+        for s in plan.outOfMemory { finish(s, .length) }
+        let batch = plan.rows
         guard !batch.isEmpty else { return nil }
-        // Rows of one adapter side by side, so each adapter's update is one product per projection.
-        if batch.contains(where: { $0.0.group.request.adapter != nil }) {
-            batch = batch.enumerated().sorted {
-                let a = $0.element.0.group.request.adapter?.id ?? 0, b = $1.element.0.group.request.adapter?.id ?? 0
-                return a != b ? a < b : $0.offset < $1.offset
-            }.map(\.element)
-        }
 
         let items = batch.map { (s, n) -> QwenModel.Item in
             let from = s.cache!.length
@@ -335,12 +278,14 @@ public final class Engine: @unchecked Sendable {
         }
         let logits: [[Float]]
         do {
-            logits = try model.forward(items)
+            logits = try model.compute(items)
         } catch {
             for (s, _) in batch { s.group.fail("\(error)"); finish(s, .cancelled) }
-            running.removeAll { $0.finished }
+            scheduler.removeFinished()
             return nil
         }
+        // The positions computed are the caches' now (drafted ones once verification keeps them).
+        for (k, (s, _)) in batch.enumerated() where s.draft.isEmpty { s.cache!.advance(items[k].tokens) }
         var spawned: [Seq] = []
         var drafted = 0, kept = 0
         for (k, (s, _)) in batch.enumerated() where !logits[k].isEmpty {
@@ -363,8 +308,8 @@ public final class Engine: @unchecked Sendable {
             }
             sample(s, logits[k])
         }
-        running += spawned
-        running.removeAll { $0.finished }
+        scheduler.addRunning(spawned)
+        scheduler.removeFinished()
         let tokens = batch.reduce(0) { $0 + $1.1 }
         let secs = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
         return StepStats(sequences: batch.count, tokens: tokens, seconds: secs, draftTokens: drafted, acceptedDraftTokens: kept)
@@ -386,12 +331,13 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Samples every scored position of a drafted step in turn, as plain decoding would, and keeps
-    /// drafted tokens while they are what was sampled. Returns how many drafts were kept; the
-    /// cache is rolled back to the kept positions.
+    /// drafted tokens while they are what was sampled. Returns how many drafts were kept; only the
+    /// kept positions are recorded in the cache (and so ever published to the prefix cache), and the
+    /// blocks reserved for the others go back to the pool.
     private func verify(_ s: Seq, _ rows: [Float]) -> Int {
         let v = model.config.vocabSize
         let draft = s.draft
-        let base = s.cache!.length - draft.count - 1  // the newest token's position
+        let newest = s.tokens[s.cache!.length]
         var kept = 0
         // Counted before sampling: the request's last token may end it, and its usage, mid-run.
         s.group.drafted += draft.count
@@ -402,48 +348,11 @@ public final class Engine: @unchecked Sendable {
         }
         s.policy.record(drafted: draft.count, accepted: kept)
         if let c = s.cache, !s.finished {
-            c.truncate(to: base + 1 + kept)
+            c.advance([newest] + draft[0..<kept])
+            c.releaseSpareBlocks()
             assert(c.length == s.tokens.count - 1)
         }
         return kept
-    }
-
-    private func admit() {
-        while let s = waiting.first, running.count < config.maxRunning {
-            if s.cache == nil {
-                let c = KVCache(pool: pool, salt: s.group.request.effectiveSalt)
-                if s.tokens.count == s.group.request.prompt.count && s.index == 0 {
-                    s.group.cachedTokens = c.adoptPrefix(of: s.tokens)
-                }
-                s.cache = c
-            }
-            // Room for the whole known sequence plus the first new token, so an admitted
-            // request is not preempted straight away.
-            let need = s.cache!.blocksNeeded(forAdding: s.tokens.count - s.cache!.length + 1)
-            // (Available blocks already count the prefix cache's unused ones: evicting it gains nothing.)
-            if need > pool.availableBlocks {
-                guard running.isEmpty else { break }
-                // Nothing will free memory: this request can never fit.
-                s.cache!.free()
-                s.cache = nil
-                finish(s, .length)
-                waiting.removeFirst()
-                continue
-            }
-            waiting.removeFirst()
-            admissionCounter += 1
-            s.admittedAt = admissionCounter
-            running.append(s)
-        }
-    }
-
-    /// Frees a sequence's memory and puts it back at the head of the queue; it recomputes
-    /// its prompt and generated tokens when it is admitted again.
-    private func preempt(_ s: Seq) {
-        s.cache?.free()
-        s.cache = nil
-        running.removeAll { $0 === s }
-        waiting.insert(s, at: 0)
     }
 
     /// Chooses `s`'s next token from its row of logits and emits it (or ends the sequence).
@@ -575,20 +484,20 @@ final class Group: @unchecked Sendable {
     }
 }
 
-/// One choice of a request as the engine runs it.
-final class Seq {
+/// One choice of a request as the engine runs it (public so the scheduler is tested alone).
+public final class Seq {
     let group: Group
-    let index: Int
+    public let index: Int
     /// Prompt and generated tokens; the cache holds the first `cache.length` of them.
-    var tokens: [Int32]
-    var generated = 0
+    public var tokens: [Int32]
+    public var generated = 0
     var sampler: Sampler
     /// What may come next (grammar, reasoning block, end tokens).
     var gate: OutputGate
     /// How many tokens it drafts, and this step's drafts (being verified).
     var policy = DraftPolicy()
-    var draft: [Int32] = []
-    var cache: KVCache?
+    public var draft: [Int32] = []
+    public internal(set) var cache: KVCache?
     var finished = false
     var forked = false
     var admittedAt = 0
@@ -601,8 +510,18 @@ final class Seq {
         self.gate = gate
     }
 
+    /// A first choice of `request` on its own, whose events go nowhere (scheduler tests).
+    public convenience init(request: EngineRequest, id: UInt64, gate: OutputGate) {
+        let (_, continuation) = AsyncStream<EngineEvent>.makeStream()
+        self.init(group: Group(id: id, request: request, continuation: continuation), index: 0, tokens: request.prompt,
+                  sampler: Sampler(params: request.params), gate: gate)
+    }
+
+    /// Prompt positions the prefix cache supplied at admission.
+    public var cachedPromptTokens: Int { group.cachedTokens }
+
     /// Decoding: everything but the newest token is in the cache.
-    var isDecoding: Bool { cache.map { $0.length == tokens.count - 1 && generated > 0 } ?? false }
+    public var isDecoding: Bool { cache.map { $0.length == tokens.count - 1 && generated > 0 } ?? false }
 
     func fork(index: Int) -> Seq {
         var p = group.request.params

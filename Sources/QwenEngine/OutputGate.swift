@@ -5,8 +5,8 @@ import QwenTokenizer
 /// request's grammar (structured outputs), the reasoning block a constrained output opens
 /// first, and the tokens that end it. The engine asks it to `mask` the logits before
 /// sampling and tells it each chosen token with `accept`; it knows nothing of the model.
-struct OutputGate {
-    enum Verdict: Equatable {
+public struct OutputGate {
+    public enum Verdict: Equatable {
         /// The token is part of the output; more may follow.
         case more
         /// The token is part of the output and completes it (the grammar can take nothing else).
@@ -28,11 +28,17 @@ struct OutputGate {
     private(set) var reasoningOpen = false
 
     init(request r: EngineRequest, tokenizer: Tokenizer) {
+        self.init(request: r, endOfSequence: tokenizer.eosTokenIds, tokenBytes: tokenizer.tokenBytes)
+    }
+
+    /// `endOfSequence`: the tokenizer's end ids (they end the output unless the request ignores
+    /// them); `tokenBytes`: each token's bytes, for the grammar.
+    public init(request r: EngineRequest, endOfSequence eos: Set<Int32>, tokenBytes: [[UInt8]]) {
         constraint = r.constraint
         reasoning = r.constraint == nil ? nil : r.reasoningGate
-        tokenBytes = tokenizer.tokenBytes
+        self.tokenBytes = tokenBytes
         var ends = r.stopTokenIds
-        if !r.ignoreEOS || r.constraint != nil { ends.formUnion(tokenizer.eosTokenIds) }
+        if !r.ignoreEOS || r.constraint != nil { ends.formUnion(eos) }
         endTokens = ends
         if let gate = reasoning {
             reasoningOpen = gate.inside
@@ -43,7 +49,7 @@ struct OutputGate {
 
     /// Sets to −∞ every logit the output may not take next. Log-probabilities are computed
     /// from the raw logits, not from these.
-    func mask(_ l: inout [Float]) {
+    public func mask(_ l: inout [Float]) {
         guard let constraint else { return }
         if let state = grammarState {
             // Structured output: only tokens the grammar can take (and the end, once it may end).
@@ -61,7 +67,7 @@ struct OutputGate {
     }
 
     /// Records that `token` was chosen.
-    mutating func accept(_ token: Int32) -> Verdict {
+    public mutating func accept(_ token: Int32) -> Verdict {
         if endTokens.contains(token) { return .end }
         guard let constraint else { return .more }
         if grammarState == nil, let gate = reasoning {

@@ -268,8 +268,10 @@ public final class KVCache {
         return true
     }
 
-    /// Called after `newTokens` were written at positions length..<length+n.
-    func advance(_ newTokens: [Int32]) {
+    /// Records that `newTokens` were written at positions length..<length+n (room reserved
+    /// before): they become visible to attention, and full blocks are published to the prefix cache.
+    public func advance(_ newTokens: [Int32]) {
+        precondition(length + newTokens.count <= blocks.count * pool.blockSize, "advance past the reserved blocks")
         tokens += newTokens
         length += newTokens.count
         let bs = pool.blockSize
@@ -279,6 +281,14 @@ public final class KVCache {
             hashes.append(h)
             pool.publish(blocks[i], hash: h, tokens: tokens[(i * bs)..<((i + 1) * bs)], salt: salt, parent: i == 0 ? -1 : blocks[i - 1])
         }
+    }
+
+    /// Returns the blocks past the filled positions (room reserved for tokens that were not kept).
+    public func releaseSpareBlocks() {
+        let keep = (length + pool.blockSize - 1) / pool.blockSize
+        guard blocks.count > keep else { return }
+        for b in blocks[keep...] { pool.release(b) }
+        blocks.removeSubrange(keep...)
     }
 
     /// Rolls the cache back to its first `n` positions (speculative tokens that were not

@@ -50,8 +50,23 @@ public final class QwenModel {
     }
 
     /// Runs the new tokens of every item, appends their keys and values to each item's
-    /// cache, and returns the requested logits: one [rows × vocab] array per item.
+    /// cache, and returns the requested logits: one [rows × vocab] array per item. Reserves the
+    /// caches' room and records the new positions itself (single streams, training, tests); the
+    /// engine reserves through its scheduler and calls `compute`.
     public func forward(_ items: [Item]) throws -> [[Float]] {
+        for it in items where !it.cache.reserve(it.tokens.count) {
+            throw ForwardError(description: "the KV cache is full")
+        }
+        let out = try compute(items)
+        for it in items { it.cache.advance(it.tokens) }
+        return out
+    }
+
+    /// The forward pass proper: reads each item's block table (which must already hold room for
+    /// its new tokens), writes their keys and values into those blocks, and returns the requested
+    /// logits. It changes no cache's length, blocks or prefix-cache entries: the caller records
+    /// the new positions (`KVCache.advance`) once it knows which it keeps.
+    public func compute(_ items: [Item]) throws -> [[Float]] {
         let c = config
         let h = c.hiddenSize
         var t = 0
@@ -75,8 +90,8 @@ public final class QwenModel {
                 row += 1
             }
         }
-        for it in items where !it.cache.reserve(it.tokens.count) {
-            throw ForwardError(description: "the KV cache is full")
+        for it in items where it.cache.blocks.count * it.cache.pool.blockSize < it.cache.length + it.tokens.count {
+            throw ForwardError(description: "the KV cache has no room reserved for \(it.tokens.count) more positions")
         }
         // Each row's sequence and position (its key/value slot, and how far it attends).
         var rowItem: [Int] = [], rowPos: [Int] = []
@@ -117,7 +132,6 @@ public final class QwenModel {
         for l in weights.layers.indices {
             layerForward(l, io, layout: layout, kv: kv, lora: lora)
         }
-        for it in items { it.cache.advance(it.tokens) }
 
         // Final norm and output head, only for the rows that want logits.
         var wanted: [Int] = []

@@ -124,7 +124,8 @@ final class SpeculationTests: XCTestCase {
         let e = Engine(model: m.model, tokenizer: m.tokenizer, config: c)
         e.start()
         addTeardownBlock { e.shutdown(grace: 0) }
-        return (e, m)
+        // References run on a second copy: a model runs one forward at a time.
+        return (e, try LoadedModel.load(path: Fixtures.path(dir), compute: compute))
     }
 
     /// Greedy and seeded requests give the same tokens, log-probabilities and finish reasons with
@@ -170,6 +171,18 @@ final class SpeculationTests: XCTestCase {
             XCTAssertEqual(plain.usage?.draftTokens, 0)
             drafted += spec.usage?.draftTokens ?? 0
             kept += spec.usage?.acceptedDraftTokens ?? 0
+            if k % 2 == 0 && r.n == 1 {
+                // A continuation adopts the blocks this request published: they hold only kept
+                // tokens' keys and values, so it gets what a fresh cache gives.
+                var next = EngineRequest(prompt: prompt + spec.tokens[0], params: .greedy, maxTokens: 6)
+                next.ignoreEOS = true
+                next.speculative = SpeculativeOptions(mode: .off)
+                let cont = try await run(e, next)
+                XCTAssertGreaterThan(cont.usage?.cachedTokens ?? 0, 0, "request \(k): the prefix cache was used")
+                let fresh = try Generator(model: m.model, tokenizer: m.tokenizer)
+                    .generate(prompt: next.prompt, maxTokens: 6, params: .greedy, ignoreEOS: true).tokens
+                XCTAssertEqual(cont.tokens[0], fresh, "request \(k)")
+            }
         }
         print("speculation (\(dir)): \(kept) of \(drafted) drafted tokens kept")
         XCTAssertGreaterThan(kept, 50, "drafts were verified and kept")

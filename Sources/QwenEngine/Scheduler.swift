@@ -1,0 +1,164 @@
+import QwenModel
+
+/// The engine's scheduling policy, apart from its loop (as nano-vllm's scheduler and vLLM v1's
+/// `schedule()` are): which waiting sequences are admitted, how the step's token budget is shared
+/// (decode rows first, each with the drafts it proposes, then prompt chunks in admission order),
+/// who gives memory back when the KV cache runs out (the newest sequence, as vLLM does), and the
+/// order the rows run in. It owns the waiting queue and the running set; KV memory is reserved
+/// through each sequence's cache, whose pool is the one owner of block bookkeeping. It needs no
+/// model and emits nothing (public so it is tested alone).
+public final class Scheduler {
+    public struct Config {
+        public var maxRunning: Int
+        public var stepTokens: Int
+        public init(maxRunning: Int, stepTokens: Int) {
+            self.maxRunning = maxRunning
+            self.stepTokens = stepTokens
+        }
+    }
+
+    /// One step: the rows to run, in order (a sequence and its token count: a decode row with its
+    /// drafts, or a prompt chunk), and sequences that can never fit in memory (the engine ends
+    /// them with `length`).
+    public struct Plan {
+        public var rows: [(seq: Seq, tokens: Int)] = []
+        public var outOfMemory: [Seq] = []
+    }
+
+    public let config: Config
+    public let pool: KVPool
+    public private(set) var waiting: [Seq] = []
+    public private(set) var running: [Seq] = []
+    private var admissionCounter = 0
+
+    public init(config: Config, pool: KVPool) {
+        self.config = config
+        self.pool = pool
+    }
+
+    public var isIdle: Bool { waiting.isEmpty && running.isEmpty }
+
+    public func enqueue(_ s: Seq) { waiting.append(s) }
+
+    /// Sequences split off a running one (the other choices of `n > 1`), already holding memory.
+    func addRunning(_ seqs: [Seq]) { running += seqs }
+
+    /// Drops finished sequences (the engine frees their memory when it finishes them).
+    func removeFinished() {
+        running.removeAll { $0.finished }
+        waiting.removeAll { $0.finished }
+    }
+
+    /// Every sequence, for shutdown; the scheduler is empty afterwards.
+    func drain() -> [Seq] {
+        defer {
+            running.removeAll()
+            waiting.removeAll()
+        }
+        return running + waiting
+    }
+
+    /// Plans one step. `propose(s, decoding, room)` returns the drafts a decoding sequence offers,
+    /// given how many sequences decode this step and how many rows it may take.
+    public func schedule(propose: (Seq, Int, Int) -> [Int32]) -> Plan {
+        var plan = Plan()
+        admit(&plan)
+        var budget = config.stepTokens
+        let decoding = running.filter(\.isDecoding)
+        for (i, s) in decoding.enumerated() {
+            // Drafts never take a row another decoding sequence needs.
+            s.draft = propose(s, decoding.count, max(0, budget - (decoding.count - i)))
+            plan.rows.append((s, 1 + s.draft.count))
+            budget -= 1 + s.draft.count
+        }
+        for s in running where !s.isDecoding && budget > 0 {
+            let n = min(budget, s.tokens.count - s.cache!.length)
+            plan.rows.append((s, n))
+            budget -= n
+        }
+        reserve(&plan)
+        running.removeAll { $0.cache == nil }
+        // Rows of one adapter side by side, so each adapter's update is one product per projection.
+        if plan.rows.contains(where: { $0.seq.group.request.adapter != nil }) {
+            plan.rows = plan.rows.enumerated().sorted {
+                let a = $0.element.seq.group.request.adapter?.id ?? 0, b = $1.element.seq.group.request.adapter?.id ?? 0
+                return a != b ? a < b : $0.offset < $1.offset
+            }.map(\.element)
+        }
+        return plan
+    }
+
+    /// Admits waiting sequences in order while there is room for their known tokens and one more.
+    private func admit(_ plan: inout Plan) {
+        while let s = waiting.first, running.count < config.maxRunning {
+            if s.cache == nil {
+                let c = KVCache(pool: pool, salt: s.group.request.effectiveSalt)
+                if s.tokens.count == s.group.request.prompt.count && s.index == 0 {
+                    s.group.cachedTokens = c.adoptPrefix(of: s.tokens)
+                }
+                s.cache = c
+            }
+            // Room for the whole known sequence plus the first new token, so an admitted
+            // request is not preempted straight away.
+            let need = s.cache!.blocksNeeded(forAdding: s.tokens.count - s.cache!.length + 1)
+            // (Available blocks already count the prefix cache's unused ones: evicting it gains nothing.)
+            if need > pool.availableBlocks {
+                guard running.isEmpty else { break }
+                // Nothing will free memory: this request can never fit.
+                s.cache!.free()
+                s.cache = nil
+                waiting.removeFirst()
+                plan.outOfMemory.append(s)
+                continue
+            }
+            waiting.removeFirst()
+            admissionCounter += 1
+            s.admittedAt = admissionCounter
+            running.append(s)
+        }
+    }
+
+    /// Reserves KV memory for every planned row. When it runs out, drafts go first, then the newest
+    /// running sequence gives its memory back (so old requests are never pushed out by new ones);
+    /// a sequence alone that still cannot grow is out of memory.
+    private func reserve(_ plan: inout Plan) {
+        var i = 0
+        while i < plan.rows.count {
+            let (s, n) = plan.rows[i]
+            guard let cache = s.cache else {
+                plan.rows.remove(at: i)
+                continue
+            }
+            if cache.reserve(n) { i += 1; continue }
+            if !s.draft.isEmpty {
+                s.draft = []
+                plan.rows[i].tokens = 1
+                continue
+            }
+            let holders = running.filter { $0.cache != nil }
+            guard holders.count > 1, let victim = holders.max(by: { $0.admittedAt < $1.admittedAt }) else {
+                running.removeAll { $0 === s }
+                plan.outOfMemory.append(s)
+                plan.rows.remove(at: i)
+                continue
+            }
+            preempt(victim)
+            if victim === s {
+                plan.rows.remove(at: i)
+                continue
+            }
+            if let j = plan.rows.firstIndex(where: { $0.seq === victim }), j < i { i -= 1 }
+            plan.rows.removeAll { $0.seq === victim }
+        }
+    }
+
+    /// Frees a sequence's memory and puts it back at the head of the queue; it recomputes its
+    /// prompt and generated tokens when it is admitted again.
+    private func preempt(_ s: Seq) {
+        s.cache?.free()
+        s.cache = nil
+        s.draft = []
+        running.removeAll { $0 === s }
+        waiting.insert(s, at: 0)
+    }
+}
