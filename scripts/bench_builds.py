@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=20)
     ap.add_argument("--computes", default="f32,int8")
+    ap.add_argument("--title", default="", help="what the two builds are (the section's heading; one section per title and day)")
     a = ap.parse_args()
     model = subprocess.run([a.binary, "fetch", a.model], check=True, capture_output=True, text=True).stdout.strip()
     builds = {"old": a.old, "new": a.binary}
@@ -65,7 +66,7 @@ def main():
     cmd = f"python3 scripts/bench_builds.py --old {a.old} --binary {a.binary} --rounds {a.rounds} --requests {a.requests}"
     from datetime import date
     text = "\n".join([
-        f"## Build against build ({date.today()}, default model, 2 cores)", "",
+        f"## Build against build{': ' + a.title if a.title else ''} ({date.today()}, default model, 2 cores)", "",
         f"Command: `{cmd}`", "",
         f"Default model; builds alternated each round; medians of {a.rounds} rounds (single stream: each a median of 3"
         f" runs of {a.prompt_tokens} prompt + 64 generated tokens; concurrency 10: {a.requests} requests of"
@@ -74,7 +75,8 @@ def main():
     print(text)
     if a.write:
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        benchmarks_md.write_section(repo, "Build against build", text, a.write)
+        # One section per title and day: earlier comparisons stay as they were.
+        benchmarks_md.write_section(repo, f"Build against build{': ' + a.title if a.title else ''} ({date.today()}", text, a.write)
 
 
 if __name__ == "__main__":

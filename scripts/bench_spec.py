@@ -85,6 +85,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=700)
     ap.add_argument("--llama-spec", default="none,ngram-simple,ngram-mod", help="llama-server --spec-type values ('' for none)")
     ap.add_argument("--levels", default="10:20,50:100", help="concurrency:requests for the load rows ('' for none)")
+    ap.add_argument("--load-rounds", type=int, default=3)
+    ap.add_argument("--single", type=int, default=1, help="0: the load rows only")
     ap.add_argument("--write", default="BENCHMARKS.md")
     a = ap.parse_args()
     model = a.model
@@ -94,6 +96,8 @@ def main():
 
     servers = [("qwen-serve --speculative off", "qwen", ["--speculative", "off"]), ("qwen-serve (auto, the default)", "qwen", [])]
     servers += [(f"llama-server --spec-type {s}" if s != "none" else "llama-server", "llama", s) for s in a.llama_spec.split(",") if s]
+    if not a.single:
+        servers = []
     results = {}
     reference_texts = None
     for name, kind, arg in servers:
@@ -118,64 +122,76 @@ def main():
             proc.terminate()
             proc.wait()
 
-    load_rows = []
-    for name, extra in (("off", ["--speculative", "off"]), ("auto", [])):
-        if not a.levels:
-            break
-        proc, port = start_qwen(a.binary, model, ["--max-running", "64", *extra])
+    # Under load: both servers up at once, the levels alternated between them round by round
+    # (off first, then auto first), so the machine's drift falls on both alike; medians.
+    load = {}
+    if a.levels:
+        procs = {name: start_qwen(a.binary, model, ["--max-running", "64", *extra])
+                 for name, extra in (("off", ["--speculative", "off"]), ("auto", []))}
         try:
-            for level in a.levels.split(","):
-                c, n = map(int, level.split(":"))
-                r = asyncio.run(loadgen.run_level("127.0.0.1", port, c, n, 128, 128, seed=c))
-                load_rows.append((name, c, r))
-                print(name, r, flush=True)
+            for rnd in range(a.load_rounds):
+                for level in a.levels.split(","):
+                    c, n = map(int, level.split(":"))
+                    for name in (("off", "auto") if rnd % 2 == 0 else ("auto", "off")):
+                        r = asyncio.run(loadgen.run_level("127.0.0.1", procs[name][1], c, n, 128, 128, seed=c * 100 + rnd))
+                        load.setdefault((name, c), []).append(r)
+                        print(name, rnd, c, f"{r['output_tok_s']:.1f} tok/s", f"{r['succeeded']}/{r['requests']}", flush=True)
         finally:
-            proc.terminate()
-            proc.wait()
+            for p, _ in procs.values():
+                p.terminate()
+                p.wait()
 
     def med(name, kind):
         return statistics.median(r[0] for r in results[name][kind])
 
-    base = servers[0][0]
-    llama_names = [s[0] for s in servers if s[1] == "llama"]
-    best_llama = max(llama_names, key=lambda n: med(n, "edit")) if llama_names else None
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     cmd = "make bench-spec  # python3 scripts/bench_spec.py " + " ".join(sys.argv[1:])
-    out = [f"## Speculative decoding (bench-spec, {time.strftime('%Y-%m-%d')}, {cpu}, {a.threads} threads)", "",
-           f"Command: `{cmd}`", "",
-           f"Default model ({os.path.basename(model)}), greedy, one request at a time, up to {a.max_tokens} tokens. Code edits: "
-           f"{len(spec_workload.EDITS)} requests whose answer repeats most of the prompt (scripts/spec_workload.py); free chat: "
-           f"{len(spec_workload.CHATS)} with nothing to copy. Output tok/s over each set's whole requests (prompt time included), "
-           f"median of {a.rounds} rounds (each round's prompts start with a new nonce, so no server reuses a cached prefix). "
-           "Drafts kept: tokens of drafts the model kept, of all drafted. Servers run one after the other.", "",
-           "| server | code edits tok/s | × qwen-serve off | free chat tok/s | × qwen-serve off | drafts kept (edits) |",
-           "|---|---|---|---|---|---|"]
-    for name, _, _ in servers:
-        e, c = med(name, "edit"), med(name, "chat")
-        d = results[name]["edit"][-1]
-        drafts = f"{d[3]} of {d[2]}" if d[2] else "—"
-        out.append(f"| {name} | {e:.1f} | {e / med(base, 'edit'):.2f}× | {c:.1f} | {c / med(base, 'chat'):.2f}× | {drafts} |")
-    out.append("")
-    if best_llama:
-        auto = servers[1][0]
-        out.append(f"qwen-serve (auto) against the best llama-server ({best_llama}) on the code edits: "
-                   f"{med(auto, 'edit') / med(best_llama, 'edit'):.2f}×; free chat against plain llama-server: "
-                   f"{med(auto, 'chat') / med('llama-server', 'chat'):.2f}×." if "llama-server" in results else "")
-    same = results.get(servers[1][0] + " same")
-    out.append(f"Greedy text with speculation on equal to off, every request: {same}.")
-    if load_rows:
-        out += ["", "Under load (evalscope perf's random workload: 128-token prompts, 128 output tokens, ignore_eos, streamed), "
-                "qwen-serve --speculative off against auto, same invocation:", "",
-                "| concurrency | requests | off output tok/s | auto output tok/s | auto ÷ off |", "|---|---|---|---|---|"]
-        for c in sorted({r[1] for r in load_rows}):
-            off = next(r[2] for r in load_rows if r[0] == "off" and r[1] == c)
-            on = next(r[2] for r in load_rows if r[0] == "auto" and r[1] == c)
-            out.append(f"| {c} | {on['succeeded']}/{on['requests']} | {off['output_tok_s']:.1f} | {on['output_tok_s']:.1f} | "
-                       f"{on['output_tok_s'] / off['output_tok_s']:.2f}× |")
-    section = "\n".join(out) + "\n"
-    print(section)
-    if a.write:
-        benchmarks_md.write_section(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Speculative decoding", section, file=a.write)
+    if servers:
+        base = servers[0][0]
+        llama_names = [s[0] for s in servers if s[1] == "llama"]
+        best_llama = max(llama_names, key=lambda n: med(n, "edit")) if llama_names else None
+        out = [f"## Speculative decoding, single stream (bench-spec, {time.strftime('%Y-%m-%d')}, {cpu}, {a.threads} threads)", "",
+               f"Command: `{cmd}`", "",
+               f"Default model ({os.path.basename(model)}), greedy, one request at a time, up to {a.max_tokens} tokens. Code edits: "
+               f"{len(spec_workload.EDITS)} requests whose answer repeats most of the prompt (scripts/spec_workload.py); free chat: "
+               f"{len(spec_workload.CHATS)} with nothing to copy. Output tok/s over each set's whole requests (prompt time included), "
+               f"median of {a.rounds} rounds (each round's prompts start with a new nonce, so no server reuses a cached prefix). "
+               "Drafts kept: tokens of drafts the model kept, of all drafted (last round). Servers run one after the other.", "",
+               "| server | code edits tok/s | × qwen-serve off | free chat tok/s | × qwen-serve off | drafts kept (edits) |",
+               "|---|---|---|---|---|---|"]
+        for name, _, _ in servers:
+            e, c = med(name, "edit"), med(name, "chat")
+            d = results[name]["edit"][-1]
+            drafts = f"{d[3]} of {d[2]}" if d[2] else "—"
+            out.append(f"| {name} | {e:.1f} | {e / med(base, 'edit'):.2f}× | {c:.1f} | {c / med(base, 'chat'):.2f}× | {drafts} |")
+        out.append("")
+        if best_llama and "llama-server" in results:
+            auto = servers[1][0]
+            out.append(f"qwen-serve (auto) against the best llama-server ({best_llama}) on the code edits: "
+                       f"{med(auto, 'edit') / med(best_llama, 'edit'):.2f}×; free chat against plain llama-server: "
+                       f"{med(auto, 'chat') / med('llama-server', 'chat'):.2f}×.")
+        out.append(f"Greedy text with speculation on equal to off, every request: {results.get(servers[1][0] + ' same')}.")
+        section = "\n".join(out) + "\n"
+        print(section)
+        if a.write:
+            benchmarks_md.write_section(repo, "Speculative decoding, single stream", section, file=a.write)
+    if load:
+        out = [f"## Speculative decoding under load (bench-spec, {time.strftime('%Y-%m-%d')}, {cpu}, {a.threads} threads)", "",
+               f"Command: `{cmd}`", "",
+               "evalscope perf's random workload (128-token prompts, 128 output tokens, ignore_eos, streamed) on the default model: "
+               f"qwen-serve --speculative off against auto (the default), both servers up, the two alternated round by round; "
+               f"medians of {a.load_rounds} rounds.", "",
+               "| concurrency | requests each round | off output tok/s | auto output tok/s | auto ÷ off | failed |", "|---|---|---|---|---|---|"]
+        for c in sorted({k[1] for k in load}):
+            off = statistics.median(r["output_tok_s"] for r in load[("off", c)])
+            on = statistics.median(r["output_tok_s"] for r in load[("auto", c)])
+            failed = sum(r["requests"] - r["succeeded"] for k in (("off", c), ("auto", c)) for r in load[k])
+            out.append(f"| {c} | {load[('off', c)][0]['requests']} | {off:.1f} | {on:.1f} | {on / off:.2f}× | {failed} |")
+        section = "\n".join(out) + "\n"
+        print(section)
+        if a.write:
+            benchmarks_md.write_section(repo, "Speculative decoding under load", section, file=a.write)
 
 
 if __name__ == "__main__":

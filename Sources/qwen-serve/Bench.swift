@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import QwenFormats
 import QwenKernels
+import QwenEngine
 import QwenModel
 import QwenRuntime
 
@@ -24,6 +25,8 @@ struct Bench: ParsableCommand {
     var batch = 0
     @Option(name: .customLong("kv-cache-dtype"), help: "How the KV cache stores keys and values: f32, f16 or q8_0.")
     var kvCacheDType: KVCacheDType = .f32
+    @Flag(help: "Also generate through the engine with speculative decoding off and auto, on a prompt that repeats a random passage (the output copies it): tok/s of each and the drafted tokens kept.")
+    var speculative = false
     @Flag(help: "Also measure how fast this machine reads memory (all cores, 1 GiB), the ceiling for single-stream generation.")
     var bandwidth = false
 
@@ -68,6 +71,11 @@ struct Bench: ParsableCommand {
             var extra: [String: Any] = ["weight_mb_per_token": Double(bytesPerToken) / 1e6,
                                         "achieved_gb_s": Double(bytesPerToken) * median(tg) / 1e9]
             if bandwidth { extra["read_gb_s"] = MemoryProbe.readGBPerSecond() }
+            if speculative {
+                for (k, v) in try Self.speculation(loaded, promptTokens: promptTokens, genTokens: genTokens, reps: reps, kvDType: kvCacheDType) {
+                    extra[k] = v
+                }
+            }
             let out: [String: Any] = [
                 "model": loaded.name, "prompt_tokens": promptTokens, "gen_tokens": genTokens, "reps": reps,
                 "pp_tok_s": median(pp), "tg_tok_s": median(tg), "load_s": loadSeconds,
@@ -79,6 +87,73 @@ struct Bench: ParsableCommand {
         }
     }
 
+    /// Generation through the engine, speculation off against auto, on prompts made of a random
+    /// passage and its first few tokens again (so the continuation copies the passage): decode
+    /// tok/s (from the first token to the last) of each, medians, and the drafts of the auto runs.
+    static func speculation(_ loaded: LoadedModel, promptTokens: Int, genTokens: Int, reps: Int, kvDType: KVCacheDType) throws -> [String: Any] {
+        var config = Engine.Config()
+        config.kvDType = kvDType
+        config.kvBlocks = Engine.blocks(forBytes: 512 << 20, config: loaded.model.config, dtype: kvDType)
+        let engine = Engine(model: loaded.model, tokenizer: loaded.tokenizer, config: config)
+        engine.start()
+        defer { engine.shutdown(grace: 0) }
+        var rng = SeededRandom(seed: 7)
+        var rates: [SpeculativeMode: [Double]] = [:]
+        var drafted = 0, kept = 0
+        for _ in 0..<reps {
+            let passage = (0..<max(promptTokens, 16)).map { _ in Int32(truncatingIfNeeded: rng.next() % UInt64(min(loaded.model.config.vocabSize, 150_000))) }
+            for mode in [SpeculativeMode.off, .auto] {
+                var r = EngineRequest(prompt: passage + passage[0..<8], params: .greedy, maxTokens: genTokens)
+                r.ignoreEOS = true
+                r.speculative = SpeculativeOptions(mode: mode)
+                let (rate, usage) = try Self.decodeRate(engine, r)
+                rates[mode, default: []].append(rate)
+                if mode == .auto, let u = usage {
+                    drafted += u.draftTokens
+                    kept += u.acceptedDraftTokens
+                }
+            }
+        }
+        let off = rates[.off].map(median) ?? 0, auto = rates[.auto].map(median) ?? 0
+        return ["spec_off_tg_tok_s": off, "spec_auto_tg_tok_s": auto, "spec_speedup": off > 0 ? auto / off : 0,
+                "spec_draft_tokens": drafted, "spec_accepted_tokens": kept]
+    }
+
+    /// Decode tok/s of one request (after its first token) and its usage.
+    static func decodeRate(_ engine: Engine, _ r: EngineRequest) throws -> (Double, EngineUsage?) {
+        final class Result: @unchecked Sendable {
+            var first: Date?, last = Date(), count = 0
+            var usage: EngineUsage?
+            var failure: String?
+        }
+        let stream = try engine.submit(r)
+        let result = Result()
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            for await e in stream.events {
+                switch e {
+                case .token:
+                    if result.first == nil { result.first = Date() }
+                    result.last = Date()
+                    result.count += 1
+                case .done(let u): result.usage = u
+                case .failed(let m): result.failure = m
+                default: break
+                }
+            }
+            done.signal()
+        }
+        done.wait()
+        if let f = result.failure { throw ValidationError("generation failed: \(f)") }
+        guard let first = result.first, result.count > 1 else { return (0, result.usage) }
+        return (Double(result.count - 1) / result.last.timeIntervalSince(first), result.usage)
+    }
+
+    static func median(_ a: [Double]) -> Double {
+        let s = a.sorted()
+        return s.isEmpty ? 0 : (s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2)
+    }
+
     /// Bytes one single-row product reads from `w`: int8 panels, compact blocks, or f32.
     static func decodeBytes(_ w: WeightMatrix) -> Int {
         (w as? CompactMatrix)?.bytesReadPerProduct ?? w.rows * w.cols * 4
@@ -86,8 +161,5 @@ struct Bench: ParsableCommand {
 
     static func peakRSSMegabytes() -> Double { Double(MemoryProbe.peakResidentBytes()) / 1_048_576 }
 
-    func median(_ a: [Double]) -> Double {
-        let s = a.sorted()
-        return s.isEmpty ? 0 : (s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2)
-    }
+    func median(_ a: [Double]) -> Double { Self.median(a) }
 }
