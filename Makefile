@@ -37,7 +37,7 @@ run: model
 # One build serves both: tests compiled with the same flags as the binary they start.
 # The kernel, engine and parity suites run again at every lower kernel level this CPU has
 # (QWEN_CPU_LEVEL: avx512 > avx2 > portable), so any machine tests every path it can run.
-LEVEL_TESTS := AttentionKernelTests|DequantTests|CompactMatrixTests|ElementwiseTests|Int8KernelTests|LoRATests|ModelNumericsTests|EngineTests|RealModelTests|TrainingGradientTests|QuantizeTests
+LEVEL_TESTS := AttentionKernelTests|DequantTests|CompactMatrixTests|ElementwiseTests|Int8KernelTests|LoRATests|ModelNumericsTests|EngineTests|SpeculationTests|RealModelTests|TrainingGradientTests|QuantizeTests
 test: deps $(VENV)/ok check-aarch64
 	$(SWIFT) build -c $(CONFIG) --build-tests
 	$(BIN) fetch default
