@@ -174,16 +174,6 @@ public final class KVPool {
         cachedByHash[hash] = b
     }
 
-    /// Forgets what block `b` was published as (its content is about to change, or was never
-    /// accepted): no lookup finds it any more.
-    func unpublish(_ b: Int32) {
-        guard let h = blockHash[Int(b)] else { return }
-        if cachedByHash[h] == b { cachedByHash[h] = nil }
-        blockHash[Int(b)] = nil
-        blockContent[Int(b)] = nil
-        if refCount[Int(b)] == 0, evictable.removeValue(forKey: b) != nil { freeList.append(b) }
-    }
-
     /// Whether block `b` is what a prefix lookup would find for its hash (tests).
     public func isPublished(_ b: Int32) -> Bool {
         guard let h = blockHash[Int(b)] else { return false }
@@ -289,24 +279,6 @@ public final class KVCache {
         guard blocks.count > keep else { return }
         for b in blocks[keep...] { pool.release(b) }
         blocks.removeSubrange(keep...)
-    }
-
-    /// Rolls the cache back to its first `n` positions (speculative tokens that were not
-    /// accepted): blocks past them go back to the pool, and no block that held a dropped
-    /// position stays published, so prefix-cache hashes only ever cover kept tokens.
-    public func truncate(to n: Int) {
-        precondition(n >= 0 && n <= length, "truncate(to: \(n)) on a cache of \(length)")
-        guard n < length else { return }
-        let bs = pool.blockSize
-        let keepBlocks = (n + bs - 1) / bs
-        // Full blocks that held a dropped position: the one n falls in (written again next) and
-        // every later one.
-        for i in (n / bs)..<hashes.count where pool.refCount[Int(blocks[i])] == 1 { pool.unpublish(blocks[i]) }
-        for b in blocks[keepBlocks...] { pool.release(b) }
-        blocks.removeSubrange(keepBlocks...)
-        hashes.removeSubrange(min(n / bs, hashes.count)...)
-        tokens.removeSubrange(n...)
-        length = n
     }
 
     /// Reuses cached blocks for the longest block-aligned prefix of `prompt` (at most

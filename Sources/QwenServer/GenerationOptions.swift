@@ -113,10 +113,9 @@ struct GenerationOptions {
     /// OpenAI's `prediction`: `{"type": "content", "content": string | [{"type": "text", "text": …}]}`.
     static func parsePrediction(_ v: JSONValue?) throws -> String? {
         guard let v, !v.isNull else { return nil }
-        guard let o = v.object, v["type"]?.string == "content", let c = v["content"] else {
+        guard v.object != nil, v["type"]?.string == "content", let c = v["content"] else {
             throw APIError.badParam("prediction", "'prediction' must be {\"type\": \"content\", \"content\": …}")
         }
-        _ = o
         if let s = c.string { return s }
         if let parts = c.array {
             var text = ""

@@ -59,24 +59,26 @@ final class SpeculationTests: XCTestCase {
 
     // MARK: KV rollback
 
-    func testTruncateReleasesBlocksAndUnpublishesDroppedPositions() throws {
+    /// The engine's rollback: forty positions computed into reserved room, twenty kept (recorded),
+    /// the rest's blocks returned; nothing past the kept positions is ever published.
+    func testRefusedPositionsAreNeverRecordedAndTheirBlocksGoBack() throws {
         let m = try LoadedModel.load(path: Fixtures.path("qwen3-tiny-f32"))
         let pool = KVPool(config: m.model.config, blocks: 16)
         let toks: [Int32] = (0..<40).map { Int32(($0 * 37 + 11) % 600) }
         let a = KVCache(pool: pool)
-        _ = try m.model.forward([QwenModel.Item(cache: a, tokens: toks, logits: .none)])
+        XCTAssertTrue(a.reserve(40))
+        _ = try m.model.compute([QwenModel.Item(cache: a, tokens: toks, logits: .none)])
+        XCTAssertEqual(a.length, 0, "compute records nothing")
         XCTAssertEqual(a.blocks.count, 3)
-        XCTAssertTrue(pool.isPublished(a.blocks[0]) && pool.isPublished(a.blocks[1]))
-        let used = pool.usedBlocks
-        let block1 = a.blocks[1]
-        a.truncate(to: 20)
+        a.advance(Array(toks[0..<20]))
+        a.releaseSpareBlocks()
         XCTAssertEqual(a.length, 20)
-        XCTAssertEqual(a.blocks.count, 2)
-        XCTAssertEqual(pool.usedBlocks, used - 1, "the third block went back")
-        XCTAssertTrue(pool.isPublished(a.blocks[0]), "the kept full block stays reusable")
-        XCTAssertFalse(pool.isPublished(block1), "the block position 20 falls in will be rewritten")
+        XCTAssertEqual(a.blocks.count, 2, "the third block went back")
+        XCTAssertEqual(pool.usedBlocks, 2)
+        XCTAssertTrue(pool.isPublished(a.blocks[0]), "the kept full block is reusable")
+        XCTAssertFalse(pool.isPublished(a.blocks[1]), "the block position 20 falls in is not full")
         XCTAssertEqual(KVCache(pool: pool).adoptPrefix(of: toks), 16, "only kept positions are found by prefix lookup")
-        // Writing on after the rollback gives what a cache that never held the dropped tokens gives.
+        // Writing on gives what a cache that never held the refused tokens gives.
         let next: [Int32] = [5, 6, 7, 8, 9, 10]
         let got = try m.model.forward([QwenModel.Item(cache: a, tokens: next, logits: .all)])[0]
         let fresh = KVCache(pool: pool)
