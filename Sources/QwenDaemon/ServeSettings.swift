@@ -60,6 +60,8 @@ public struct ServeSettings: Equatable, Sendable {
     public var trainShare = 0.3
     /// Largest file /v1/files accepts, in MiB.
     public var maxUploadMB = 512
+    /// Days a stored response (`store: true`) is kept.
+    public var responseRetentionDays = 30.0
     /// Memory a fine-tuning job may plan for beside the served model, in GiB (nil: what is available).
     public var trainMemoryGB: Double?
 
@@ -79,7 +81,8 @@ public struct ServeSettings: Equatable, Sendable {
                               "admin-api-key-file", "admin-api-key", "adapter", "adapter-path",
                               "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file", "f32-weights", "compute", "kv-cache-dtype",
                               "quantize", "max-connections", "header-timeout", "body-timeout", "write-timeout", "content-special-tokens",
-                              "state-dir", "train-share", "max-upload-mb", "train-memory-gb", "speculative", "max-draft-tokens"]
+                              "state-dir", "train-share", "max-upload-mb", "train-memory-gb", "speculative", "max-draft-tokens",
+                              "response-retention-days"]
 
     /// Applies one setting given as text; `source` names where it came from for errors.
     public mutating func set(_ key: String, _ raw: String, source: String) throws {
@@ -137,6 +140,9 @@ public struct ServeSettings: Equatable, Sendable {
             trainShare = d
         case "max-upload-mb": maxUploadMB = try int(1...1_000_000)
         case "train-memory-gb": trainMemoryGB = try double()
+        case "response-retention-days":
+            guard let d = Double(value), d > 0, d <= 36500 else { throw bad("a number of days from above 0 to 36500") }
+            responseRetentionDays = d
         case "adapter":
             // NAME=PATH; several may be given at once separated by commas (handy in one variable).
             for item in value.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !item.isEmpty {
@@ -283,6 +289,7 @@ public struct ServeSettings: Equatable, Sendable {
         if let d = stateDir { lines.append("state-dir: \(q(d))") }
         lines.append("train-share: \(trainShare)")
         lines.append("max-upload-mb: \(maxUploadMB)")
+        lines.append("response-retention-days: \(responseRetentionDays)")
         if let g = trainMemoryGB { lines.append("train-memory-gb: \(g)") }
         return lines.joined(separator: "\n") + "\n"
     }

@@ -58,7 +58,8 @@ struct APIKeyAuth: RouterMiddleware {
         let isUser = given.map { Self.matches($0, keys) } ?? false
         context.caller = Caller(cacheSalt: 0, seesServerPaths: admin.isEmpty)
         if isAdmin || isUser, let given {
-            context.caller = Caller(cacheSalt: Self.salt(given), seesServerPaths: isAdmin || admin.isEmpty)
+            context.caller = Caller(cacheSalt: Self.salt(given), seesServerPaths: isAdmin || admin.isEmpty,
+                                    owner: given.prefix(16).map { String(format: "%02x", $0) }.joined())
         }
         switch permission {
         case .admin where !admin.isEmpty:

@@ -22,6 +22,8 @@ public struct HTTPServer {
         public var limits = ConnectionLimits()
         /// Largest upload /v1/files takes (streamed to disk).
         public var maxUploadBytes = 512 << 20
+        /// Stored responses are deleted after this many seconds.
+        public var responseRetention = 30 * 86400
         public init() {}
     }
 
@@ -29,11 +31,27 @@ public struct HTTPServer {
     let config: Config
     /// Fine-tuning (files and jobs), when this server has a state directory.
     let jobs: JobManager?
+    /// Stored responses, when this server has a state directory.
+    let responses: ResponseStore?
+    let backgroundResponses = BackgroundResponses()
 
-    public init(service: ModelService, config: Config, jobs: JobManager? = nil) {
+    public init(service: ModelService, config: Config, jobs: JobManager? = nil, stateDirectory: String? = nil) {
         self.service = service
         self.config = config
         self.jobs = jobs
+        var store: ResponseStore?
+        if let dir = stateDirectory {
+            do {
+                let s = try SQLiteResponseStore(directory: dir)
+                let n = try s.failUnfinished(message: "the server stopped while this response ran")
+                if n > 0 { Logger(label: "qwen-serve").warning("\(n) background responses were left unfinished by the last run: marked failed") }
+                _ = try s.purge(createdBefore: Int(Date().timeIntervalSince1970) - config.responseRetention)
+                store = s
+            } catch {
+                Logger(label: "qwen-serve").warning("stored responses are off: \(dir) cannot hold them: \(error)")
+            }
+        }
+        responses = store
     }
 
     public struct TLSError: Error, CustomStringConvertible {
@@ -103,6 +121,8 @@ public struct HTTPServer {
         api.post("completions") { req, ctx -> Response in
             try await s.completions(try await Self.body(req, limit: limit), ctx)
         }
+        ResponsesController(service: s, store: responses, runs: backgroundResponses, limit: limit,
+                            retention: config.responseRetention).addRoutes(to: api)
         api.get("models") { _, ctx -> Response in
             let models = [s.modelJSON] + s.adapters.all.map { s.adapterModelJSON($0, showPath: ctx.caller.seesServerPaths) }
             return ModelService.jsonResponse(.object([("object", .string("list")), ("data", .array(models))]))
@@ -113,6 +133,9 @@ public struct HTTPServer {
             if let e = s.adapters.get(id) { return ModelService.jsonResponse(s.adapterModelJSON(e, showPath: ctx.caller.seesServerPaths)) }
             throw APIError(.notFound, "The model '\(id)' does not exist", param: "model", code: "model_not_found")
         }
+
+        // Token counts, at the root as vLLM and llama.cpp serve them.
+        TokenizeController(service: s, limit: limit).addRoutes(to: router.group().add(middleware: APIKeyAuth(live: service.live, permission: .user)))
 
         // What changes what is served: an admin key when admin keys are configured.
         let admin = router.group("v1").add(middleware: APIKeyAuth(live: service.live, permission: .admin))

@@ -10,6 +10,9 @@ public struct Caller: Sendable {
     public var cacheSalt: UInt64 = 0
     /// May see server-side details (adapter paths): an admin key, or no admin keys configured.
     public var seesServerPaths = true
+    /// Who owns what this caller stores (stored responses): a digest of its key, never the
+    /// key; "" when no keys are configured (one tenant).
+    public var owner = ""
 }
 
 /// The request context of every route: Hummingbird's core storage, the connection the

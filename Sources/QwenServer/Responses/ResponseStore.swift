@@ -1,0 +1,136 @@
+import Foundation
+import GRDB
+import QwenChat
+
+/// A stored response: the object, the input items of its request, and whose it is.
+struct StoredResponse {
+    var response: ResponseObject
+    var input: [JSONValue]
+    /// The caller's key digest (`Caller.owner`): only that key reads, continues or deletes it.
+    var owner: String
+}
+
+/// Where responses are kept (`store: true`). One implementation per database; every read is
+/// by owner, so one key never sees another's responses (not even that they exist).
+protocol ResponseStore: Sendable {
+    func insert(_ r: StoredResponse) throws
+    /// Replaces the response object (status, output, usage) of a stored response.
+    func update(_ r: ResponseObject) throws
+    func get(_ id: String, owner: String) throws -> StoredResponse?
+    /// The conversation ending at `id`, oldest first; nil if `id` is not the owner's.
+    /// Throws `BrokenChain` when a response in it was deleted or expired.
+    func conversation(_ id: String, owner: String) throws -> [StoredResponse]?
+    func delete(_ id: String, owner: String) throws -> Bool
+    /// Deletes responses created before `cutoff` (seconds since 1970); returns how many.
+    func purge(createdBefore cutoff: Int) throws -> Int
+    /// Responses left queued or in progress by a server that stopped: marked failed.
+    func failUnfinished(message: String) throws -> Int
+}
+
+struct BrokenChain: Error { let missing: String }
+
+/// Responses in SQLite (GRDB, WAL) beside the fine-tuning state: `responses.sqlite` in the state directory.
+final class SQLiteResponseStore: ResponseStore, @unchecked Sendable {
+    struct Row: Codable, FetchableRecord, PersistableRecord {
+        static let databaseTableName = "responses"
+        var id: String
+        var owner: String
+        var created_at: Int
+        var status: String
+        var previous_response_id: String?
+        var body: String
+        var input: String
+    }
+
+    let db: DatabaseQueue
+
+    init(directory: String) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var config = Configuration()
+        config.busyMode = .timeout(10)
+        db = try DatabaseQueue(path: (directory as NSString).appendingPathComponent("responses.sqlite"), configuration: config)
+        try db.writeWithoutTransaction { try $0.execute(sql: "PRAGMA journal_mode = WAL") }
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.create(table: "responses") { t in
+                t.primaryKey("id", .text)
+                t.column("owner", .text).notNull()
+                t.column("created_at", .integer).notNull().indexed()
+                t.column("status", .text).notNull()
+                t.column("previous_response_id", .text)
+                t.column("body", .text).notNull()
+                t.column("input", .text).notNull()
+            }
+        }
+        try migrator.migrate(db)
+    }
+
+    static func encode<T: Encodable>(_ v: T) -> String { ResponseJSON.encode(v) }
+
+    func insert(_ r: StoredResponse) throws {
+        let row = Row(id: r.response.id, owner: r.owner, created_at: r.response.created_at, status: r.response.status,
+                      previous_response_id: r.response.previous_response_id, body: Self.encode(r.response), input: Self.encode(r.input))
+        try db.write { try row.insert($0) }
+    }
+
+    func update(_ r: ResponseObject) throws {
+        try db.write { db in
+            try db.execute(sql: "UPDATE responses SET status = ?, body = ? WHERE id = ?", arguments: [r.status, Self.encode(r), r.id])
+        }
+    }
+
+    static func decode(_ row: Row) throws -> StoredResponse {
+        StoredResponse(response: try JSONDecoder().decode(ResponseObject.self, from: Data(row.body.utf8)),
+                       input: try JSONDecoder().decode([JSONValue].self, from: Data(row.input.utf8)), owner: row.owner)
+    }
+
+    func get(_ id: String, owner: String) throws -> StoredResponse? {
+        try db.read { try Row.filter(Column("id") == id && Column("owner") == owner).fetchOne($0) }.map(Self.decode)
+    }
+
+    /// One query walks the chain of `previous_response_id`s (a recursive CTE), at most `maxTurns` deep.
+    static let maxTurns = 10_000
+
+    func conversation(_ id: String, owner: String) throws -> [StoredResponse]? {
+        let rows: [(Row, Int)] = try db.read { db in
+            let sql = """
+                WITH RECURSIVE chain(id, depth) AS (
+                  SELECT id, 0 FROM responses WHERE id = ? AND owner = ?
+                  UNION ALL
+                  SELECT r.previous_response_id, chain.depth + 1 FROM responses r JOIN chain ON r.id = chain.id
+                  WHERE r.previous_response_id IS NOT NULL AND chain.depth < ?
+                )
+                SELECT responses.*, chain.depth AS depth FROM chain JOIN responses ON responses.id = chain.id
+                WHERE responses.owner = ? ORDER BY chain.depth DESC
+                """
+            return try GRDB.Row.fetchAll(db, sql: sql, arguments: [id, owner, Self.maxTurns, owner]).map { (try Row(row: $0), $0["depth"]) }
+        }
+        guard let last = rows.last, last.1 == 0 else { return nil }
+        let stored = try rows.map { try Self.decode($0.0) }
+        // Every link must be there: depths 0…n without a gap, and the oldest starts the conversation.
+        for (k, (_, depth)) in rows.enumerated() where depth != rows.count - 1 - k {
+            throw BrokenChain(missing: stored[k].response.previous_response_id ?? "?")
+        }
+        if let missing = stored.first?.response.previous_response_id { throw BrokenChain(missing: missing) }
+        return stored
+    }
+
+    func delete(_ id: String, owner: String) throws -> Bool {
+        try db.write { try Row.filter(Column("id") == id && Column("owner") == owner).deleteAll($0) > 0 }
+    }
+
+    func purge(createdBefore cutoff: Int) throws -> Int {
+        try db.write { try Row.filter(Column("created_at") < cutoff).deleteAll($0) }
+    }
+
+    func failUnfinished(message: String) throws -> Int {
+        let rows = try db.read { try Row.filter(["queued", "in_progress"].contains(Column("status"))).fetchAll($0) }
+        for row in rows {
+            var r = try Self.decode(row).response
+            r.status = "failed"
+            r.error = .init(code: "server_error", message: message)
+            try update(r)
+        }
+        return rows.count
+    }
+}
