@@ -101,3 +101,32 @@ def test_fine_tuning_responses_match_the_spec(tiny):
     st, r = tiny.json("GET", "/v1/fine_tuning/jobs/ftjob-nope")
     assert st == 404
     check(r, "Error")
+
+
+def test_responses_api_and_tokenize_match_the_spec(tiny):
+    import json
+    body = {"input": [{"role": "user", "content": "hi"}], "max_output_tokens": 5, "top_logprobs": 2,
+            "include": ["message.output_text.logprobs"], "metadata": {"k": "v"}}
+    st, r = tiny.json("POST", "/v1/responses", body)
+    assert st == 200
+    check(r, "Response")
+    st, got = tiny.json("GET", f"/v1/responses/{r['id']}")
+    check(got, "Response")
+    st, items = tiny.json("GET", f"/v1/responses/{r['id']}/input_items")
+    for i in items["data"]:
+        check(i, "ResponseInputItem")
+    st, bg = tiny.json("POST", "/v1/responses", {"input": "x", "background": True, "max_output_tokens": 3})
+    check(bg, "Response")
+    st, cancelled = tiny.json("POST", f"/v1/responses/{bg['id']}/cancel")
+    check(cancelled, "Response")
+    # Streamed: every event's data, a function call among them.
+    from test_responses import raw_events
+    tools = [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}]
+    for stream_body in ({**body, "stream": True}, {"input": "x", "tools": tools, "tool_choice": "required", "stream": True,
+                                                    "max_output_tokens": 60}):
+        for name, data in raw_events(tiny, stream_body):
+            check(data, "ResponseStreamEvent")
+    st, t = tiny.json("POST", "/tokenize", {"prompt": "hi", "return_token_strs": True})
+    check(t, "TokenizeResponse")
+    st, e = tiny.json("POST", "/v1/responses", {"input": 3})
+    check(e, "Error")
