@@ -521,6 +521,8 @@ public final class Seq {
     public var cachedPromptTokens: Int { group.cachedTokens }
 
     /// Decoding: everything but the newest token is in the cache.
+    /// Batch-priority work (see `EngineRequest.Priority`).
+    public var isBatch: Bool { group.request.priority == .batch }
     public var isDecoding: Bool { cache.map { $0.length == tokens.count - 1 && generated > 0 } ?? false }
 
     func fork(index: Int) -> Seq {

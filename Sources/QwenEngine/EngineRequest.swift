@@ -27,6 +27,11 @@ public struct EngineRequest: Sendable {
     /// Tokens the client expects much of the output to repeat (OpenAI's `prediction`): drafts
     /// are looked up in them as well as in the prompt and output.
     public var prediction: [Int32] = []
+    /// `batch`: offline work (the Batch API) that fills what interactive requests leave: admitted
+    /// after them, given few rows while they run, and preempted first.
+    public var priority: Priority = .interactive
+
+    public enum Priority: Sendable { case interactive, batch }
 
     /// The salt its KV blocks are hashed with: keys and values computed under one adapter
     /// are never reused under another (or under the base model).

@@ -11,9 +11,23 @@ public final class Scheduler {
     public struct Config {
         public var maxRunning: Int
         public var stepTokens: Int
+        /// What an extra row costs, as a share of a one-row step (decoding reads every weight
+        /// once per step, whatever its rows).
+        public var rowCost = 0.25
+        /// How much longer batch-priority rows may make a step that interactive rows run in.
+        public var batchSlack = 0.2
         public init(maxRunning: Int, stepTokens: Int) {
             self.maxRunning = maxRunning
             self.stepTokens = stepTokens
+        }
+
+        /// Rows (decode rows, drafts, prompt tokens) batch-priority sequences may take in a step
+        /// while `interactive` interactive sequences are active: as many as keep the step within
+        /// `1 + batchSlack` of its cost without them, and at least one, so a batch always advances.
+        public func batchRows(interactive k: Int) -> Int {
+            guard k > 0 else { return Int.max }
+            let base = 1 + rowCost * Double(k - 1)
+            return max(1, Int((batchSlack * base / rowCost).rounded(.down)))
         }
     }
 
@@ -64,15 +78,32 @@ public final class Scheduler {
         var plan = Plan()
         admit(&plan)
         var budget = config.stepTokens
-        let decoding = running.filter(\.isDecoding)
-        for (i, s) in decoding.enumerated() {
+        // Interactive rows first; batch rows within what they may add while interactive ones run
+        // (the others wait, holding their memory, for a step with room).
+        var batchBudget = batchRowLimit
+        let decoding = running.filter { $0.isDecoding && !$0.isBatch } + running.filter { $0.isDecoding && $0.isBatch }
+        var rowsLeft = decoding.count
+        for s in decoding {
+            rowsLeft -= 1
+            s.draft = []
+            if s.isBatch {
+                guard batchBudget > 0, budget > 0 else { continue }
+                batchBudget -= 1
+            }
             // Drafts never take a row another decoding sequence needs.
-            s.draft = propose(s, decoding.count, max(0, budget - (decoding.count - i)))
+            let room = max(0, budget - 1 - rowsLeft)
+            s.draft = propose(s, decoding.count, s.isBatch ? min(room, batchBudget) : room)
+            if s.isBatch { batchBudget -= s.draft.count }
             plan.rows.append((s, 1 + s.draft.count))
             budget -= 1 + s.draft.count
         }
-        for s in running where !s.isDecoding && budget > 0 {
-            let n = min(budget, s.tokens.count - s.cache!.length)
+        for s in running.filter({ !$0.isBatch }) + running.filter(\.isBatch) where !s.isDecoding && budget > 0 {
+            var n = min(budget, s.tokens.count - s.cache!.length)
+            if s.isBatch {
+                n = min(n, batchBudget)
+                guard n > 0 else { continue }
+                batchBudget -= n
+            }
             plan.rows.append((s, n))
             budget -= n
         }
@@ -88,9 +119,25 @@ public final class Scheduler {
         return plan
     }
 
-    /// Admits waiting sequences in order while there is room for their known tokens and one more.
+    /// Interactive sequences running or waiting.
+    private var interactiveActive: Int { running.count(where: { !$0.isBatch }) + waiting.count(where: { !$0.isBatch }) }
+
+    /// Rows batch sequences may take this step (unlimited with no interactive sequence active).
+    private var batchRowLimit: Int { config.batchRows(interactive: interactiveActive) }
+
+    /// The next sequence to admit: the first interactive one waiting, else the first batch one
+    /// while batch sequences may grow (under interactive load, no more of them than rows they may take).
+    private var nextToAdmit: Int? {
+        if let i = waiting.firstIndex(where: { !$0.isBatch }) { return i }
+        guard let i = waiting.firstIndex(where: \.isBatch) else { return nil }
+        return running.count(where: \.isBatch) < batchRowLimit ? i : nil
+    }
+
+    /// Admits waiting sequences (interactive ones first) while there is room for their known
+    /// tokens and one more; an interactive one short of memory takes it from running batch ones.
     private func admit(_ plan: inout Plan) {
-        while let s = waiting.first, running.count < config.maxRunning {
+        while let idx = nextToAdmit, running.count < config.maxRunning {
+            let s = waiting[idx]
             if s.cache == nil {
                 let c = KVCache(pool: pool, salt: s.group.request.effectiveSalt)
                 if s.tokens.count == s.group.request.prompt.count && s.index == 0 {
@@ -102,16 +149,20 @@ public final class Scheduler {
             // request is not preempted straight away.
             let need = s.cache!.blocksNeeded(forAdding: s.tokens.count - s.cache!.length + 1)
             // (Available blocks already count the prefix cache's unused ones: evicting it gains nothing.)
+            if need > pool.availableBlocks, !s.isBatch, let victim = running.filter(\.isBatch).max(by: { $0.admittedAt < $1.admittedAt }) {
+                preempt(victim)
+                continue
+            }
             if need > pool.availableBlocks {
                 guard running.isEmpty else { break }
                 // Nothing will free memory: this request can never fit.
                 s.cache!.free()
                 s.cache = nil
-                waiting.removeFirst()
+                waiting.remove(at: idx)
                 plan.outOfMemory.append(s)
                 continue
             }
-            waiting.removeFirst()
+            waiting.remove(at: idx)
             admissionCounter += 1
             s.admittedAt = admissionCounter
             running.append(s)
@@ -136,7 +187,9 @@ public final class Scheduler {
                 continue
             }
             let holders = running.filter { $0.cache != nil }
-            guard holders.count > 1, let victim = holders.max(by: { $0.admittedAt < $1.admittedAt }) else {
+            // Batch sequences give memory back before any interactive one does.
+            let newest = { (a: Seq, b: Seq) in a.admittedAt < b.admittedAt }
+            guard holders.count > 1, let victim = holders.filter(\.isBatch).max(by: newest) ?? holders.max(by: newest) else {
                 running.removeAll { $0 === s }
                 plan.outOfMemory.append(s)
                 plan.rows.remove(at: i)

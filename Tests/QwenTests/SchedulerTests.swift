@@ -16,8 +16,9 @@ final class SchedulerTests: XCTestCase {
         return KVPool(config: c, blocks: blocks, blockSize: 4)
     }
 
-    func seq(_ prompt: [Int32], id: UInt64) -> Seq {
-        let r = EngineRequest(prompt: prompt, params: .greedy, maxTokens: 100)
+    func seq(_ prompt: [Int32], id: UInt64, batch: Bool = false) -> Seq {
+        var r = EngineRequest(prompt: prompt, params: .greedy, maxTokens: 100)
+        if batch { r.priority = .batch }
         return Seq(request: r, id: id, gate: OutputGate(request: r, endOfSequence: [99], tokenBytes: []))
     }
 
@@ -34,6 +35,58 @@ final class SchedulerTests: XCTestCase {
                 s.generated += 1
             }
         }
+    }
+
+    func testBatchRowsUnderInteractiveLoadFollowTheCostModel() {
+        let c = Scheduler.Config(maxRunning: 64, stepTokens: 512)
+        XCTAssertEqual(c.batchRows(interactive: 0), Int.max)
+        XCTAssertEqual(c.batchRows(interactive: 1), 1)  // at least one: a batch always advances
+        // Ten interactive rows cost 1 + 9 * 0.25 = 3.25 one-row steps; 20% more is 0.65, two rows of 0.25.
+        XCTAssertEqual(c.batchRows(interactive: 10), 2)
+        XCTAssertEqual(c.batchRows(interactive: 50), 10)
+    }
+
+    func testBatchFillsAnIdleEngineAndYieldsToInteractiveWork() {
+        let sch = Scheduler(config: .init(maxRunning: 16, stepTokens: 64), pool: pool(256))
+        let batch = (0..<6).map { seq([1, 2, 3], id: UInt64($0), batch: true) }
+        for s in batch { sch.enqueue(s) }
+        // Alone, batch work takes every slot and the whole budget.
+        var plan = sch.schedule { _, _, _ in [] }
+        XCTAssertEqual(plan.rows.count, 6)
+        ran(plan)
+        // Interactive requests arrive: they are admitted ahead of waiting batch work and run
+        // every step; batch rows shrink to what the cost model allows for one interactive row.
+        let more = (6..<9).map { seq([1, 2, 3], id: UInt64($0), batch: true) }
+        for s in more { sch.enqueue(s) }
+        let users = (10..<20).map { seq([4, 5, 6, 7], id: UInt64($0)) }
+        for s in users { sch.enqueue(s) }
+        plan = sch.schedule { _, _, _ in [] }
+        XCTAssertTrue(users.allSatisfy { u in plan.rows.contains { $0.seq === u } })
+        XCTAssertFalse(more.contains { m in sch.running.contains { $0 === m } }, "no batch admission while interactive work waits")
+        ran(plan)
+        plan = sch.schedule { _, _, _ in [] }
+        let batchRows = plan.rows.filter { $0.seq.isBatch }.reduce(0) { $0 + $1.tokens }
+        XCTAssertEqual(batchRows, sch.config.batchRows(interactive: 10))
+        XCTAssertEqual(plan.rows.filter { !$0.seq.isBatch }.count, 10)
+        // Interactive rows come first in the plan's order of priority.
+        XCTAssertFalse(plan.rows.prefix(10).contains { $0.seq.isBatch })
+    }
+
+    func testInteractiveWorkTakesMemoryFromBatchWorkFirst() {
+        // 8 blocks of 4 positions: two batch sequences of 12 tokens hold 8 blocks with their next token.
+        let sch = Scheduler(config: .init(maxRunning: 8, stepTokens: 64), pool: pool(8))
+        let b1 = seq(Array(1...12), id: 1, batch: true), b2 = seq(Array(1...12), id: 2, batch: true)
+        sch.enqueue(b1)
+        sch.enqueue(b2)
+        ran(sch.schedule { _, _, _ in [] })
+        XCTAssertEqual(sch.running.count, 2)
+        let user = seq(Array(20...27), id: 3)
+        sch.enqueue(user)
+        let plan = sch.schedule { _, _, _ in [] }
+        // The newest batch sequence went back to the queue; the interactive one runs.
+        XCTAssertTrue(plan.rows.contains { $0.seq === user })
+        XCTAssertTrue(sch.waiting.contains { $0 === b2 } && b2.cache == nil)
+        XCTAssertTrue(sch.running.contains { $0 === b1 })
     }
 
     func testDecodeRowsFirstThenPromptChunksWithinTheBudget() {
