@@ -5,7 +5,7 @@ import QwenEngine
 
 /// POST /v1/completions: raw text in, text out (no chat template).
 extension ModelService {
-    func completions(_ body: JSONValue, _ ctx: QwenRequestContext) async throws -> Response {
+    func completions(_ body: JSONValue, _ ctx: some Invocation) async throws -> Response {
         let started = Date()
         let f = try RequestFields(body)
         let target = try resolveModel(f)

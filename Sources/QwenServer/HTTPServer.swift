@@ -34,6 +34,9 @@ public struct HTTPServer {
     /// Stored responses, when this server has a state directory.
     let responses: ResponseStore?
     let backgroundResponses = BackgroundResponses()
+    let responsesController: ResponsesController
+    /// The Batch API's runner, when this server has a state directory.
+    let batches: BatchRunner?
 
     public init(service: ModelService, config: Config, jobs: JobManager? = nil, stateDirectory: String? = nil) {
         self.service = service
@@ -52,7 +55,25 @@ public struct HTTPServer {
             }
         }
         responses = store
+        responsesController = ResponsesController(service: service, store: store, runs: backgroundResponses, limit: config.maxBodyBytes,
+                                                  retention: config.responseRetention)
+        var runner: BatchRunner?
+        if let dir = stateDirectory, let jobs {
+            do {
+                runner = BatchRunner(store: try SQLiteBatchStore(directory: dir), files: jobs.store, service: service,
+                                     responses: responsesController, concurrency: service.engine.config.maxRunning,
+                                     maxFileBytes: config.maxUploadBytes)
+            } catch {
+                Logger(label: "qwen-serve").warning("the Batch API is off: \(dir) cannot hold batches: \(error)")
+            }
+        }
+        batches = runner
+        runner?.start()
     }
+
+    /// Shutdown: batch lines in flight stop now (unrecorded, they run again at the next start)
+    /// instead of holding the drain.
+    public func stopBatches() { batches?.stop() }
 
     public struct TLSError: Error, CustomStringConvertible {
         public let description: String
@@ -121,8 +142,7 @@ public struct HTTPServer {
         api.post("completions") { req, ctx -> Response in
             try await s.completions(try await Self.body(req, limit: limit), ctx)
         }
-        ResponsesController(service: s, store: responses, runs: backgroundResponses, limit: limit,
-                            retention: config.responseRetention).addRoutes(to: api)
+        responsesController.addRoutes(to: api)
         api.get("models") { _, ctx -> Response in
             let models = [s.modelJSON] + s.adapters.all.map { s.adapterModelJSON($0, showPath: ctx.caller.seesServerPaths) }
             return ModelService.jsonResponse(.object([("object", .string("list")), ("data", .array(models))]))
@@ -158,7 +178,17 @@ public struct HTTPServer {
         if let jobs {
             FilesController(store: jobs.store, tokenizer: s.tokenizer, maxUploadBytes: config.maxUploadBytes).addRoutes(to: admin)
             JobsController(manager: jobs, service: s, limit: limit).addRoutes(to: admin)
+        }
+        // Batches spend the machine for hours, as fine-tuning does: admin routes too.
+        if let batches {
+            BatchesController(runner: batches, limit: limit).addRoutes(to: admin)
         } else {
+            for path in ["batches", "batches/:id", "batches/:id/cancel"] {
+                admin.on(RouterPath(stringLiteral: path), method: .get) { _, _ -> Response in throw Self.batchesOff }
+                admin.on(RouterPath(stringLiteral: path), method: .post) { _, _ -> Response in throw Self.batchesOff }
+            }
+        }
+        if jobs == nil {
             for path in ["files", "files/:id", "files/:id/content", "fine_tuning/jobs", "fine_tuning/jobs/:id"] {
                 admin.on(RouterPath(stringLiteral: path), method: .get) { _, _ -> Response in throw Self.fineTuningOff }
                 admin.on(RouterPath(stringLiteral: path), method: .post) { _, _ -> Response in throw Self.fineTuningOff }
@@ -166,6 +196,9 @@ public struct HTTPServer {
         }
         return router
     }
+
+    static let batchesOff = APIError(.serviceUnavailable, "the Batch API is off on this server (no usable --state-dir; see its log)",
+                                     type: "server_error", code: "batches_unavailable")
 
     static let fineTuningOff = APIError(.serviceUnavailable, "fine-tuning is off on this server (no usable --state-dir; see its log)",
                                         type: "server_error", code: "fine_tuning_unavailable")

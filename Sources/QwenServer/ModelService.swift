@@ -164,6 +164,7 @@ public final class ModelService: @unchecked Sendable {
         r.logprobs = o.logprobs
         r.adapter = adapter
         r.cacheSalt = caller.cacheSalt
+        r.priority = caller.priority
         r.speculative = o.speculative
         return r
     }

@@ -13,6 +13,8 @@ public struct Caller: Sendable {
     /// Who owns what this caller stores (stored responses): a digest of its key, never the
     /// key; "" when no keys are configured (one tenant).
     public var owner = ""
+    /// Batch lines run at batch priority (see `EngineRequest.Priority`).
+    public var priority: EngineRequest.Priority = .interactive
 }
 
 /// The request context of every route: Hummingbird's core storage, the connection the

@@ -207,7 +207,7 @@ struct Serve: AsyncParsableCommand {
             // engine give running requests the grace period and then cancel the rest; the
             // HTTP server meanwhile stops accepting and waits for its handlers, which end
             // as their requests do; last, registered background work gets what is left of it.
-            let drain = DrainService(engine: engine, notifier: notifier, grace: s.shutdownGrace)
+            let drain = DrainService(engine: engine, notifier: notifier, grace: s.shutdownGrace, beforeDrain: { http.stopBatches() })
             let backgroundDrain = BackgroundDrainService(background: service.adapters.background, grace: s.shutdownGrace)
             var logger = Logger(label: "qwen-serve")
             logger.logLevel = .warning
@@ -323,9 +323,12 @@ struct DrainService: Service {
     let engine: Engine
     let notifier: SystemdNotifier
     let grace: Double
+    /// Runs as the drain begins (batch work stops at once; it resumes at the next start).
+    var beforeDrain: @Sendable () -> Void = {}
 
     func run() async throws {
         try? await gracefulShutdown()
+        beforeDrain()
         log("stopping: in-flight requests and background work get \(grace) s to finish")
         notifier.stopping(status: "draining")
         let (engine, grace) = (engine, grace)

@@ -169,6 +169,18 @@ struct FilesController {
                 obj.status = "error"
                 obj.status_details = check.problems.joined(separator: "; ")
             }
+        } else if p == "batch" {
+            // The lines' shape now (errors with line numbers); their bodies when a batch is created.
+            let limit = maxUploadBytes
+            let check = try await Offload.run { BatchInput.check(bytes: [UInt8](try SafeFile.read(partPath, maxBytes: limit)), endpoint: nil, service: nil) }
+            obj.lines = check.lines.count
+            if check.problemCount == 0 {
+                obj.status = "processed"
+            } else {
+                obj.status = "error"
+                obj.status_details = check.errors.prefix(20).map(\.message).joined(separator: "; ")
+                    + (check.problemCount > 20 ? "; and \(check.problemCount - 20) more" : "")
+            }
         } else {
             obj.status = "processed"
         }

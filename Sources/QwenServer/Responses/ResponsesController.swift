@@ -103,11 +103,11 @@ struct ResponsesController {
         return r
     }
 
-    func create(_ body: JSONValue, _ ctx: QwenRequestContext) async throws -> Response {
+    func create(_ body: JSONValue, _ ctx: some Invocation) async throws -> Response {
         do { return try await createChecked(body, ctx) } catch let e as APIError { throw Self.renamed(e) }
     }
 
-    func createChecked(_ body: JSONValue, _ ctx: QwenRequestContext) async throws -> Response {
+    func createChecked(_ body: JSONValue, _ ctx: some Invocation) async throws -> Response {
         let started = Date()
         let f = try RequestFields(body)
         let r = try ResponseRequest.parse(f)

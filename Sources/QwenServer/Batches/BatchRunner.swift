@@ -1,0 +1,395 @@
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import QwenChat
+import QwenEngine
+import QwenFormats
+
+/// Runs batches on the serving engine at batch priority: validates a batch's input, runs its
+/// lines through the very endpoints interactive requests use (as many at once as the engine has
+/// slots), records each line's result once, and writes the output and error files. Work left by
+/// a stopped or killed server resumes at start-up: recorded lines are kept, the others run again.
+final class BatchRunner: @unchecked Sendable {
+    let store: BatchStore
+    let files: FineTuningStore
+    let service: ModelService
+    let responses: ResponsesController
+    /// Lines in flight at once.
+    let concurrency: Int
+    let maxFileBytes: Int
+    let log = Logger(label: "qwen-serve.batches")
+
+    private let lock = NSLock()
+    private var stopping = false
+    private var cancelRequested: Set<String> = []
+    private var cancellers: [String: CancelGroup] = [:]
+    private var wakeUp: CheckedContinuation<Void, Never>?
+    private var kicked = false
+
+    init(store: BatchStore, files: FineTuningStore, service: ModelService, responses: ResponsesController, concurrency: Int, maxFileBytes: Int) {
+        self.store = store
+        self.files = files
+        self.service = service
+        self.responses = responses
+        self.concurrency = max(1, concurrency)
+        self.maxFileBytes = maxFileBytes
+    }
+
+    func start() { Task.detached { await self.loop() } }
+
+    /// A new batch or a cancel: look again now.
+    func kick() {
+        let c: CheckedContinuation<Void, Never>? = lock.withLock {
+            kicked = true
+            defer { wakeUp = nil }
+            return wakeUp
+        }
+        c?.resume()
+    }
+
+    /// Shutdown: lines in flight are abandoned (not recorded), to run again at the next start.
+    func stop() {
+        let all: [CancelGroup] = lock.withLock {
+            stopping = true
+            return Array(cancellers.values)
+        }
+        for c in all { c.cancel() }
+        kick()
+    }
+
+    var isStopping: Bool { lock.withLock { stopping } }
+    func cancelIsRequested(_ id: String) -> Bool { lock.withLock { cancelRequested.contains(id) } }
+
+    /// Moves a batch to `cancelling` (unless it has ended) and stops its lines in flight.
+    func cancel(_ id: String) throws -> Batch? {
+        let c: CancelGroup? = try lock.withLock {
+            guard var b = try store.get(id) else { return nil }
+            guard !b.isFinal, b.status != "cancelling", b.status != "finalizing" else { return nil }
+            b.status = "cancelling"
+            b.cancelling_at = Self.now
+            try store.update(b)
+            cancelRequested.insert(id)
+            return cancellers[id]
+        }
+        c?.cancel()
+        kick()
+        return try store.get(id)
+    }
+
+    static var now: Int { Int(Date().timeIntervalSince1970) }
+
+    /// Reads a batch fresh, changes it and writes it back, under the lock every batch write takes.
+    @discardableResult
+    private func transition(_ id: String, _ change: (inout Batch) -> Void) -> Batch? {
+        lock.withLock {
+            guard var b = try? store.get(id) else { return nil }
+            change(&b)
+            try? store.update(b)
+            return b
+        }
+    }
+
+    // MARK: The loop
+
+    private func loop() async {
+        while !isStopping {
+            let batches = (try? store.active()) ?? []
+            for b in batches where !isStopping { await run(b) }
+            if batches.isEmpty || isStopping { await sleep(seconds: 1) }
+        }
+    }
+
+    private func sleep(seconds: Double) async {
+        let proceed: Bool = lock.withLock {
+            if kicked { kicked = false; return true }
+            return false
+        }
+        if proceed { return }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now: Bool = lock.withLock {
+                if kicked || stopping { kicked = false; return true }
+                wakeUp = c
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    private func run(_ batch: Batch) async {
+        var b = batch
+        if b.status == "cancelling" { cancelRequestedInsert(b.id) }
+        if b.status == "validating" {
+            guard let next = await validate(b) else { return }
+            b = next
+        }
+        if b.status == "in_progress" {
+            if Self.now >= b.expires_at { return finalize(b.id, as: "expired") }
+            await runLines(b)
+            if isStopping { return }
+            if Self.now >= b.expires_at, ((try? store.pendingLines(b.id)) ?? []).count > 0 { return finalize(b.id, as: "expired") }
+        }
+        finalize(b.id, as: cancelIsRequested(b.id) ? "cancelled" : "completed")
+    }
+
+    private func cancelRequestedInsert(_ id: String) { lock.withLock { _ = cancelRequested.insert(id) } }
+
+    /// Checks every line; the batch becomes `in_progress` with its lines stored, or `failed` with the problems.
+    private func validate(_ b: Batch) async -> Batch? {
+        let bytes: [UInt8]
+        do {
+            guard let f = try files.file(b.input_file_id) else { throw APIError.badParam("input_file_id", "the input file was deleted") }
+            bytes = [UInt8](try SafeFile.read(files.filePath(f.id), maxBytes: maxFileBytes))
+        } catch {
+            transition(b.id) { b in
+                b.status = "failed"
+                b.failed_at = Self.now
+                b.errors = .init(data: [.init(code: "invalid_file", message: "the input file cannot be read: \((error as? APIError)?.message ?? "\(error)")", param: "input_file_id")])
+            }
+            return nil
+        }
+        let service = self.service, endpoint = b.endpoint
+        let checked = (try? await Offload.run { BatchInput.check(bytes: bytes, endpoint: endpoint, service: service) }) ?? BatchInput.Checked()
+        if checked.problemCount > 0 {
+            transition(b.id) { b in
+                b.status = "failed"
+                b.failed_at = Self.now
+                b.errors = .init(data: checked.errors)
+            }
+            return nil
+        }
+        do { try store.addLines(b.id, checked.lines) } catch {
+            log.error("batch \(b.id): its lines could not be stored: \(error)")
+            return nil
+        }
+        return transition(b.id) { b in
+            guard b.status == "validating" else { return }
+            b.status = "in_progress"
+            b.in_progress_at = Self.now
+        }
+    }
+
+    /// Runs the pending lines, `concurrency` at a time, until done, cancelled, expired or stopping.
+    private func runLines(_ b: Batch) async {
+        guard let pending = try? store.pendingLines(b.id), !pending.isEmpty else { return }
+        let canceller = CancelGroup()
+        lock.withLock { cancellers[b.id] = canceller }
+        defer { _ = lock.withLock { cancellers.removeValue(forKey: b.id) } }
+        if cancelIsRequested(b.id) || isStopping { return }
+        await withTaskGroup(of: Void.self) { group in
+            var inFlight = 0
+            for line in pending {
+                if isStopping || cancelIsRequested(b.id) || Self.now >= b.expires_at { break }
+                if inFlight >= concurrency {
+                    await group.next()
+                    inFlight -= 1
+                }
+                group.addTask { await self.runLine(b, line, canceller) }
+                inFlight += 1
+            }
+            await group.waitForAll()
+        }
+    }
+
+    private func runLine(_ b: Batch, _ line: BatchLine, _ group: CancelGroup) async {
+        let canceller = LineCancel()
+        group.add(canceller)
+        defer { group.remove(canceller) }
+        let invocation = BatchInvocation(caller: Caller(cacheSalt: 0, seesServerPaths: false, owner: "", priority: .batch), canceller: canceller)
+        var body = line.body
+        // A batch's responses are in its output file; they are stored only when a line asks.
+        if b.endpoint == "/v1/responses", body["store"] == nil, case .object(var pairs) = body {
+            pairs.append(("store", .bool(false)))
+            body = .object(pairs)
+        }
+        while true {
+            let (status, answer) = await execute(b.endpoint, body, invocation)
+            // Abandoned (cancel, shutdown): not recorded; a restart runs it again.
+            if isStopping || cancelIsRequested(b.id) || canceller.isCancelled { return }
+            if status == 429 {
+                // The engine's queue is full of interactive work: wait and try again.
+                try? await Task.sleep(nanoseconds: 500_000_000)
+                continue
+            }
+            let out = BatchOutputLine(id: IDs.make("batch_req_"), custom_id: line.customID,
+                                      response: .init(status_code: status, request_id: answer["id"]?.string ?? IDs.make("req_"), body: answer),
+                                      error: nil)
+            do { _ = try store.finish(b.id, line: line.line, ok: status == 200, output: ResponseJSON.encode(out)) } catch {
+                log.error("batch \(b.id) line \(line.line): the result could not be stored: \(error)")
+            }
+            return
+        }
+    }
+
+    /// One request through its endpoint, as an HTTP request would run it; the status and JSON body.
+    func execute(_ endpoint: String, _ body: JSONValue, _ invocation: BatchInvocation) async -> (Int, JSONValue) {
+        do {
+            let response: Response
+            switch endpoint {
+            case "/v1/completions": response = try await service.completions(body, invocation)
+            case "/v1/responses": response = try await responses.create(body, invocation)
+            default: response = try await service.chatCompletions(body, invocation)
+            }
+            let collector = BodyCollector()
+            try await response.body.write(collector)
+            return (Int(response.status.code), (try? JSONValue.parse(collector.bytes)) ?? .null)
+        } catch let e as APIError {
+            return (e.status.code, e.json)
+        } catch {
+            let id = IDs.make("err-")
+            log.error("internal error \(id) in a batch line: \(error)")
+            return (500, APIError(.internalServerError, "internal server error (\(id))").json)
+        }
+    }
+
+    // MARK: Finishing
+
+    /// Writes the output and error files (lines in input order) and ends the batch as `status`.
+    private func finalize(_ id: String, as status: String) {
+        guard let b = transition(id, { b in
+            b.status = "finalizing"
+            b.finalizing_at = Self.now
+        }) else { return }
+        if status == "expired" {
+            for line in (try? store.pendingLines(id)) ?? [] {
+                let out = BatchOutputLine(id: IDs.make("batch_req_"), custom_id: line.customID, response: nil,
+                                          error: .init(code: "batch_expired", message: "This request could not be executed before the completion window expired."))
+                _ = try? store.finish(id, line: line.line, ok: false, output: ResponseJSON.encode(out))
+            }
+        }
+        let outs = (try? store.outputs(id)) ?? []
+        let suffix = String(id.dropFirst("batch_".count))
+        let outputID = writeFile(id: "file-" + suffix, name: "batch_\(suffix)_output.jsonl", lines: outs.filter(\.ok).map(\.output))
+        var errSuffix = String(suffix.reversed())
+        if errSuffix == suffix { errSuffix = "z" + errSuffix.dropFirst() }
+        let errorID = writeFile(id: "file-" + errSuffix, name: "batch_\(suffix)_error.jsonl", lines: outs.filter { !$0.ok }.map(\.output))
+        transition(id) { b in
+            b.status = status
+            b.output_file_id = outputID
+            b.error_file_id = errorID
+            switch status {
+            case "cancelled": b.cancelled_at = Self.now
+            case "expired": b.expired_at = Self.now
+            default: b.completed_at = Self.now
+            }
+        }
+        lock.withLock { _ = cancelRequested.remove(id) }
+        _ = b
+    }
+
+    /// A `batch_output` file holding `lines` (written whole, then renamed into place); nil when there are none.
+    private func writeFile(id: String, name: String, lines: [String]) -> String? {
+        guard !lines.isEmpty else { return nil }
+        let data = Data((lines.joined(separator: "\n") + "\n").utf8)
+        do {
+            try data.write(to: URL(fileURLWithPath: files.filePath(id)), options: .atomic)
+            _ = try? files.deleteFile(id)
+            try files.insert(FileObject(id: id, bytes: data.count, created_at: Self.now, filename: name, purpose: "batch_output", status: "processed"))
+            return id
+        } catch {
+            log.error("\(name) could not be written: \(error)")
+            return nil
+        }
+    }
+}
+
+/// A line of a batch's output or error file.
+struct BatchOutputLine: Encodable {
+    struct Answer: Encodable {
+        var status_code: Int
+        var request_id: String
+        var body: JSONValue
+    }
+    struct Failure: Encodable {
+        var code: String
+        var message: String
+    }
+    var id: String
+    var custom_id: String
+    var response: Answer?
+    var error: Failure?
+
+    enum CodingKeys: String, CodingKey { case id, custom_id, response, error }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(custom_id, forKey: .custom_id)
+        try c.encode(response, forKey: .response)
+        try c.encode(error, forKey: .error)
+    }
+}
+
+/// Stops one batch line's engine work (cancel, shutdown).
+final class LineCancel: @unchecked Sendable {
+    private let lock = NSLock()
+    private var streams: [(Engine.Stream, ClientGone)] = []
+    private var cancelled = false
+
+    var isCancelled: Bool { lock.withLock { cancelled } }
+
+    func watch(_ stream: Engine.Stream) -> ClientGone {
+        let gone = ClientGone()
+        let now: Bool = lock.withLock {
+            if cancelled { return true }
+            streams.append((stream, gone))
+            return false
+        }
+        if now {
+            gone.set()
+            stream.cancel()
+        }
+        return gone
+    }
+
+    func cancel() {
+        let all: [(Engine.Stream, ClientGone)] = lock.withLock {
+            cancelled = true
+            defer { streams.removeAll() }
+            return streams
+        }
+        for (s, g) in all {
+            g.set()
+            s.cancel()
+        }
+    }
+}
+
+/// The lines of one batch in flight, cancelled together.
+final class CancelGroup: @unchecked Sendable {
+    private let lock = NSLock()
+    private var members: [ObjectIdentifier: LineCancel] = [:]
+    private var cancelled = false
+
+    func add(_ c: LineCancel) {
+        let now: Bool = lock.withLock {
+            if cancelled { return true }
+            members[ObjectIdentifier(c)] = c
+            return false
+        }
+        if now { c.cancel() }
+    }
+
+    func remove(_ c: LineCancel) { lock.withLock { _ = members.removeValue(forKey: ObjectIdentifier(c)) } }
+
+    func cancel() {
+        let all: [LineCancel] = lock.withLock {
+            cancelled = true
+            return Array(members.values)
+        }
+        for c in all { c.cancel() }
+    }
+}
+
+/// A batch line's invocation: the batch's caller at batch priority; its end is the batch's cancel.
+struct BatchInvocation: Invocation {
+    let caller: Caller
+    let canceller: LineCancel
+    func cancelWhenClientGoes(_ stream: Engine.Stream) -> ClientGone { canceller.watch(stream) }
+}
+
+/// Collects a response body in memory (a batch line's answer).
+final class BodyCollector: ResponseBodyWriter, @unchecked Sendable {
+    var bytes: [UInt8] = []
+    func write(_ buffer: ByteBuffer) async throws { bytes += buffer.readableBytesView }
+    func finish(_ trailingHeaders: HTTPFields?) async throws {}
+}

@@ -1,0 +1,139 @@
+import Foundation
+import GRDB
+import QwenChat
+
+/// Where batches and their lines' results are kept. A line's result is written once (the
+/// first write wins), so a batch resumed after a crash never reports a `custom_id` twice.
+protocol BatchStore: Sendable {
+    func insert(_ b: Batch) throws
+    func update(_ b: Batch) throws
+    /// The batch with its request counts as of now.
+    func get(_ id: String) throws -> Batch?
+    func list(after: String?, limit: Int) throws -> (items: [Batch], more: Bool)
+    /// Batches a runner still has work in, oldest first.
+    func active() throws -> [Batch]
+    func addLines(_ id: String, _ lines: [BatchLine]) throws
+    func pendingLines(_ id: String) throws -> [BatchLine]
+    /// Records a line's output (`ok`: for the output file, else the error file); false if it had one already.
+    func finish(_ id: String, line: Int, ok: Bool, output: String) throws -> Bool
+    /// The recorded outputs in line order: (ok, output line).
+    func outputs(_ id: String) throws -> [(ok: Bool, output: String)]
+}
+
+/// Batches in SQLite (GRDB, WAL): `batches.sqlite` in the state directory.
+final class SQLiteBatchStore: BatchStore, @unchecked Sendable {
+    let db: DatabaseQueue
+
+    init(directory: String) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var config = Configuration()
+        config.busyMode = .timeout(10)
+        db = try DatabaseQueue(path: (directory as NSString).appendingPathComponent("batches.sqlite"), configuration: config)
+        try db.writeWithoutTransaction { try $0.execute(sql: "PRAGMA journal_mode = WAL") }
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.create(table: "batches") { t in
+                t.autoIncrementedPrimaryKey("seq")
+                t.column("id", .text).notNull().unique()
+                t.column("status", .text).notNull()
+                t.column("body", .text).notNull()
+            }
+            try db.create(table: "lines") { t in
+                t.column("batch_id", .text).notNull()
+                t.column("line", .integer).notNull()
+                t.column("custom_id", .text).notNull()
+                t.column("body", .text).notNull()
+                /// pending, ok or error
+                t.column("state", .text).notNull()
+                t.column("output", .text)
+                t.primaryKey(["batch_id", "line"])
+            }
+            try db.create(index: "lines_state", on: "lines", columns: ["batch_id", "state"])
+        }
+        try migrator.migrate(db)
+    }
+
+    static func encode(_ b: Batch) -> String { ResponseJSON.encode(b) }
+    static func decode(_ s: String) throws -> Batch { try JSONDecoder().decode(Batch.self, from: Data(s.utf8)) }
+
+    func insert(_ b: Batch) throws {
+        try db.write { try $0.execute(sql: "INSERT INTO batches (id, status, body) VALUES (?, ?, ?)", arguments: [b.id, b.status, Self.encode(b)]) }
+    }
+
+    func update(_ b: Batch) throws {
+        try db.write { try $0.execute(sql: "UPDATE batches SET status = ?, body = ? WHERE id = ?", arguments: [b.status, Self.encode(b), b.id]) }
+    }
+
+    private func withCounts(_ db: Database, _ b: Batch) throws -> Batch {
+        var b = b
+        let rows = try GRDB.Row.fetchAll(db, sql: "SELECT state, COUNT(*) AS n FROM lines WHERE batch_id = ? GROUP BY state", arguments: [b.id])
+        guard !rows.isEmpty else { return b }
+        var c = Batch.RequestCounts()
+        for r in rows {
+            let n: Int = r["n"], state: String = r["state"]
+            c.total += n
+            if state == "ok" { c.completed += n } else if state == "error" { c.failed += n }
+        }
+        b.request_counts = c
+        return b
+    }
+
+    func get(_ id: String) throws -> Batch? {
+        try db.read { db in
+            guard let body = try String.fetchOne(db, sql: "SELECT body FROM batches WHERE id = ?", arguments: [id]) else { return nil }
+            return try withCounts(db, try Self.decode(body))
+        }
+    }
+
+    func list(after: String?, limit: Int) throws -> (items: [Batch], more: Bool) {
+        try db.read { db in
+            var sql = "SELECT body FROM batches"
+            var args: StatementArguments = []
+            if let after, let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM batches WHERE id = ?", arguments: [after]) {
+                sql += " WHERE seq < ?"
+                args += [seq]
+            }
+            sql += " ORDER BY seq DESC LIMIT ?"
+            args += [limit + 1]
+            let bodies = try String.fetchAll(db, sql: sql, arguments: args)
+            let items = try bodies.prefix(limit).map { try withCounts(db, try Self.decode($0)) }
+            return (items, bodies.count > limit)
+        }
+    }
+
+    func active() throws -> [Batch] {
+        try db.read { db in
+            try String.fetchAll(db, sql: "SELECT body FROM batches WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling') ORDER BY seq")
+                .map(Self.decode)
+        }
+    }
+
+    func addLines(_ id: String, _ lines: [BatchLine]) throws {
+        try db.write { db in
+            let st = try db.makeStatement(sql: "INSERT OR IGNORE INTO lines (batch_id, line, custom_id, body, state) VALUES (?, ?, ?, ?, 'pending')")
+            for l in lines { try st.execute(arguments: [id, l.line, l.customID, l.body.compact]) }
+        }
+    }
+
+    func pendingLines(_ id: String) throws -> [BatchLine] {
+        try db.read { db in
+            try GRDB.Row.fetchAll(db, sql: "SELECT line, custom_id, body FROM lines WHERE batch_id = ? AND state = 'pending' ORDER BY line", arguments: [id])
+                .map { BatchLine(line: $0["line"], customID: $0["custom_id"], body: try JSONValue.parse($0["body"] as String)) }
+        }
+    }
+
+    func finish(_ id: String, line: Int, ok: Bool, output: String) throws -> Bool {
+        try db.write { db in
+            try db.execute(sql: "UPDATE lines SET state = ?, output = ? WHERE batch_id = ? AND line = ? AND state = 'pending'",
+                           arguments: [ok ? "ok" : "error", output, id, line])
+            return db.changesCount > 0
+        }
+    }
+
+    func outputs(_ id: String) throws -> [(ok: Bool, output: String)] {
+        try db.read { db in
+            try GRDB.Row.fetchAll(db, sql: "SELECT state, output FROM lines WHERE batch_id = ? AND state != 'pending' ORDER BY line", arguments: [id])
+                .map { (($0["state"] as String) == "ok", $0["output"] as String) }
+        }
+    }
+}
