@@ -130,3 +130,28 @@ def test_responses_api_and_tokenize_match_the_spec(tiny):
     check(t, "TokenizeResponse")
     st, e = tiny.json("POST", "/v1/responses", {"input": 3})
     check(e, "Error")
+
+
+def test_batches_match_the_spec(tiny):
+    import json
+    import time
+    boundary = "qwenboundary"
+    line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"prompt": "hi", "max_tokens": 2}})
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.jsonl\"\r\n"
+            f"Content-Type: application/jsonl\r\n\r\n{line}\n\r\n--{boundary}--\r\n").encode()
+    st, _, raw = tiny.request("POST", "/v1/files", raw=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    f = json.loads(raw)
+    check(f, "File")
+    st, b = tiny.json("POST", "/v1/batches", {"input_file_id": f["id"], "endpoint": "/v1/completions", "completion_window": "24h"})
+    assert st == 200
+    check(b, "Batch")
+    for _ in range(300):
+        st, b = tiny.json("GET", f"/v1/batches/{b['id']}")
+        if b["status"] == "completed":
+            break
+        time.sleep(0.05)
+    check(b, "Batch")
+    st, page = tiny.json("GET", "/v1/batches")
+    for x in page["data"]:
+        check(x, "Batch")
