@@ -6,7 +6,7 @@ APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev libsqlite3-dev pkg-conf
 VENV        := .venv-test
 PYTHON      ?= python3
 
-.PHONY: all deps build model run test check-aarch64 fuzz bench bench-kernels bench-levels bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare bench-spec finetune-demo fixtures fixture-deps clean install uninstall
+.PHONY: all deps build model run test check-aarch64 fuzz bench bench-kernels bench-levels bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare bench-spec bench-batch finetune-demo fixtures fixture-deps clean install uninstall
 PREFIX      ?= /usr/local
 UNITDIR     ?= /etc/systemd/system
 
@@ -67,6 +67,9 @@ $(VENV)/ok: Tests/api/requirements.txt
 # land in Tests/Fuzz/<target>/, which the tests replay.
 fuzz: deps
 	scripts/fuzz.sh
+
+bench-batch: model
+	$(PYTHON) scripts/bench_batch.py --binary $(BIN)
 
 bench-serve: model
 	$(PYTHON) scripts/bench_serve.py --binary $(BIN)

@@ -134,10 +134,17 @@ public final class Scheduler {
     }
 
     /// Admits waiting sequences (interactive ones first) while there is room for their known
-    /// tokens and one more; an interactive one short of memory takes it from running batch ones.
+    /// tokens and one more; an interactive one short of a slot or of memory takes it from the
+    /// newest running batch sequence.
     private func admit(_ plan: inout Plan) {
-        while let idx = nextToAdmit, running.count < config.maxRunning {
+        while let idx = nextToAdmit {
             let s = waiting[idx]
+            if running.count >= config.maxRunning {
+                // Every slot is taken: an interactive request takes a batch sequence's.
+                guard !s.isBatch, let victim = running.filter(\.isBatch).max(by: { $0.admittedAt < $1.admittedAt }) else { break }
+                preempt(victim)
+                continue
+            }
             if s.cache == nil {
                 let c = KVCache(pool: pool, salt: s.group.request.effectiveSalt)
                 if s.tokens.count == s.group.request.prompt.count && s.index == 0 {

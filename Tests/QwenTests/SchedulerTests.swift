@@ -72,6 +72,20 @@ final class SchedulerTests: XCTestCase {
         XCTAssertFalse(plan.rows.prefix(10).contains { $0.seq.isBatch })
     }
 
+    func testInteractiveWorkTakesASlotFromBatchWork() {
+        let sch = Scheduler(config: .init(maxRunning: 4, stepTokens: 64), pool: pool(256))
+        let batch = (0..<4).map { seq([1, 2, 3], id: UInt64($0), batch: true) }
+        for s in batch { sch.enqueue(s) }
+        ran(sch.schedule { _, _, _ in [] })
+        let users = (10..<12).map { seq([4, 5, 6], id: UInt64($0)) }
+        for u in users { sch.enqueue(u) }
+        let plan = sch.schedule { _, _, _ in [] }
+        XCTAssertTrue(users.allSatisfy { u in plan.rows.contains { $0.seq === u } })
+        XCTAssertEqual(sch.running.count, 4)
+        // The two newest batch sequences went back to the queue.
+        XCTAssertTrue(sch.waiting.contains { $0 === batch[3] } && sch.waiting.contains { $0 === batch[2] })
+    }
+
     func testInteractiveWorkTakesMemoryFromBatchWorkFirst() {
         // 8 blocks of 4 positions: two batch sequences of 12 tokens hold 8 blocks with their next token.
         let sch = Scheduler(config: .init(maxRunning: 8, stepTokens: 64), pool: pool(8))
