@@ -91,14 +91,15 @@ def main():
             t0 = time.perf_counter()
             b = wait_batch(port, start_batch(port, lines))
             wall = time.perf_counter() - t0
-            out = [json.loads(l) for l in call(port, "GET", f"/v1/files/{b['output_file_id']}/content").decode().splitlines() if l.strip()]
+            out = [json.loads(l) for l in call(port, "GET", f"/v1/files/{b['output_file_id']}/content").decode().split("\n") if l.strip()]
             tokens = sum(o["response"]["body"]["usage"]["completion_tokens"] for o in out)
             batch_tps = tokens / wall
             print(f"{args.clients} clients {clients_tps:.1f} tok/s; batch {batch_tps:.1f} tok/s ({len(out)} lines, {wall:.1f} s)", flush=True)
             rows.append(("throughput", clients_tps, batch_tps))
         idle, busy = [], []
         for k in range(args.rounds):
-            r = asyncio.run(loadgen.run_level("127.0.0.1", port, args.interactive, args.interactive * 3, 128, 64, seed=10 + k))
+            # Each run its own prompts (seeds), so neither finds the other's in the prefix cache.
+            r = asyncio.run(loadgen.run_level("127.0.0.1", port, args.interactive, args.interactive * 3, 128, 64, seed=10 + 2 * k))
             idle.append(r)
             long_lines = [{"custom_id": f"l{i}", "method": "POST", "url": "/v1/completions",
                            "body": {"prompt": p, "max_tokens": 256, "ignore_eos": True}} for i, p in enumerate(prompts(400, 64, 100 + k))]
@@ -106,7 +107,7 @@ def main():
             while json.loads(call(port, "GET", f"/v1/batches/{bid}"))["status"] != "in_progress":
                 time.sleep(0.1)
             time.sleep(2)  # the batch fills the engine
-            r = asyncio.run(loadgen.run_level("127.0.0.1", port, args.interactive, args.interactive * 3, 128, 64, seed=10 + k))
+            r = asyncio.run(loadgen.run_level("127.0.0.1", port, args.interactive, args.interactive * 3, 128, 64, seed=11 + 2 * k))
             done = json.loads(call(port, "GET", f"/v1/batches/{bid}"))["request_counts"]["completed"]
             call(port, "POST", f"/v1/batches/{bid}/cancel")
             wait_batch(port, bid)

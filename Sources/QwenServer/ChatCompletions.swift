@@ -37,54 +37,45 @@ extension ModelService {
             let (usage, firstToken) = try await Self.collect(stream, &states, promptTokens: prompt.count)
             if Task.isCancelled { stream.cancel() }
             requests.finished(record, firstToken: firstToken, completionTokens: usage.completionTokens, cancelled: gone.isSet)
-            let choices: [JSONValue] = states.enumerated().map { i, s in
-                var msg: [(String, JSONValue)] = [("role", .string("assistant")), ("content", s.content.isEmpty && !s.toolCalls.isEmpty ? .null : .string(s.content))]
-                if !s.reasoning.isEmpty { msg.append(("reasoning_content", .string(s.reasoning))) }
-                if !s.toolCalls.isEmpty { msg.append(("tool_calls", .array(s.toolCalls.enumerated().map { Self.toolCallJSON($1, index: nil) }))) }
-                return .object([("index", .int(i)), ("message", .object(msg)),
-                                ("logprobs", o.logprobs == nil ? .null : .object([("content", .array(s.logprobs))])),
-                                ("finish_reason", .string(s.finishReason ?? "stop"))])
+            let choices = states.enumerated().map { i, s in
+                ChatCompletion.Choice(index: i,
+                                      message: .init(content: Nullable(s.content.isEmpty && !s.toolCalls.isEmpty ? nil : s.content),
+                                                     reasoning_content: s.reasoning.isEmpty ? nil : s.reasoning,
+                                                     tool_calls: s.toolCalls.isEmpty ? nil : s.toolCalls.map { ToolCallOut($0, index: nil) }),
+                                      logprobs: Nullable(o.logprobs == nil ? nil : ChatLogprobs(content: s.logprobs)),
+                                      finish_reason: s.finishReason ?? "stop")
             }
-            let json: JSONValue = .object([
-                ("id", .string(id)), ("object", .string("chat.completion")), ("created", .int(created)), ("model", .string(target.name)),
-                ("choices", .array(choices)), ("usage", usage.json),
-            ])
-            return Self.jsonResponse(json)
+            return Self.typedResponse(ChatCompletion(id: id, created: created, model: target.name, choices: choices, usage: usage))
         }
 
         let requests = self.requests
         let name = target.name
         return Response(status: .ok, headers: Self.sseHeaders, body: ResponseBody { writer in
+            var sse = SSEWriter(writer)
             var states = states
             var firstToken: Date?
             var toolIndex = Array(repeating: 0, count: o.n)
-            func chunk(_ i: Int?, delta: [(String, JSONValue)], logprobs: [JSONValue]?, finish: String?, usage: JSONValue? = nil) -> JSONValue {
-                var c: [(String, JSONValue)] = [("id", .string(id)), ("object", .string("chat.completion.chunk")), ("created", .int(created)), ("model", .string(name))]
-                if let i {
-                    c.append(("choices", .array([.object([("index", .int(i)), ("delta", .object(delta)),
-                                                          ("logprobs", logprobs.map { .object([("content", .array($0))]) } ?? .null),
-                                                          ("finish_reason", finish.map { .string($0) } ?? .null)])])))
-                } else {
-                    c.append(("choices", .array([])))
-                }
-                if o.includeUsage { c.append(("usage", usage ?? .null)) }
-                return .object(c)
+            func chunk(_ i: Int, _ delta: ChatCompletionChunk.Delta, logprobs: [JSONValue]? = nil, finish: String? = nil) -> ChatCompletionChunk {
+                ChatCompletionChunk(id: id, created: created, model: name,
+                                    choices: [.init(index: i, delta: delta, logprobs: Nullable(logprobs.map { ChatLogprobs(content: $0) }),
+                                                    finish_reason: Nullable(finish))],
+                                    usage: o.includeUsage ? Nullable(nil) : nil)
             }
-            func deltaFields(_ d: ChoiceState.Delta, _ i: Int) -> [(String, JSONValue)] {
-                var f: [(String, JSONValue)] = []
-                if !d.reasoning.isEmpty { f.append(("reasoning_content", .string(d.reasoning))) }
-                if !d.content.isEmpty { f.append(("content", .string(d.content))) }
+            func delta(_ d: ChoiceState.Delta, _ i: Int) -> ChatCompletionChunk.Delta {
+                var out = ChatCompletionChunk.Delta()
+                if !d.reasoning.isEmpty { out.reasoning_content = d.reasoning }
+                if !d.content.isEmpty { out.content = d.content }
                 if !d.toolCalls.isEmpty {
-                    f.append(("tool_calls", .array(d.toolCalls.map { c in
+                    out.tool_calls = d.toolCalls.map { c in
                         defer { toolIndex[i] += 1 }
-                        return ModelService.toolCallJSON(c, index: toolIndex[i])
-                    })))
+                        return ToolCallOut(c, index: toolIndex[i])
+                    }
                 }
-                return f
+                return out
             }
             do {
                 for i in 0..<o.n {
-                    try await writer.write(Self.sse(chunk(i, delta: [("role", .string("assistant")), ("content", .string(""))], logprobs: nil, finish: nil)))
+                    try await sse.send(chunk(i, .init(role: "assistant", content: "")))
                 }
                 var usage = Usage(promptTokens: prompt.count)
                 for await e in stream.events {
@@ -93,26 +84,29 @@ extension ModelService {
                         if firstToken == nil { firstToken = Date() }
                         let d = states[i].consume(t)
                         if !d.isEmpty {
-                            try await writer.write(Self.sse(chunk(i, delta: deltaFields(d, i), logprobs: o.logprobs == nil ? nil : d.logprobs, finish: nil)))
+                            try await sse.send(chunk(i, delta(d, i), logprobs: o.logprobs == nil ? nil : d.logprobs))
                         }
                         if states[i].stoppedByString {
                             stream.cancel(choice: i)
-                            try await writer.write(Self.sse(chunk(i, delta: [], logprobs: nil, finish: states[i].finishReason)))
+                            try await sse.send(chunk(i, .init(), finish: states[i].finishReason))
                         }
                     case .finished(let i, let reason):
                         guard !states[i].finished || !states[i].stoppedByString else { continue }
                         let d = states[i].finish(reason: reason == .length ? "length" : "stop")
-                        if !d.isEmpty { try await writer.write(Self.sse(chunk(i, delta: deltaFields(d, i), logprobs: nil, finish: nil))) }
-                        try await writer.write(Self.sse(chunk(i, delta: [], logprobs: nil, finish: states[i].finishReason)))
+                        if !d.isEmpty { try await sse.send(chunk(i, delta(d, i))) }
+                        try await sse.send(chunk(i, .init(), finish: states[i].finishReason))
                     case .done(let u):
                         usage = Usage(u, completionTokens: states.reduce(0) { $0 + $1.tokens })
                     case .failed(let m):
-                        try await writer.write(Self.sse(APIError(.internalServerError, m).json))
+                        try await sse.send(APIError(.internalServerError, m).json)
                     case .heartbeat:
-                        try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                        try await sse.keepAlive()
                     }
                 }
-                try await Self.endStream(&writer, usage: o.includeUsage ? chunk(nil, delta: [], logprobs: nil, finish: nil, usage: usage.json) : nil)
+                if o.includeUsage {
+                    try await sse.send(ChatCompletionChunk(id: id, created: created, model: name, choices: [], usage: Nullable(usage)))
+                }
+                try await sse.done()
                 requests.finished(record, firstToken: firstToken, completionTokens: usage.completionTokens, cancelled: gone.isSet)
             } catch {
                 // The client went away: free the sequence now.
@@ -146,24 +140,12 @@ extension ModelService {
         return (usage, firstToken)
     }
 
-    /// The end of an event stream: the usage chunk when asked for, then [DONE].
-    static func endStream(_ writer: inout any ResponseBodyWriter, usage: JSONValue?) async throws {
-        if let usage { try await writer.write(sse(usage)) }
-        try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
-        try await writer.finish(nil)
-    }
-
-    static func toolCallJSON(_ c: OutputParser.ToolCall, index: Int?) -> JSONValue {
-        var f: [(String, JSONValue)] = []
-        if let index { f.append(("index", .int(index))) }
-        f += [("id", .string(IDs.make("call_"))), ("type", .string("function")),
-              ("function", .object([("name", .string(c.name)), ("arguments", .string(c.arguments))]))]
-        return .object(f)
-    }
-
     static let sseHeaders: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache"]
 
-    static func sse(_ v: JSONValue) -> ByteBuffer { ByteBuffer(string: "data: " + v.compact + "\n\n") }
+    /// A typed body as JSON.
+    static func typedResponse<T: Encodable>(_ v: T, status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: ResponseJSON.encode(v))))
+    }
 
     static func jsonResponse(_ v: JSONValue, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) -> Response {
         var h = headers

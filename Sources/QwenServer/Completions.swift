@@ -66,30 +66,24 @@ extension ModelService {
             var states = states
             let (usage, firstToken) = try await Self.collect(stream, &states, promptTokens: prompt.count)
             requests.finished(record, firstToken: firstToken, completionTokens: usage.completionTokens, cancelled: gone.isSet)
-            let choices: [JSONValue] = states.enumerated().map { i, s in
-                .object([("index", .int(i)), ("text", .string(echoText + s.content)),
-                         ("logprobs", o.logprobs == nil ? .null : logprobsJSON(s.rawLogprobs, offset: echoText.count)),
-                         ("finish_reason", .string(s.finishReason ?? "stop"))])
+            let choices = states.enumerated().map { i, s in
+                Completion.Choice(index: i, text: echoText + s.content,
+                                  logprobs: o.logprobs == nil ? .null : logprobsJSON(s.rawLogprobs, offset: echoText.count),
+                                  finish_reason: Nullable(s.finishReason ?? "stop"))
             }
-            return Self.jsonResponse(.object([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)),
-                                              ("model", .string(target.name)), ("choices", .array(choices)), ("usage", usage.json)]))
+            return Self.typedResponse(Completion(id: id, created: created, model: target.name, choices: choices, usage: Nullable(usage)))
         }
 
         let requests = self.requests, name = target.name
         return Response(status: .ok, headers: Self.sseHeaders, body: ResponseBody { writer in
+            var sse = SSEWriter(writer)
             var states = states
             var firstToken: Date?
             var sentEcho = Array(repeating: echoText.isEmpty, count: o.n)
-            func chunk(_ i: Int?, text: String, logprobs: JSONValue?, finish: String?, usage: JSONValue? = nil) -> JSONValue {
-                var c: [(String, JSONValue)] = [("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)), ("model", .string(name))]
-                if let i {
-                    c.append(("choices", .array([.object([("index", .int(i)), ("text", .string(text)), ("logprobs", logprobs ?? .null),
-                                                          ("finish_reason", finish.map { .string($0) } ?? .null)])])))
-                } else {
-                    c.append(("choices", .array([])))
-                }
-                if o.includeUsage { c.append(("usage", usage ?? .null)) }
-                return .object(c)
+            func chunk(_ i: Int, text: String, logprobs: JSONValue?, finish: String?) -> Completion {
+                Completion(id: id, created: created, model: name,
+                           choices: [.init(index: i, text: text, logprobs: logprobs ?? .null, finish_reason: Nullable(finish))],
+                           usage: o.includeUsage ? Nullable(nil) : nil)
             }
             do {
                 var usage = Usage(promptTokens: prompt.count)
@@ -102,22 +96,25 @@ extension ModelService {
                         if !sentEcho[i] { text = echoText + text; sentEcho[i] = true }
                         if !text.isEmpty || (o.logprobs != nil) {
                             let lp = o.logprobs == nil ? nil : logprobsJSON([t], offset: 0)
-                            try await writer.write(Self.sse(chunk(i, text: text, logprobs: lp, finish: nil)))
+                            try await sse.send(chunk(i, text: text, logprobs: lp, finish: nil))
                         }
                         if states[i].stoppedByString {
                             stream.cancel(choice: i)
-                            try await writer.write(Self.sse(chunk(i, text: "", logprobs: nil, finish: states[i].finishReason)))
+                            try await sse.send(chunk(i, text: "", logprobs: nil, finish: states[i].finishReason))
                         }
                     case .finished(let i, let reason):
                         guard !states[i].stoppedByString else { continue }
                         let d = states[i].finish(reason: reason == .length ? "length" : "stop")
-                        try await writer.write(Self.sse(chunk(i, text: d.content, logprobs: nil, finish: states[i].finishReason)))
+                        try await sse.send(chunk(i, text: d.content, logprobs: nil, finish: states[i].finishReason))
                     case .done(let u): usage = Usage(u, completionTokens: states.reduce(0) { $0 + $1.tokens })
-                    case .failed(let m): try await writer.write(Self.sse(APIError(.internalServerError, m).json))
-                    case .heartbeat: try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                    case .failed(let m): try await sse.send(APIError(.internalServerError, m).json)
+                    case .heartbeat: try await sse.keepAlive()
                     }
                 }
-                try await Self.endStream(&writer, usage: o.includeUsage ? chunk(nil, text: "", logprobs: nil, finish: nil, usage: usage.json) : nil)
+                if o.includeUsage {
+                    try await sse.send(Completion(id: id, created: created, model: name, choices: [], usage: Nullable(usage)))
+                }
+                try await sse.done()
                 requests.finished(record, firstToken: firstToken, completionTokens: usage.completionTokens, cancelled: gone.isSet)
             } catch {
                 stream.cancel()

@@ -136,23 +136,8 @@ public struct HTTPServer {
 
         // Inference: any API key (or none, when no keys are configured).
         let api = router.group("v1").add(middleware: APIKeyAuth(live: service.live, permission: .user))
-        api.post("chat/completions") { req, ctx -> Response in
-            try await s.chatCompletions(try await Self.body(req, limit: limit), ctx)
-        }
-        api.post("completions") { req, ctx -> Response in
-            try await s.completions(try await Self.body(req, limit: limit), ctx)
-        }
+        InferenceController(service: s, limit: limit).addRoutes(to: api)
         responsesController.addRoutes(to: api)
-        api.get("models") { _, ctx -> Response in
-            let models = [s.modelJSON] + s.adapters.all.map { s.adapterModelJSON($0, showPath: ctx.caller.seesServerPaths) }
-            return ModelService.jsonResponse(.object([("object", .string("list")), ("data", .array(models))]))
-        }
-        api.get("models/:id") { _, ctx -> Response in
-            let id = ctx.parameters.get("id") ?? ""
-            if id == s.name { return ModelService.jsonResponse(s.modelJSON) }
-            if let e = s.adapters.get(id) { return ModelService.jsonResponse(s.adapterModelJSON(e, showPath: ctx.caller.seesServerPaths)) }
-            throw APIError(.notFound, "The model '\(id)' does not exist", param: "model", code: "model_not_found")
-        }
 
         // Token counts, at the root as vLLM and llama.cpp serve them.
         TokenizeController(service: s, limit: limit).addRoutes(to: router.group().add(middleware: APIKeyAuth(live: service.live, permission: .user)))
@@ -218,12 +203,10 @@ public struct HTTPServer {
     }
 }
 
-extension ModelService {
-    var modelJSON: JSONValue {
-        .object([("id", .string(name)), ("object", .string("model")), ("created", .int(created)), ("owned_by", .string("qwen-serve")),
-                 ("root", .string(name)), ("parent", .null), ("max_model_len", .int(contextLimit)), ("compute", .string(compute)),
-                 ("cpu_level", .string(CPUFeatures.level)), ("int8_kernel", .string(CPUFeatures.int8Kernel))])
-    }
+/// `{"object": "list", "data": [models]}`.
+struct ModelList: Encodable {
+    var object = "list"
+    var data: [ModelObject]
 }
 
 /// Turns every thrown error, and every 404/405 from the router, into an OpenAI-style body,

@@ -28,9 +28,7 @@ struct TokenizeController {
         group.post("detokenize") { req, _ -> Response in try await detokenize(try await HTTPServer.body(req, limit: limit)) }
     }
 
-    func json<T: Encodable>(_ v: T) -> Response {
-        Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: ResponseJSON.encode(v))))
-    }
+    func json<T: Encodable>(_ v: T) -> Response { ModelService.typedResponse(v) }
 
     func tokenize(_ body: JSONValue) async throws -> Response {
         let f = try RequestFields(body)

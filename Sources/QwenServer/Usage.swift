@@ -5,7 +5,7 @@ import QwenEngine
 /// speculative decoding's drafts (OpenAI's prediction fields: kept drafts are
 /// `accepted_prediction_tokens`, the others `rejected_prediction_tokens`; neither is billed
 /// apart from the completion tokens they became).
-struct Usage: Equatable {
+struct Usage: Equatable, Encodable {
     var promptTokens: Int
     var completionTokens = 0
     var cachedTokens = 0
@@ -24,11 +24,15 @@ struct Usage: Equatable {
         acceptedDraftTokens = u.acceptedDraftTokens
     }
 
-    var json: JSONValue {
-        .object([("prompt_tokens", .int(promptTokens)), ("completion_tokens", .int(completionTokens)),
-                 ("total_tokens", .int(promptTokens + completionTokens)),
-                 ("prompt_tokens_details", .object([("cached_tokens", .int(cachedTokens))])),
-                 ("completion_tokens_details", .object([("accepted_prediction_tokens", .int(acceptedDraftTokens)),
-                                                        ("rejected_prediction_tokens", .int(draftTokens - acceptedDraftTokens))]))])
+    enum CodingKeys: String, CodingKey { case prompt_tokens, completion_tokens, total_tokens, prompt_tokens_details, completion_tokens_details }
+
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(promptTokens, forKey: .prompt_tokens)
+        try c.encode(completionTokens, forKey: .completion_tokens)
+        try c.encode(promptTokens + completionTokens, forKey: .total_tokens)
+        try c.encode(["cached_tokens": cachedTokens], forKey: .prompt_tokens_details)
+        try c.encode(["accepted_prediction_tokens": acceptedDraftTokens, "rejected_prediction_tokens": draftTokens - acceptedDraftTokens],
+                     forKey: .completion_tokens_details)
     }
 }

@@ -66,6 +66,10 @@ ROUTES = [
     ("DELETE", "/v1/adapters/never-loaded", None, "admin"),
     ("POST", "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/nonexistent"}, "admin"),
     ("POST", "/v1/unload_lora_adapter", {"lora_name": "never-loaded"}, "admin"),
+    ("POST", "/v1/responses", {"input": "hi", "max_output_tokens": 1}, "user"),
+    ("GET", "/v1/responses/resp_" + "a" * 24, None, "user"),
+    ("GET", "/v1/batches", None, "admin"),
+    ("POST", "/v1/batches", {"input_file_id": "file-" + "a" * 24, "endpoint": "/v1/completions", "completion_window": "24h"}, "admin"),
 ]
 
 
@@ -96,6 +100,14 @@ def test_no_spelling_of_a_path_skips_its_permission(guarded):
                     if st in (401, 403):
                         assert json.loads(data)["error"]["code"] in ("invalid_api_key", "insufficient_permissions")
     assert health_ms(guarded) < 1000
+
+
+def test_tokenize_needs_an_api_key(guarded):
+    for path, body in [("/tokenize", {"prompt": "hi"}), ("/detokenize", {"tokens": [1]})]:
+        for key in [None, "wrong-key"]:
+            assert raw(guarded, "POST", path, body, key)[0] == 401
+        for key in [USER, ADMIN]:
+            assert raw(guarded, "POST", path, body, key)[0] == 200
 
 
 def test_bearer_scheme_is_case_insensitive_and_empty_keys_are_no_keys(guarded):

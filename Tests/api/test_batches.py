@@ -53,7 +53,8 @@ def wait(c, batch_id, until=("completed", "failed", "cancelled", "expired"), tim
 def read_lines(c, file_id):
     if file_id is None:
         return []
-    return [json.loads(l) for l in c.files.content(file_id).text.splitlines() if l.strip()]
+    # Lines end at "\n" only: answers may hold U+2028 and the like, which str.splitlines would also split at.
+    return [json.loads(l) for l in c.files.content(file_id).text.split("\n") if l.strip()]
 
 
 def body_for(endpoint, i, model):

@@ -16,11 +16,6 @@ extension ModelService {
 
     /// An adapter as a model of /v1/models (vLLM lists them the same way, with its
     /// directory as `root`; callers who may not see server paths get its name there).
-    func adapterModelJSON(_ e: AdapterRegistry.Entry, showPath: Bool) -> JSONValue {
-        .object([("id", .string(e.name)), ("object", .string("model")), ("created", .int(e.created)), ("owned_by", .string("qwen-serve")),
-                 ("root", .string(showPath ? e.adapter.path : e.name)), ("parent", .string(name)), ("max_model_len", .int(contextLimit))])
-    }
-
     func listAdapters() -> Response {
         Self.jsonResponse(.object([("object", .string("list")), ("data", .array(adapters.all.map(adapterJSON)))]))
     }

@@ -27,9 +27,7 @@ struct BatchesController {
         }
     }
 
-    func json<T: Encodable>(_ v: T) -> Response {
-        Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: ResponseJSON.encode(v))))
-    }
+    func json<T: Encodable>(_ v: T) -> Response { ModelService.typedResponse(v) }
 
     func batch(_ ctx: QwenRequestContext) throws -> Batch {
         let id = ctx.parameters.get("id") ?? ""

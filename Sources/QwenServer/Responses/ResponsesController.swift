@@ -40,9 +40,7 @@ struct ResponsesController {
         }
     }
 
-    func json<T: Encodable>(_ v: T) -> Response {
-        Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: ResponseJSON.encode(v))))
-    }
+    func json<T: Encodable>(_ v: T) -> Response { ModelService.typedResponse(v) }
 
     static let unavailable = APIError(.serviceUnavailable, "stored responses are off on this server (no usable --state-dir; see its log)",
                                       type: "server_error", code: "response_storage_unavailable")
@@ -201,18 +199,15 @@ struct ResponsesController {
             return json(run.builder.response)
         }
         return Response(status: .ok, headers: ModelService.sseHeaders, body: ResponseBody { writer in
+            var sse = SSEWriter(writer)
             var run = run
-            func send(_ events: [ResponseStreamEvent]) async throws {
-                for e in events {
-                    try await writer.write(ByteBuffer(string: "event: \(e.type)\ndata: \(ResponseJSON.encode(e))\n\n"))
-                }
-            }
             do {
-                try await send(run.builder.start())
+                for e in run.builder.start() { try await sse.send(e, name: e.type) }
                 _ = try await run.drive(stream, cancelled: { gone.isSet }) { events in
-                    if events.isEmpty { try await writer.write(ByteBuffer(string: ": keep-alive\n\n")) } else { try await send(events) }
+                    if events.isEmpty { try await sse.keepAlive() }
+                    for e in events { try await sse.send(e, name: e.type) }
                 }
-                try await writer.finish(nil)
+                try await sse.finish()
                 requests.finished(record, firstToken: run.firstToken, completionTokens: run.state.tokens, cancelled: gone.isSet)
                 keep(run.builder.response)
             } catch {
