@@ -17,9 +17,10 @@ protocol ResponseStore: Sendable {
     /// Replaces the response object (status, output, usage) of a stored response.
     func update(_ r: ResponseObject) throws
     func get(_ id: String, owner: String) throws -> StoredResponse?
-    /// The conversation ending at `id`, oldest first; nil if `id` is not the owner's.
+    /// The conversation ending at `id`, oldest first, as far back as `maxBytes` of stored JSON
+    /// reach (`complete` false when older turns were left out); nil if `id` is not the owner's.
     /// Throws `BrokenChain` when a response in it was deleted or expired.
-    func conversation(_ id: String, owner: String) throws -> [StoredResponse]?
+    func conversation(_ id: String, owner: String, maxBytes: Int) throws -> (turns: [StoredResponse], complete: Bool)?
     func delete(_ id: String, owner: String) throws -> Bool
     /// Deletes responses created before `cutoff` (seconds since 1970); returns how many.
     func purge(createdBefore cutoff: Int) throws -> Int
@@ -91,28 +92,38 @@ final class SQLiteResponseStore: ResponseStore, @unchecked Sendable {
     /// One query walks the chain of `previous_response_id`s (a recursive CTE), at most `maxTurns` deep.
     static let maxTurns = 10_000
 
-    func conversation(_ id: String, owner: String) throws -> [StoredResponse]? {
-        let rows: [(Row, Int)] = try db.read { db in
+    func conversation(_ id: String, owner: String, maxBytes: Int) throws -> (turns: [StoredResponse], complete: Bool)? {
+        // The walk stops before the turn that would pass `maxBytes` (the sizes summed newest first).
+        let rows: [(Row, Int, Bool)] = try db.read { db in
             let sql = """
-                WITH RECURSIVE chain(id, depth) AS (
-                  SELECT id, 0 FROM responses WHERE id = ? AND owner = ?
+                WITH RECURSIVE chain(id, depth, bytes) AS (
+                  SELECT id, 0, length(body) + length(input) FROM responses WHERE id = ? AND owner = ?
                   UNION ALL
-                  SELECT r.previous_response_id, chain.depth + 1 FROM responses r JOIN chain ON r.id = chain.id
-                  WHERE r.previous_response_id IS NOT NULL AND chain.depth < ?
+                  SELECT r.previous_response_id, chain.depth + 1, chain.bytes + p.size
+                  FROM responses r JOIN chain ON r.id = chain.id
+                  JOIN (SELECT id, length(body) + length(input) AS size FROM responses) p ON p.id = r.previous_response_id
+                  WHERE r.previous_response_id IS NOT NULL AND chain.depth < ? AND chain.bytes + p.size <= ?
                 )
-                SELECT responses.*, chain.depth AS depth FROM chain JOIN responses ON responses.id = chain.id
+                SELECT responses.*, chain.depth AS depth,
+                       (SELECT count(*) FROM responses q WHERE q.id = responses.previous_response_id) AS older
+                FROM chain JOIN responses ON responses.id = chain.id
                 WHERE responses.owner = ? ORDER BY chain.depth DESC
                 """
-            return try GRDB.Row.fetchAll(db, sql: sql, arguments: [id, owner, Self.maxTurns, owner]).map { (try Row(row: $0), $0["depth"]) }
+            return try GRDB.Row.fetchAll(db, sql: sql, arguments: [id, owner, Self.maxTurns, maxBytes, owner])
+                .map { (try Row(row: $0), $0["depth"], ($0["older"] as Int) > 0) }
         }
         guard let last = rows.last, last.1 == 0 else { return nil }
         let stored = try rows.map { try Self.decode($0.0) }
-        // Every link must be there: depths 0…n without a gap, and the oldest starts the conversation.
-        for (k, (_, depth)) in rows.enumerated() where depth != rows.count - 1 - k {
+        // Every link must be there: depths 0…n without a gap.
+        for (k, (_, depth, _)) in rows.enumerated() where depth != rows.count - 1 - k {
             throw BrokenChain(missing: stored[k].response.previous_response_id ?? "?")
         }
-        if let missing = stored.first?.response.previous_response_id { throw BrokenChain(missing: missing) }
-        return stored
+        // The oldest turn read starts the conversation, or the turn before it is there but was left out.
+        if let missing = stored.first?.response.previous_response_id {
+            guard rows.first!.2 else { throw BrokenChain(missing: missing) }
+            return (stored, false)
+        }
+        return (stored, true)
     }
 
     func delete(_ id: String, owner: String) throws -> Bool {

@@ -42,6 +42,10 @@ struct ResponsesController {
 
     func json<T: Encodable>(_ v: T) -> Response { ModelService.typedResponse(v) }
 
+    /// Stored JSON read for one conversation at most: far more than a context's worth of text,
+    /// and a bound on what one request can make the server read and render.
+    static let maxHistoryBytes = 16 << 20
+
     static let unavailable = APIError(.serviceUnavailable, "stored responses are off on this server (no usable --state-dir; see its log)",
                                       type: "server_error", code: "response_storage_unavailable")
 
@@ -115,13 +119,21 @@ struct ResponsesController {
         var history: [JSONValue] = []
         if let prev = r.previousResponseID {
             guard let store else { throw Self.unavailable }
-            let chain: [StoredResponse]?
-            do { chain = FilesController.validID(prev, prefix: "resp_") ? try store.conversation(prev, owner: owner) : nil } catch let b as BrokenChain {
+            let found: (turns: [StoredResponse], complete: Bool)?
+            do {
+                found = FilesController.validID(prev, prefix: "resp_") ? try store.conversation(prev, owner: owner, maxBytes: Self.maxHistoryBytes) : nil
+            } catch let b as BrokenChain {
                 throw APIError.badParam("previous_response_id", "the conversation can no longer be continued: its response '\(b.missing.prefix(64))' was deleted or has expired")
             }
-            guard let chain, let last = chain.last else {
+            guard let found, let last = found.turns.last else {
                 throw APIError(.notFound, "Previous response with id '\(prev.prefix(64))' not found.", param: "previous_response_id", code: "previous_response_not_found")
             }
+            // A conversation longer than any prompt could hold: with truncation its oldest turns go anyway.
+            guard found.complete || r.truncation == "auto" else {
+                throw APIError(.badRequest, "the conversation is longer than this model's context can hold; continue it with 'truncation': 'auto'",
+                               param: "previous_response_id", code: "context_length_exceeded")
+            }
+            let chain = found.turns
             guard last.response.isFinal else {
                 throw APIError.badParam("previous_response_id", "the previous response is still \(last.response.status); continue it once it has finished")
             }
