@@ -135,6 +135,8 @@ def main():
               f"a batch running | {med(busy, 'ttft_mean_s'):.3f} | {med(busy, 'tpot_mean_s'):.4f} | {med(busy, 'output_tok_s'):.1f}",
               f"ratio | **{med(busy, 'ttft_mean_s') / med(idle, 'ttft_mean_s'):.2f}×** | **{med(busy, 'tpot_mean_s') / med(idle, 'tpot_mean_s'):.2f}×** | "
               f"{med(busy, 'output_tok_s') / med(idle, 'output_tok_s'):.2f}×", "",
+              "Per round, busy over idle: TTFT " + ", ".join(f"{b['ttft_mean_s'] / i['ttft_mean_s']:.2f}" for i, b in zip(idle, busy))
+              + "; TPOT " + ", ".join(f"{b['tpot_mean_s'] / i['tpot_mean_s']:.2f}" for i, b in zip(idle, busy)) + ".",
               f"Batch lines finished while the interactive clients ran (per round): {', '.join(str(x['batch_done']) for x in busy)}.", ""]
     benchmarks_md.write_section(repo, "Batch API", "\n".join(lines), file=args.write)
     print("\n".join(lines))

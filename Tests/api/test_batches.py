@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from conftest import FIXTURES, Server
+from test_contract import check
 
 GGUF = os.path.join(FIXTURES, "qwen3-tiny.gguf")
 ADAPTER = os.path.join(FIXTURES, "adapters", "qwen3-all")
@@ -90,6 +91,10 @@ def test_two_hundred_lines_equal_interactive_requests(server, endpoint):
     ids = [o["custom_id"] for o in out]
     assert sorted(ids) == sorted(l["custom_id"] for l in lines) and len(set(ids)) == 200
     by_id = {o["custom_id"]: o for o in out}
+    # Every body is what the endpoint answers, by the API's own schema.
+    schema = {"/v1/chat/completions": "ChatCompletion", "/v1/completions": "Completion", "/v1/responses": "Response"}[endpoint]
+    for o in out:
+        check(o["response"]["body"], schema)
     # Greedy bodies equal the same requests sent interactively (a sample of them, adapters among them).
     for i in list(range(0, 200, 9)) + [4, 8]:
         o = by_id[f"req-{i}"]
@@ -215,3 +220,37 @@ def test_batch_endpoint_errors(server):
                           purpose="fine-tune")
     with pytest.raises(openai.BadRequestError):
         c.batches.create(input_file_id=tune.id, endpoint="/v1/completions", completion_window="24h")
+
+
+def test_a_batch_past_its_window_expires_with_the_rest_in_the_error_file():
+    import sqlite3
+    state = tempfile.mkdtemp(prefix="qwen-state-")
+    s = start(state)
+    lines = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/completions",
+              "body": {"prompt": f"tale {i}", "max_tokens": 200, "ignore_eos": True}} for i in range(300)]
+    try:
+        c = client(s)
+        b = c.batches.create(input_file_id=upload(c, lines).id, endpoint="/v1/completions", completion_window="24h")
+        while c.batches.retrieve(b.id).request_counts.completed < 2:
+            time.sleep(0.02)
+    finally:
+        s.proc.send_signal(signal.SIGKILL)
+        s.proc.wait()
+    # A day passes while the server is down: the window ends a second ago.
+    db = sqlite3.connect(os.path.join(state, "batches.sqlite"))
+    db.execute("UPDATE batches SET body = json_set(body, '$.expires_at', ?) WHERE id = ?", (int(time.time()) - 1, b.id))
+    db.commit()
+    db.close()
+    s = start(state)
+    try:
+        c = client(s)
+        b = wait(c, b.id)
+        assert b.status == "expired" and b.expired_at
+        done = read_lines(c, b.output_file_id)
+        expired = read_lines(c, b.error_file_id)
+        assert len(done) >= 2 and len(done) + len(expired) == 300
+        assert all(e["error"]["code"] == "batch_expired" and e["response"] is None for e in expired)
+        assert sorted(o["custom_id"] for o in done + expired) == sorted(l["custom_id"] for l in lines)
+        assert (b.request_counts.completed, b.request_counts.failed) == (len(done), len(expired))
+    finally:
+        s.stop()

@@ -64,19 +64,24 @@ def test_schemathesis_finds_no_server_errors(tiny):
     assert tiny.proc.poll() is None
 
 
+def upload(server, purpose, text):
+    """POSTs `text` to /v1/files as multipart/form-data; returns the file object."""
+    import json
+    boundary = "qwenboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.jsonl\"\r\n"
+            f"Content-Type: application/jsonl\r\n\r\n{text}\r\n--{boundary}--\r\n").encode()
+    st, _, raw = server.request("POST", "/v1/files", raw=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    return json.loads(raw)
+
+
 def test_fine_tuning_responses_match_the_spec(tiny):
     import json
     import time
-    import urllib.request
-    boundary = "qwenboundary"
     line = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "I am 小鹅"}]},
                       ensure_ascii=False)
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.jsonl\"\r\n"
-            f"Content-Type: application/jsonl\r\n\r\n{line}\n{line}\n\r\n--{boundary}--\r\n").encode()
-    st, _, raw = tiny.request("POST", "/v1/files", raw=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    f = json.loads(raw)
-    assert st == 200 and f["status"] == "processed", f
+    f = upload(tiny, "fine-tune", f"{line}\n{line}\n")
+    assert f["status"] == "processed", f
     check(f, "File")
     st, files = tiny.json("GET", "/v1/files")
     check(files, "FileList")
@@ -135,13 +140,8 @@ def test_responses_api_and_tokenize_match_the_spec(tiny):
 def test_batches_match_the_spec(tiny):
     import json
     import time
-    boundary = "qwenboundary"
     line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"prompt": "hi", "max_tokens": 2}})
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.jsonl\"\r\n"
-            f"Content-Type: application/jsonl\r\n\r\n{line}\n\r\n--{boundary}--\r\n").encode()
-    st, _, raw = tiny.request("POST", "/v1/files", raw=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    f = json.loads(raw)
+    f = upload(tiny, "batch", line + "\n")
     check(f, "File")
     st, b = tiny.json("POST", "/v1/batches", {"input_file_id": f["id"], "endpoint": "/v1/completions", "completion_window": "24h"})
     assert st == 200

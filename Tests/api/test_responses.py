@@ -296,6 +296,28 @@ def test_stored_responses_survive_a_restart_and_unfinished_ones_fail():
         s.stop()
 
 
+def test_responses_older_than_the_retention_are_deleted():
+    from conftest import FIXTURES
+    # 0.00002 days is 1.7 seconds.
+    s = Server(os.path.join(FIXTURES, "qwen3-tiny-f32"), "--response-retention-days", "0.00002", "--kv-cache-gb", "0.05")
+    try:
+        c = client(s)
+        old = c.responses.create(model=s.name, input="old", max_output_tokens=2)
+        assert c.responses.retrieve(old.id).id == old.id
+        time.sleep(2.5)
+        # Gone when asked for, and purged from the database by the next response stored.
+        with pytest.raises(openai.NotFoundError):
+            c.responses.retrieve(old.id)
+        new = c.responses.create(model=s.name, input="new", max_output_tokens=2)
+        assert c.responses.retrieve(new.id).id == new.id
+        import sqlite3
+        state = s.proc.args[s.proc.args.index("--state-dir") + 1]
+        ids = [r[0] for r in sqlite3.connect(os.path.join(state, "responses.sqlite")).execute("SELECT id FROM responses")]
+        assert ids == [new.id]
+    finally:
+        s.stop()
+
+
 def test_retention_setting_is_checked():
     from conftest import BIN, FIXTURES
     import subprocess

@@ -246,10 +246,10 @@ final class BatchRunner: @unchecked Sendable {
 
     /// Writes the output and error files (lines in input order) and ends the batch as `status`.
     private func finalize(_ id: String, as status: String) {
-        guard let b = transition(id, { b in
+        guard transition(id, { b in
             b.status = "finalizing"
             b.finalizing_at = Self.now
-        }) else { return }
+        }) != nil else { return }
         if status == "expired" {
             for line in (try? store.pendingLines(id)) ?? [] {
                 let out = BatchOutputLine(id: IDs.make("batch_req_"), custom_id: line.customID, response: nil,
@@ -274,7 +274,6 @@ final class BatchRunner: @unchecked Sendable {
             }
         }
         lock.withLock { _ = cancelRequested.remove(id) }
-        _ = b
     }
 
     /// A `batch_output` file holding `lines` (written whole, then renamed into place); nil when there are none.

@@ -25,11 +25,7 @@ final class SQLiteBatchStore: BatchStore, @unchecked Sendable {
     let db: DatabaseQueue
 
     init(directory: String) throws {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        var config = Configuration()
-        config.busyMode = .timeout(10)
-        db = try DatabaseQueue(path: (directory as NSString).appendingPathComponent("batches.sqlite"), configuration: config)
-        try db.writeWithoutTransaction { try $0.execute(sql: "PRAGMA journal_mode = WAL") }
+        db = try StateDatabase.open(directory: directory, file: "batches.sqlite")
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
             try db.create(table: "batches") { t in

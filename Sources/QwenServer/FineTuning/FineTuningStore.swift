@@ -73,13 +73,10 @@ public final class FineTuningStore: @unchecked Sendable {
 
     public init(directory: String) throws {
         self.directory = directory
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        db = try StateDatabase.open(directory: directory, file: "state.sqlite")
         for sub in ["files", "jobs", "uploads"] {
             try FileManager.default.createDirectory(atPath: (directory as NSString).appendingPathComponent(sub), withIntermediateDirectories: true)
         }
-        var config = Configuration()
-        config.busyMode = .timeout(10)
-        db = try DatabaseQueue(path: (directory as NSString).appendingPathComponent("state.sqlite"), configuration: config)
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
             try db.create(table: "files") { t in

@@ -128,11 +128,10 @@ struct ResponseRequest {
             guard type == "function" else {
                 throw APIError.badParam("tools", "tools[\(i)]: only function tools are supported by this server (got '\(type.prefix(40))')")
             }
-            guard let name = tool["name"]?.string, !name.isEmpty else { throw APIError.badParam("tools", "tools[\(i)].name is required") }
+            guard let name = tool["name"]?.string, !name.isEmpty else { throw APIError.badParam("tools", "tools[\(i)].name must be a non-empty string") }
             if let p = tool["parameters"], !p.isNull, p.object == nil {
                 throw APIError.badParam("tools", "tools[\(i)].parameters must be a JSON Schema object")
             }
-            _ = name
             return tool
         }
     }

@@ -52,7 +52,9 @@ struct ResponsesController {
     func stored(_ ctx: QwenRequestContext) throws -> StoredResponse {
         guard let store else { throw Self.unavailable }
         let id = ctx.parameters.get("id") ?? ""
-        guard FilesController.validID(id, prefix: "resp_"), let s = try store.get(id, owner: ctx.caller.owner) else {
+        // Past the retention is gone, whether or not a purge has run since.
+        guard FilesController.validID(id, prefix: "resp_"), let s = try store.get(id, owner: ctx.caller.owner),
+              s.response.created_at >= Int(Date().timeIntervalSince1970) - retention else {
             throw APIError(.notFound, "No response found with id '\(id.prefix(64))'", param: "response_id", code: "response_not_found")
         }
         return s
@@ -125,7 +127,7 @@ struct ResponsesController {
             } catch let b as BrokenChain {
                 throw APIError.badParam("previous_response_id", "the conversation can no longer be continued: its response '\(b.missing.prefix(64))' was deleted or has expired")
             }
-            guard let found, let last = found.turns.last else {
+            guard let found, let last = found.turns.last, last.response.created_at >= Int(Date().timeIntervalSince1970) - retention else {
                 throw APIError(.notFound, "Previous response with id '\(prev.prefix(64))' not found.", param: "previous_response_id", code: "previous_response_not_found")
             }
             // A conversation longer than any prompt could hold: with truncation its oldest turns go anyway.
