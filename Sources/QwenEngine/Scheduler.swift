@@ -133,6 +133,9 @@ public final class Scheduler {
         return running.count(where: \.isBatch) < batchRowLimit ? i : nil
     }
 
+    /// The batch sequence admitted last: the first to give its slot or memory to interactive work.
+    private var newestBatch: Seq? { running.filter(\.isBatch).max { $0.admittedAt < $1.admittedAt } }
+
     /// Admits waiting sequences (interactive ones first) while there is room for their known
     /// tokens and one more; an interactive one short of a slot or of memory takes it from the
     /// newest running batch sequence.
@@ -141,7 +144,7 @@ public final class Scheduler {
             let s = waiting[idx]
             if running.count >= config.maxRunning {
                 // Every slot is taken: an interactive request takes a batch sequence's.
-                guard !s.isBatch, let victim = running.filter(\.isBatch).max(by: { $0.admittedAt < $1.admittedAt }) else { break }
+                guard !s.isBatch, let victim = newestBatch else { break }
                 preempt(victim)
                 continue
             }
@@ -156,7 +159,7 @@ public final class Scheduler {
             // request is not preempted straight away.
             let need = s.cache!.blocksNeeded(forAdding: s.tokens.count - s.cache!.length + 1)
             // (Available blocks already count the prefix cache's unused ones: evicting it gains nothing.)
-            if need > pool.availableBlocks, !s.isBatch, let victim = running.filter(\.isBatch).max(by: { $0.admittedAt < $1.admittedAt }) {
+            if need > pool.availableBlocks, !s.isBatch, let victim = newestBatch {
                 preempt(victim)
                 continue
             }

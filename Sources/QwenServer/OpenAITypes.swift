@@ -1,3 +1,4 @@
+import Foundation
 import QwenChat
 import QwenKernels
 
@@ -118,5 +119,24 @@ extension ModelService {
 
     func adapterModelObject(_ e: AdapterRegistry.Entry, showPath: Bool) -> ModelObject {
         ModelObject(id: e.name, created: e.created, root: showPath ? e.adapter.path : e.name, parent: Nullable(name), max_model_len: contextLimit)
+    }
+}
+
+/// A list page (`object: "list"`).
+struct ListPage<Item: Encodable>: Encodable {
+    var object = "list"
+    var data: [Item]
+    var first_id: String?
+    var last_id: String?
+    var has_more: Bool
+}
+
+/// Encoding shared by every typed response body.
+enum ResponseJSON {
+    static func encode<T: Encodable>(_ v: T) -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.withoutEscapingSlashes]
+        // Only infinities or NaN could fail, and no response carries them.
+        return (try? String(decoding: enc.encode(v), as: UTF8.self)) ?? "{}"
     }
 }

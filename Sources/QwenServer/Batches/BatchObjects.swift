@@ -52,3 +52,29 @@ struct BatchLine: Equatable {
     var customID: String
     var body: JSONValue
 }
+
+/// A line of a batch's output or error file.
+struct BatchOutputLine: Encodable {
+    struct Answer: Encodable {
+        var status_code: Int
+        var request_id: String
+        var body: JSONValue
+    }
+    struct Failure: Encodable {
+        var code: String
+        var message: String
+    }
+    var id: String
+    var custom_id: String
+    var response: Answer?
+    var error: Failure?
+
+    enum CodingKeys: String, CodingKey { case id, custom_id, response, error }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(custom_id, forKey: .custom_id)
+        try c.encode(response, forKey: .response)
+        try c.encode(error, forKey: .error)
+    }
+}

@@ -186,22 +186,3 @@ struct DeletedResponse: Codable {
     var object = "response"
     var deleted = true
 }
-
-/// A list page (`object: "list"`).
-struct ListPage<Item: Encodable>: Encodable {
-    var object = "list"
-    var data: [Item]
-    var first_id: String?
-    var last_id: String?
-    var has_more: Bool
-}
-
-/// Encoding shared by every typed response body.
-enum ResponseJSON {
-    static func encode<T: Encodable>(_ v: T) -> String {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.withoutEscapingSlashes]
-        // Only infinities or NaN could fail, and no response carries them.
-        return (try? String(decoding: enc.encode(v), as: UTF8.self)) ?? "{}"
-    }
-}

@@ -1,5 +1,6 @@
 import Foundation
 import QwenChat
+import QwenEngine
 
 /// One event of a streamed response, `sequence_number` on every one.
 struct ResponseStreamEvent: Encodable {
@@ -216,5 +217,57 @@ struct ResponseBuilder {
         e.response = response
         out.append(event(e))
         return out
+    }
+}
+
+/// One response's generation: the choice's text state and the response builder, fed from
+/// the engine's events.
+struct ResponseRun: Sendable {
+    var builder: ResponseBuilder
+    var state: ChoiceState
+    let promptTokens: Int
+    var firstToken: Date?
+    var reasoningTokens = 0
+
+    /// Feeds the engine's events to the builder until the stream ends; `write` gets each
+    /// token's events (an empty list: a keep-alive). Ends the response as completed,
+    /// incomplete (max_output_tokens), cancelled (`cancelled()` true), or failed.
+    mutating func drive(_ stream: Engine.Stream, cancelled: @Sendable () -> Bool,
+                        write: ([ResponseStreamEvent]) async throws -> Void) async throws -> ResponseObject {
+        var usage = Usage(promptTokens: promptTokens)
+        var failure: String?
+        var ended = false
+        func apply(_ d: ChoiceState.Delta) -> [ResponseStreamEvent] {
+            if !d.reasoning.isEmpty { reasoningTokens = state.tokens }
+            return builder.consume(reasoning: d.reasoning, content: d.content, toolCalls: d.toolCalls, logprobs: d.logprobs)
+        }
+        for await e in stream.events {
+            switch e {
+            case .token(_, let t):
+                if firstToken == nil { firstToken = Date() }
+                let events = apply(state.consume(t))
+                if !events.isEmpty { try await write(events) }
+                if state.stoppedByString { stream.cancel(choice: 0); ended = true }
+            case .finished(_, let reason):
+                // Cancelled (by a stop string, handled above, or by cancel / shutdown): not an ending.
+                guard reason != .cancelled, !ended else { continue }
+                ended = true
+                let events = apply(state.finish(reason: reason == .length ? "length" : "stop"))
+                if !events.isEmpty { try await write(events) }
+            case .done(let u): usage = Usage(u, completionTokens: state.tokens)
+            case .failed(let m): failure = m
+            case .heartbeat: try await write([])
+            }
+        }
+        let u = ResponseUsage(usage, reasoningTokens: reasoningTokens)
+        if let failure {
+            try await write(builder.fail(status: "failed", code: "server_error", message: failure, usage: u))
+        } else if !ended {
+            try await write(builder.fail(status: cancelled() ? "cancelled" : "failed", code: "server_error",
+                                         message: "the response was stopped before it finished (the server is shutting down)", usage: u))
+        } else {
+            try await write(builder.finish(length: state.finishReason == "length", usage: u))
+        }
+        return builder.response
     }
 }
