@@ -191,34 +191,6 @@ def test_truncation_auto_drops_the_oldest_items(tiny):
     assert count(kept + 1) + 8 > limit
 
 
-def test_background_and_cancel(tiny):
-    c = client(tiny)
-    r = c.responses.create(model=tiny.name, input="go on", background=True, max_output_tokens=480, extra_body={"ignore_eos": True})
-    assert r.status == "queued" and r.background
-    for _ in range(200):
-        now = c.responses.retrieve(r.id)
-        if now.status == "in_progress":
-            break
-        time.sleep(0.01)
-    done = c.responses.cancel(r.id)
-    assert done.status == "cancelled"
-    assert c.responses.retrieve(r.id).status == "cancelled"
-    # A short one finishes on its own and is stored with its output.
-    r = c.responses.create(model=tiny.name, input="hi", background=True, max_output_tokens=3, temperature=0)
-    for _ in range(500):
-        now = c.responses.retrieve(r.id)
-        if now.status not in ("queued", "in_progress"):
-            break
-        time.sleep(0.02)
-    assert now.status in ("completed", "incomplete") and now.usage.output_tokens > 0
-    text, _ = chat_text(tiny, [{"role": "user", "content": "hi"}], 3)
-    assert now.output_text == text
-    # Only background responses can be cancelled.
-    plain = c.responses.create(model=tiny.name, input="hi", max_output_tokens=2)
-    with pytest.raises(openai.BadRequestError):
-        c.responses.cancel(plain.id)
-
-
 @pytest.mark.parametrize("body,param", [
     ({"input": 5}, "input"),
     ({"input": [{"type": "input_image", "image_url": "x"}]}, "input"),
@@ -272,19 +244,18 @@ def test_another_key_cannot_see_or_continue_a_response():
 
 
 def test_stored_responses_survive_a_restart_and_unfinished_ones_fail():
-    from conftest import FIXTURES
     state = tempfile.mkdtemp(prefix="qwen-state-")
-    model = os.path.join(FIXTURES, "qwen3-tiny-f32")
-    s = Server(model, "--state-dir", state, "--kv-cache-gb", "0.05")
+    # The real model: its 480 tokens take many seconds, so the kill surely lands mid-run.
+    model = default_model()
+    s = Server(model, "--state-dir", state)
     try:
         c = client(s)
         done = c.responses.create(model=s.name, input="keep me", max_output_tokens=3, temperature=0)
-        # Killed as soon as it is accepted: 480 tokens take the tiny model far longer than that.
         running = c.responses.create(model=s.name, input="go", background=True, max_output_tokens=480, extra_body={"ignore_eos": True})
     finally:
         s.proc.send_signal(signal.SIGKILL)
         s.proc.wait()
-    s = Server(model, "--state-dir", state, "--kv-cache-gb", "0.05")
+    s = Server(model, "--state-dir", state)
     try:
         c = client(s)
         assert c.responses.retrieve(done.id).output_text == done.output_text
@@ -328,6 +299,36 @@ def test_retention_setting_is_checked():
 
 # ---------------------------------------------------------------------------------------------
 # The real default model: answers that need a model.
+
+def test_background_and_cancel(real):
+    # The real model: 480 tokens take it many seconds, so the cancel surely lands mid-run.
+    c = client(real)
+    r = c.responses.create(model=real.name, input="go on", background=True, max_output_tokens=480, extra_body={"ignore_eos": True})
+    assert r.status == "queued" and r.background
+    for _ in range(200):
+        now = c.responses.retrieve(r.id)
+        if now.status == "in_progress":
+            break
+        time.sleep(0.01)
+    done = c.responses.cancel(r.id)
+    assert done.status == "cancelled"
+    assert c.responses.retrieve(r.id).status == "cancelled"
+    # A short one finishes on its own and is stored with its output.
+    r = c.responses.create(model=real.name, input="hi", background=True, max_output_tokens=3, temperature=0)
+    for _ in range(500):
+        now = c.responses.retrieve(r.id)
+        if now.status not in ("queued", "in_progress"):
+            break
+        time.sleep(0.02)
+    assert now.status in ("completed", "incomplete") and now.usage.output_tokens > 0
+    text, _ = chat_text(real, [{"role": "user", "content": "hi"}], 3)
+    assert now.output_text == text
+    # Only background responses can be cancelled.
+    plain = c.responses.create(model=real.name, input="hi", max_output_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        c.responses.cancel(plain.id)
+
+
 
 class City(BaseModel):
     name: str
