@@ -172,26 +172,32 @@ def test_cancel_mid_batch(server):
         c.batches.cancel(b.id)
 
 
-def test_kill_mid_batch_and_restart_completes_without_duplicates():
-    state = tempfile.mkdtemp(prefix="qwen-state-")
+def killed_mid_batch(state, endpoint, lines, completed):
+    """Starts a server on `state`, runs a batch of `lines` until `completed` are done, then kill -9; the batch's id."""
     s = start(state)
-    lines = [{"custom_id": f"k{i}", "method": "POST", "url": "/v1/chat/completions",
-              "body": {"messages": [{"role": "user", "content": f"go {i}"}], "max_tokens": 60, "temperature": 0,
-                       "ignore_eos": True}} for i in range(400)]
     try:
         c = client(s)
-        b = c.batches.create(input_file_id=upload(c, lines).id, endpoint="/v1/chat/completions", completion_window="24h")
-        while c.batches.retrieve(b.id).request_counts.completed < 20:
+        b = c.batches.create(input_file_id=upload(c, lines).id, endpoint=endpoint, completion_window="24h")
+        while c.batches.retrieve(b.id).request_counts.completed < completed:
             time.sleep(0.02)
     finally:
         s.proc.send_signal(signal.SIGKILL)
         s.proc.wait()
+    return b.id
+
+
+def test_kill_mid_batch_and_restart_completes_without_duplicates():
+    state = tempfile.mkdtemp(prefix="qwen-state-")
+    lines = [{"custom_id": f"k{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"messages": [{"role": "user", "content": f"go {i}"}], "max_tokens": 60, "temperature": 0,
+                       "ignore_eos": True}} for i in range(400)]
+    bid = killed_mid_batch(state, "/v1/chat/completions", lines, 20)
     s = start(state)
     try:
         c = client(s)
-        before = c.batches.retrieve(b.id)
+        before = c.batches.retrieve(bid)
         assert before.status == "in_progress" and 20 <= before.request_counts.completed < 400
-        b = wait(c, b.id)
+        b = wait(c, bid)
         assert b.status == "completed" and (b.request_counts.total, b.request_counts.completed) == (400, 400)
         out = read_lines(c, b.output_file_id)
         ids = [o["custom_id"] for o in out]
@@ -225,26 +231,18 @@ def test_batch_endpoint_errors(server):
 def test_a_batch_past_its_window_expires_with_the_rest_in_the_error_file():
     import sqlite3
     state = tempfile.mkdtemp(prefix="qwen-state-")
-    s = start(state)
     lines = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/completions",
               "body": {"prompt": f"tale {i}", "max_tokens": 200, "ignore_eos": True}} for i in range(300)]
-    try:
-        c = client(s)
-        b = c.batches.create(input_file_id=upload(c, lines).id, endpoint="/v1/completions", completion_window="24h")
-        while c.batches.retrieve(b.id).request_counts.completed < 2:
-            time.sleep(0.02)
-    finally:
-        s.proc.send_signal(signal.SIGKILL)
-        s.proc.wait()
+    bid = killed_mid_batch(state, "/v1/completions", lines, 2)
     # A day passes while the server is down: the window ends a second ago.
     db = sqlite3.connect(os.path.join(state, "batches.sqlite"))
-    db.execute("UPDATE batches SET body = json_set(body, '$.expires_at', ?) WHERE id = ?", (int(time.time()) - 1, b.id))
+    db.execute("UPDATE batches SET body = json_set(body, '$.expires_at', ?) WHERE id = ?", (int(time.time()) - 1, bid))
     db.commit()
     db.close()
     s = start(state)
     try:
         c = client(s)
-        b = wait(c, b.id)
+        b = wait(c, bid)
         assert b.status == "expired" and b.expired_at
         done = read_lines(c, b.output_file_id)
         expired = read_lines(c, b.error_file_id)
