@@ -24,7 +24,6 @@ final class BatchRunner: @unchecked Sendable {
     private var stopping = false
     private var cancelRequested: Set<String> = []
     private var cancellers: [String: CancelGroup] = [:]
-    private var wakeUp: CheckedContinuation<Void, Never>?
     private var kicked = false
 
     init(store: BatchStore, files: FineTuningStore, service: ModelService, responses: ResponsesController, concurrency: Int, maxFileBytes: Int) {
@@ -39,14 +38,7 @@ final class BatchRunner: @unchecked Sendable {
     func start() { Task.detached { await self.loop() } }
 
     /// A new batch or a cancel: look again now.
-    func kick() {
-        let c: CheckedContinuation<Void, Never>? = lock.withLock {
-            kicked = true
-            defer { wakeUp = nil }
-            return wakeUp
-        }
-        c?.resume()
-    }
+    func kick() { lock.withLock { kicked = true } }
 
     /// Shutdown: lines in flight are abandoned (not recorded), to run again at the next start.
     func stop() {
@@ -96,23 +88,23 @@ final class BatchRunner: @unchecked Sendable {
         while !isStopping {
             let batches = (try? store.active()) ?? []
             for b in batches where !isStopping { await run(b) }
-            if batches.isEmpty || isStopping { await sleep(seconds: 1) }
+            // A pass over the work there is, then a pause (cut short by a new batch or a cancel): a
+            // batch whose store keeps failing is retried once a second, not in a busy loop.
+            await pause(seconds: 1)
         }
     }
 
-    private func sleep(seconds: Double) async {
-        let proceed: Bool = lock.withLock {
-            if kicked { kicked = false; return true }
-            return false
-        }
-        if proceed { return }
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let now: Bool = lock.withLock {
-                if kicked || stopping { kicked = false; return true }
-                wakeUp = c
-                return false
+    /// Waits up to `seconds`, or until `kick()` or `stop()`.
+    private func pause(seconds: Double) async {
+        var waited = 0.0
+        while waited < seconds {
+            let go: Bool = lock.withLock {
+                defer { kicked = false }
+                return kicked || stopping
             }
-            if now { c.resume() }
+            if go { return }
+            try? await Task.sleep(nanoseconds: 100_000_000)
+            waited += 0.1
         }
     }
 
