@@ -64,6 +64,17 @@ def test_schemathesis_finds_no_server_errors(tiny):
     assert tiny.proc.poll() is None
 
 
+def poll(server, path, done, tries=400):
+    """GETs `path` until `done(body)` or `tries` run out; the last body."""
+    import time
+    for _ in range(tries):
+        _, body = server.json("GET", path)
+        if done(body):
+            break
+        time.sleep(0.05)
+    return body
+
+
 def upload(server, purpose, text):
     """POSTs `text` to /v1/files as multipart/form-data; returns the file object."""
     import json
@@ -88,11 +99,7 @@ def test_fine_tuning_responses_match_the_spec(tiny):
     st, job = tiny.json("POST", "/v1/fine_tuning/jobs", {"model": tiny.name, "training_file": f["id"], "hyperparameters": {"n_epochs": 2}})
     assert st == 200, job
     check(job, "FineTuningJob")
-    for _ in range(400):
-        st, job = tiny.json("GET", f"/v1/fine_tuning/jobs/{job['id']}")
-        if job["status"] == "succeeded":
-            break
-        time.sleep(0.05)
+    job = poll(tiny, f"/v1/fine_tuning/jobs/{job['id']}", lambda j: j["status"] == "succeeded")
     check(job, "FineTuningJob")
     st, jobs = tiny.json("GET", "/v1/fine_tuning/jobs?limit=2")
     check(jobs, "FineTuningJobList")
@@ -146,11 +153,7 @@ def test_batches_match_the_spec(tiny):
     st, b = tiny.json("POST", "/v1/batches", {"input_file_id": f["id"], "endpoint": "/v1/completions", "completion_window": "24h"})
     assert st == 200
     check(b, "Batch")
-    for _ in range(300):
-        st, b = tiny.json("GET", f"/v1/batches/{b['id']}")
-        if b["status"] == "completed":
-            break
-        time.sleep(0.05)
+    b = poll(tiny, f"/v1/batches/{b['id']}", lambda x: x["status"] == "completed")
     check(b, "Batch")
     st, page = tiny.json("GET", "/v1/batches")
     for x in page["data"]:

@@ -39,8 +39,11 @@ struct ResponseBuilder {
     private var sequence = 0
     /// The item now receiving text: its index in `response.output`.
     private var open: Int?
+    /// The open item's text and log-probabilities so far, written into it when it closes (so a long
+    /// answer is not copied token by token).
+    private var openText = ""
+    private var openLogprobs: [JSONValue] = []
     private var pendingLogprobs: [JSONValue] = []
-    private var allLogprobs: [JSONValue] = []
     let includeLogprobs: Bool
 
     init(response: ResponseObject, includeLogprobs: Bool) {
@@ -72,11 +75,7 @@ struct ResponseBuilder {
         if !reasoning.isEmpty {
             if openReasoning == nil { out += closeOpen(status: "completed"); out += openItem(.reasoning(.init(id: IDs.make("rs_"), status: "in_progress", content: []))) }
             let i = open!
-            if case .reasoning(var r) = response.output[i] {
-                if r.content.isEmpty { r.content = [.init(text: "")] }
-                r.content[0].text += reasoning
-                response.output[i] = .reasoning(r)
-            }
+            openText += reasoning
             var d = ResponseStreamEvent("response.reasoning_text.delta")
             d.item_id = response.output[i].id; d.output_index = i; d.content_index = 0; d.delta = reasoning
             out.append(event(d))
@@ -84,11 +83,8 @@ struct ResponseBuilder {
         if !content.isEmpty {
             if openMessage == nil { out += closeOpen(status: "completed"); out += openMessageItem() }
             let i = open!
-            if case .message(var m) = response.output[i] {
-                m.content[0].text += content
-                if includeLogprobs { m.content[0].logprobs = (m.content[0].logprobs ?? []) + pendingLogprobs }
-                response.output[i] = .message(m)
-            }
+            openText += content
+            openLogprobs += pendingLogprobs
             var d = ResponseStreamEvent("response.output_text.delta")
             d.item_id = response.output[i].id; d.output_index = i; d.content_index = 0; d.delta = content
             d.logprobs = pendingLogprobs
@@ -142,10 +138,8 @@ struct ResponseBuilder {
         var out = openItem(.message(m))
         var p = ResponseStreamEvent("response.content_part.added")
         p.item_id = m.id; p.output_index = open; p.content_index = 0
-        let part = OutputText(text: "", logprobs: includeLogprobs ? [] : nil)
         p.part = .text(OutputText(text: "", logprobs: []))
         out.append(event(p))
-        response.output[open!] = .message(OutputItem.Message(id: m.id, status: "in_progress", content: [part]))
         return out
     }
 
@@ -153,10 +147,14 @@ struct ResponseBuilder {
     private mutating func closeOpen(status: String) -> [ResponseStreamEvent] {
         guard let i = open else { return [] }
         open = nil
+        let text = openText, logprobs = openLogprobs
+        openText = ""
+        openLogprobs = []
         var out: [ResponseStreamEvent] = []
         switch response.output[i] {
         case .message(var m):
             m.status = status
+            m.content = [OutputText(text: text, logprobs: includeLogprobs ? logprobs : nil)]
             response.output[i] = .message(m)
             let part = m.content[0]
             var d = ResponseStreamEvent("response.output_text.done")
@@ -167,8 +165,8 @@ struct ResponseBuilder {
             out += [event(d), event(p)]
         case .reasoning(var r):
             r.status = status
+            r.content = [.init(text: text)]
             response.output[i] = .reasoning(r)
-            let text = r.content.first?.text ?? ""
             var d = ResponseStreamEvent("response.reasoning_text.done")
             d.item_id = r.id; d.output_index = i; d.content_index = 0; d.text = text
             var p = ResponseStreamEvent("response.content_part.done")

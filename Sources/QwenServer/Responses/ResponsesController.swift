@@ -99,7 +99,7 @@ struct ResponsesController {
     /// Chat-completions error parameters under the Responses API's names.
     static func renamed(_ e: APIError) -> APIError {
         let names = ["max_completion_tokens": "max_output_tokens", "max_tokens": "max_output_tokens", "response_format": "text",
-                     "messages": "input", "top_logprobs": "top_logprobs"]
+                     "messages": "input"]
         guard let p = e.param, let n = names[p] else { return e }
         let message = e.message.replacingOccurrences(of: "'\(p)'", with: "'\(n)'")
         var r = APIError(e.status, message, type: e.type, param: n, code: e.code)
