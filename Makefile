@@ -2,7 +2,9 @@
 SWIFT       ?= swift
 CONFIG      ?= release
 BIN         := .build/$(CONFIG)/qwen-serve
-APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev libsqlite3-dev pkg-config python3-pip python3-venv strace libc6-dev-arm64-cross
+# chromium and chromium-driver: the web console's tests run in a real headless browser.
+APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev libsqlite3-dev pkg-config python3-pip python3-venv strace libc6-dev-arm64-cross \
+               chromium chromium-driver
 VENV        := .venv-test
 PYTHON      ?= python3
 

@@ -40,6 +40,8 @@ public struct ServeSettings: Equatable, Sendable {
     public var speculative = "auto"
     /// Drafted tokens per sequence and step at most.
     public var maxDraftTokens = 12
+    /// The web console at `/`: on, or off for API-only deployments.
+    public var ui = true
     /// Quantize float weight matrices at load: nil, q8_0, q4_0 or q4_k (see QuantizeType).
     public var quantize: String?
     /// HTTPS: a PEM certificate chain and its private key (both or neither).
@@ -82,7 +84,7 @@ public struct ServeSettings: Equatable, Sendable {
                               "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file", "f32-weights", "compute", "kv-cache-dtype",
                               "quantize", "max-connections", "header-timeout", "body-timeout", "write-timeout", "content-special-tokens",
                               "state-dir", "train-share", "max-upload-mb", "train-memory-gb", "speculative", "max-draft-tokens",
-                              "response-retention-days"]
+                              "response-retention-days", "ui"]
 
     /// Applies one setting given as text; `source` names where it came from for errors.
     public mutating func set(_ key: String, _ raw: String, source: String) throws {
@@ -171,6 +173,9 @@ public struct ServeSettings: Equatable, Sendable {
             guard ["auto", "ngram", "off"].contains(value) else { throw bad("auto, ngram or off") }
             speculative = value
         case "max-draft-tokens": maxDraftTokens = try int(1...64)
+        case "ui":
+            guard value == "on" || value == "off" else { throw bad("on or off") }
+            ui = value == "on"
         case "tls-cert-file": tlsCertFile = value
         case "tls-key-file": tlsKeyFile = value
         case "log-format":
@@ -263,6 +268,7 @@ public struct ServeSettings: Equatable, Sendable {
         lines.append("kv-cache-dtype: \(kvCacheDType)")
         lines.append("speculative: \(speculative)")
         lines.append("max-draft-tokens: \(maxDraftTokens)")
+        lines.append("ui: \(ui ? "on" : "off")")
         if let q = quantize { lines.append("quantize: \(q)") }
         lines.append("max-running: \(maxRunning)")
         lines.append("max-waiting: \(maxWaiting)")

@@ -51,6 +51,8 @@ public final class Engine: @unchecked Sendable {
         public let kvBlocksFree: Int
         public let kvBlocksCached: Int
         public let kvBlocksTotal: Int
+        /// Engine time spent on interleaved work (fine-tuning) since start, in seconds.
+        public var interleavedSeconds: Double = 0
     }
 
     public let model: QwenModel
@@ -65,6 +67,8 @@ public final class Engine: @unchecked Sendable {
     private var thread: Thread?
     private var snapshotValue: Snapshot
     private var nextId: UInt64 = 0
+    /// Owned by the engine thread; published in the snapshot.
+    private var interleavedSeconds: Double = 0
 
     // Owned by the engine thread.
     private let scheduler: Scheduler
@@ -191,7 +195,8 @@ public final class Engine: @unchecked Sendable {
                     // Nothing to serve: the interleaved work takes the engine, a piece at a time
                     // so that an arriving request waits at most one piece.
                     cond.unlock()
-                    interleaved?.runPiece()
+                    _ = runPiece()
+                    publishSnapshot()
                     onStep?(nil)
                     cond.lock()
                     continue
@@ -231,10 +236,17 @@ public final class Engine: @unchecked Sendable {
         guard share > 0 else { return }
         if let stats { credit = min(credit + stats.seconds * share / (1 - share), 2) }
         while credit > 0 && work.hasWork {
-            let t0 = DispatchTime.now()
-            work.runPiece()
-            credit -= Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
+            credit -= runPiece()
         }
+    }
+
+    /// One piece of the interleaved work; returns the seconds it took.
+    private func runPiece() -> Double {
+        let t0 = DispatchTime.now()
+        interleaved?.runPiece()
+        let spent = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
+        interleavedSeconds += spent
+        return spent
     }
 
     /// Requests that have heard nothing for a second get a heartbeat.
@@ -251,7 +263,7 @@ public final class Engine: @unchecked Sendable {
         waitingCount = scheduler.waiting.count + inbox.count
         snapshotValue = Snapshot(running: scheduler.running.count, waiting: waitingCount, kvBlocksUsed: pool.usedBlocks,
                                  kvBlocksFree: pool.availableBlocks - pool.cachedBlocks, kvBlocksCached: pool.cachedBlocks,
-                                 kvBlocksTotal: pool.blockCount)
+                                 kvBlocksTotal: pool.blockCount, interleavedSeconds: interleavedSeconds)
         cond.unlock()
     }
 

@@ -24,6 +24,8 @@ public struct HTTPServer {
         public var maxUploadBytes = 512 << 20
         /// Stored responses are deleted after this many seconds.
         public var responseRetention = 30 * 86400
+        /// The web console at `/` (`--ui`).
+        public var console = true
         public init() {}
     }
 
@@ -133,6 +135,10 @@ public struct HTTPServer {
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: s.metrics.render(engine: s.engine.snapshot, adapters: s.adapters.all.count))))
         }
+
+        // The web console: static assets, open to everyone (they hold no data; every call the
+        // page makes carries the key the user types into it).
+        if config.console { ConsoleController().addRoutes(to: router) }
 
         // Inference: any API key (or none, when no keys are configured).
         let api = router.group("v1").add(middleware: APIKeyAuth(live: service.live, permission: .user))

@@ -107,6 +107,7 @@ public final class ServerMetrics: @unchecked Sendable {
             ("qwen_adapters_loaded", "LoRA adapters being served.", adapters),
         ]
         for (n, h, v) in gauges { s += "# HELP \(n) \(h)\n# TYPE \(n) gauge\n\(n) \(v)\n" }
+        s += "# HELP qwen_training_seconds_total Engine time spent fine-tuning, interleaved with serving.\n# TYPE qwen_training_seconds_total counter\nqwen_training_seconds_total \(engine.interleavedSeconds)\n"
         return s
     }
 }

@@ -65,6 +65,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("train-memory-gb"), help: "Memory a fine-tuning job may plan for beside the served model, in GiB; a job that needs more is refused (400). [default: what the system has available]") var trainMemoryGB: String?
     @Option(name: .customLong("max-upload-mb"), help: "Largest file /v1/files accepts, in MiB. [default: 512]") var maxUploadMB: String?
     @Option(name: .customLong("response-retention-days"), help: "Days a stored response (/v1/responses with store) is kept. [default: 30]") var responseRetentionDays: String?
+    @Option(help: "The web console at / (chat, fine-tuning, models, server): on or off (API only). [default: on]") var ui: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. [default: info]") var logLevel: String?
     @Option(name: .customLong("log-format"), help: "text (logfmt) or json, one line per event on stderr. [default: text]") var logFormat: String?
     @Option(name: .customLong("log-prompts"), help: "Put prompt text in request log lines (true/false). [default: false]") var logPrompts: String?
@@ -84,7 +85,7 @@ struct Serve: AsyncParsableCommand {
             ("max-connections", maxConnections), ("header-timeout", headerTimeout), ("body-timeout", bodyTimeout),
             ("write-timeout", writeTimeout), ("content-special-tokens", contentSpecialTokens),
             ("state-dir", stateDir), ("train-share", trainShare), ("max-upload-mb", maxUploadMB), ("train-memory-gb", trainMemoryGB),
-            ("response-retention-days", responseRetentionDays),
+            ("response-retention-days", responseRetentionDays), ("ui", ui),
         ]
         for (k, v) in flags { if let v { try s.set(k, v, source: "--\(k)") } }
         for k in apiKey { try s.set("api-key", k, source: "--api-key") }
@@ -187,6 +188,7 @@ struct Serve: AsyncParsableCommand {
             let name = loaded.name, listenHost = s.host, positions = ec.kvBlocks * ec.blockSize, kvType = ec.kvDType.rawValue
             hc.maxUploadBytes = s.maxUploadMB << 20
             hc.responseRetention = Int(s.responseRetentionDays * 86400)
+            hc.console = s.ui
             // Stored responses live beside the fine-tuning state, in the directory this server holds.
             let http = HTTPServer(service: service, config: hc, jobs: jobs, stateDirectory: jobs == nil ? nil : stateDir)
             let app: any Service
