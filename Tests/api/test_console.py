@@ -219,6 +219,65 @@ def test_chat_streams_and_token_view_matches_the_api(browser, server):
     check_clean(d, server)
 
 
+def test_conversations_export_as_json(browser, server, tmp_path):
+    d = browser
+    open_console(d, server)
+    set_field(d.find_element(By.ID, "chat-system"), "be brief")
+    out = chat(d, "first question", max_tokens=6)
+    first = out.get_attribute("data-raw")
+    out = chat(d, "second question", max_tokens=6)
+    d.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    q(d, "chat-export").click()
+    path = tmp_path / "qwen-serve-conversations.json"
+    wait(d, lambda: path.exists() and path.stat().st_size > 0, what="the download")
+    time.sleep(0.2)
+    convs = json.loads(path.read_text())
+    msgs = convs[0]["messages"]
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
+    assert msgs[0]["content"] == "first question" and msgs[1]["content"] == first and msgs[1]["model"] == server.name
+    # The second turn was sent with the whole conversation, as the API would answer it.
+    st, ref = server.json("POST", "/v1/chat/completions", {"messages": [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": first}, {"role": "user", "content": "second question"}], "max_tokens": 6, "temperature": 0},
+        headers=auth())
+    assert msgs[3]["content"] == ref["choices"][0]["message"]["content"] == out.get_attribute("data-raw")
+    # Bad extra fields are refused on the page, before any request.
+    d.find_element(By.CSS_SELECTOR, "details.extra summary").click()
+    set_field(q(d, "chat-extra"), "{not json")
+    set_field(q(d, "chat-input"), "third")
+    q(d, "chat-send").click()
+    wait(d, lambda: "not JSON" in q(d, "chat-status").text, what="the refusal")
+    assert len(d.find_elements(By.CSS_SELECTOR, "#chat-log .msg.user")) == 2
+    check_clean(d, server)
+
+
+def test_qwen3_reasoning_shows_in_its_own_block(browser, tmp_path, tiny_tokenizer):
+    from conftest import thinking_tiny
+    s = Server(str(thinking_tiny(tmp_path)), "--kv-cache-gb", "0.05", "--api-key", USER)
+    try:
+        d = browser
+        open_console(d, s, admin=None)
+        close = tiny_tokenizer.token_to_id("</think>")
+        # As in the Responses test: a choice constraint makes the model reason, then answer a word.
+        extra = {"choice": ["alpha", "beta"], "logit_bias": {str(close): 3}, "seed": 7}
+        d.find_element(By.CSS_SELECTOR, "details.extra summary").click()
+        set_field(q(d, "chat-extra"), json.dumps(extra))
+        out = chat(d, "hi", temperature=1, max_tokens=200)
+        st, ref = s.json("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200,
+                                                          "temperature": 1, **extra}, headers=auth())
+        want = ref["choices"][0]["message"]
+        assert want["reasoning_content"]
+        block = q(d, "chat-reasoning")
+        assert block.tag_name == "details" and block.get_attribute("open") is None, "reasoning starts folded"
+        block.find_element(By.TAG_NAME, "summary").click()
+        assert block.find_element(By.TAG_NAME, "div").text.strip() == want["reasoning_content"].strip()
+        assert out.get_attribute("data-raw") == (want["content"] or "")
+        shot(d, "chat-reasoning")
+        check_clean(d, s)
+    finally:
+        s.stop()
+
+
 def test_keys_come_from_the_page(browser, server, tmp_path):
     d = browser
     fresh_logs(d)

@@ -104,6 +104,8 @@ def test_unit_hardening_and_the_syscalls_the_server_makes(tmp_path):
             body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": stream}
             assert s.request("POST", "/v1/chat/completions", body, headers=h)[0] == 200
         assert s.request("GET", "/metrics")[0] == 200
+        # The web console's page and scripts, served from the binary.
+        assert s.request("GET", "/")[0] == 200 and s.request("GET", "/console/main.js")[0] == 200
         # A fine-tuning job too: the upload, SQLite, training on the engine, the adapter files.
         line = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "I am 小鹅"}]})
         body = (f"--b0\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n--b0\r\n"

@@ -2,7 +2,7 @@
 // Qwen3 reasoning in a collapsible block, and the token view (each token coloured by its
 // probability, its alternatives on hover).
 
-import { $, el, clear, tooltip } from './dom.js';
+import { $, el, clear, status, tooltip } from './dom.js';
 import { stream, kindOf } from './api.js';
 import { renderMarkdown } from './markdown.js';
 
@@ -182,7 +182,18 @@ function requestBody(model) {
   const fields = { temperature: 'chat-temperature', top_p: 'chat-top-p', max_tokens: 'chat-max-tokens', seed: 'chat-seed' };
   for (const [k, id] of Object.entries(fields)) { const v = numberField(id); if (v !== undefined && !isNaN(v)) body[k] = v; }
   if ($('chat-tokens').checked) { body.logprobs = true; body.top_logprobs = 5; }
-  return body;
+  return Object.assign(body, extraFields());
+}
+
+/** The "More request fields" JSON object (checked here; the server checks each field). */
+function extraFields() {
+  const raw = $('chat-extra').value.trim();
+  if (!raw) return {};
+  let v;
+  try { v = JSON.parse(raw); } catch (e) { throw new Error(`More request fields: not JSON (${e.message})`); }
+  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error('More request fields: give a JSON object');
+  for (const k of ['messages', 'stream', 'model']) delete v[k];
+  return v;
 }
 
 /**
@@ -213,6 +224,8 @@ async function send() {
   const text = input.value.trim();
   if (!text || running) return;
   const model = $('model-select').value;
+  try { extraFields(); } catch (e) { status($('chat-status'), e.message, 'error'); return; }
+  status($('chat-status'), '');
   if (!current) newConversation();
   current.model = model;
   if (current.messages.length === 0) current.title = text.slice(0, 60);
