@@ -8,7 +8,7 @@ APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev libsqlite3-dev pkg-conf
 VENV        := .venv-test
 PYTHON      ?= python3
 
-.PHONY: all deps build model run test check-aarch64 fuzz bench bench-kernels bench-levels bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare bench-spec bench-batch finetune-demo fixtures fixture-deps clean install uninstall
+.PHONY: all deps build model run test check-aarch64 fuzz bench bench-kernels bench-levels bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare bench-spec bench-batch finetune-demo console-demo fixtures fixture-deps clean install uninstall
 PREFIX      ?= /usr/local
 UNITDIR     ?= /etc/systemd/system
 
@@ -119,6 +119,11 @@ bench-structured: model
 # The reference fine-tune: the default model learns the name 小鹅 (../shared/data/self_cognition).
 finetune-demo: model
 	$(PYTHON) scripts/finetune_demo.py --binary $(BIN)
+
+# The web console's walk-through on the default model in headless Chromium: chat, fine-tune on
+# the self-cognition data from the page, compare; screenshots in .build/console-demo.
+console-demo: model $(VENV)/ok
+	$(VENV)/bin/python scripts/console_demo.py --binary $(BIN)
 
 # This build against another (OLD=path/to/its/qwen-serve), alternated: did a change cost speed?
 bench-builds: model

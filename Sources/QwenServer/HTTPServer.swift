@@ -155,7 +155,7 @@ public struct HTTPServer {
             try await s.loadAdapter(try await Self.body(req, limit: limit), vllm: false)
         }
         admin.delete("adapters/:name") { _, ctx -> Response in
-            try await s.unloadAdapter(name: ctx.parameters.get("name") ?? "", vllm: false)
+            try await s.unloadAdapter(name: ctx.pathParameter("name"), vllm: false)
         }
         admin.post("load_lora_adapter") { req, _ -> Response in
             try await s.loadAdapter(try await Self.body(req, limit: limit), vllm: true)

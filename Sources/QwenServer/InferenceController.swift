@@ -18,7 +18,7 @@ struct InferenceController {
             return ModelService.typedResponse(ModelList(data: models))
         }
         group.get("models/:id") { _, ctx -> Response in
-            let id = ctx.parameters.get("id") ?? ""
+            let id = ctx.pathParameter("id")
             if id == s.name { return ModelService.typedResponse(s.modelObject) }
             if let e = s.adapters.get(id) { return ModelService.typedResponse(s.adapterModelObject(e, showPath: ctx.caller.seesServerPaths)) }
             throw APIError(.notFound, "The model '\(id)' does not exist", param: "model", code: "model_not_found")

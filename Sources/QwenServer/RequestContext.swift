@@ -55,3 +55,12 @@ final class ClientGone: @unchecked Sendable {
     func set() { lock.withLock { value = true } }
     var isSet: Bool { lock.withLock { value } }
 }
+
+extension QwenRequestContext {
+    /// A path parameter, percent-decoded: clients encode the `:` of names such as `ft:…:ckpt-step-N`
+    /// (`encodeURIComponent`, many HTTP libraries), and `%3A` must name the same model as `:`.
+    func pathParameter(_ name: String) -> String {
+        let raw = parameters.get(name) ?? ""
+        return raw.removingPercentEncoding ?? raw
+    }
+}

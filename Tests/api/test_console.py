@@ -329,6 +329,14 @@ def test_stop_ends_the_generation_on_the_server(browser):
 def test_model_text_and_file_names_render_as_text(browser, server, tmp_path):
     d = browser
     open_console(d, server)
+    # A real answer that is the probe: the model constrained to say exactly it, streamed into the page.
+    d.find_element(By.CSS_SELECTOR, "details.extra summary").click()
+    set_field(q(d, "chat-extra"), json.dumps({"choice": [PROBE + " **<b>x</b>**"]}))
+    out = chat(d, "say it", max_tokens=64)
+    assert out.get_attribute("data-raw") == PROBE + " **<b>x</b>**"
+    assert PROBE in out.text and out.find_element(By.TAG_NAME, "strong").text == "<b>x</b>"
+    assert not d.find_elements(By.CSS_SELECTOR, "#chat-log img, #chat-log b")
+    assert d.title == "qwen-serve"
     # A kept conversation whose answer holds HTML and script, rendered by the path every answer takes.
     answer = f"Here: {PROBE}\n\n```html\n<script>document.title='pwned'</script>\n```\n\n**bold** <b>not bold</b>"
     conv = [{"id": "x", "title": PROBE, "created": 0, "model": server.name,
@@ -482,6 +490,31 @@ def test_models_page_loads_and_unloads_an_adapter(browser, server):
     q(d, "adapter-load").click()
     wait(d, lambda: "error" in q(d, "models-status").get_attribute("class") and "/nonexistent/adapter" in q(d, "models-status").text,
          what="the load error")
+    # A fine-tune (trained through the API) is deleted from the page.
+    boundary = "b0"
+    data = training_rows(4)
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n--{boundary}\r\n"
+            f"Content-Disposition: form-data; name=\"file\"; filename=\"t.jsonl\"\r\n\r\n{data}\r\n--{boundary}--\r\n").encode()
+    st, _, raw = server.request("POST", "/v1/files", raw=body, headers={**auth(ADMIN), "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert st == 200, raw
+    st, job = server.json("POST", "/v1/fine_tuning/jobs", {"model": server.name, "training_file": json.loads(raw)["id"],
+                                                           "suffix": "doomed", "hyperparameters": {"n_epochs": 1}}, headers=auth(ADMIN))
+    assert st == 200, job
+    for _ in range(600):
+        job = server.json("GET", f"/v1/fine_tuning/jobs/{job['id']}", headers=auth(ADMIN))[1]
+        if job["status"] == "succeeded":
+            break
+        time.sleep(0.1)
+    tuned = job["fine_tuned_model"]
+    assert tuned
+    assert server.json("GET", "/v1/models/" + urllib.parse.quote(tuned, safe=""), headers=auth())[1]["id"] == tuned, \
+        "a percent-encoded name is the same name"
+    row = f"#models-table tr[data-model='{tuned}']"  # its checkpoints' names begin with its name
+    wait(d, lambda: d.find_elements(By.CSS_SELECTOR, row), timeout=20, what="the fine-tune listed")
+    d.find_element(By.CSS_SELECTOR, f"[data-testid='model-remove'][data-model='{tuned}']").click()
+    d.switch_to.alert.accept()
+    wait(d, lambda: not d.find_elements(By.CSS_SELECTOR, row), what=f"the fine-tune gone ({q(d, 'models-status').text})")
+    assert server.json("GET", f"/v1/models/{tuned}", headers=auth())[0] == 404
     check_clean(d, server)
 
 

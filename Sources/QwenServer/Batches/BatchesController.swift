@@ -30,7 +30,7 @@ struct BatchesController {
     func json<T: Encodable>(_ v: T) -> Response { ModelService.typedResponse(v) }
 
     func batch(_ ctx: QwenRequestContext) throws -> Batch {
-        let id = ctx.parameters.get("id") ?? ""
+        let id = ctx.pathParameter("id")
         guard FilesController.validID(id, prefix: "batch_"), let b = try runner.store.get(id) else {
             throw APIError(.notFound, "No batch found with id '\(id.prefix(64))'", param: "batch_id", code: "batch_not_found")
         }

@@ -34,7 +34,7 @@ struct ConsoleController {
     func addRoutes(to router: Router<QwenRequestContext>) {
         router.get("/") { _, _ -> Response in Self.response("index.html") }
         router.get("/console/:file") { _, ctx -> Response in
-            let name = ctx.parameters.get("file") ?? ""
+            let name = ctx.pathParameter("file")
             guard name != "index.html", Self.assets[name] != nil else {
                 throw APIError(.notFound, "the console has no file '\(name.prefix(64))'", code: "not_found")
             }

@@ -43,7 +43,7 @@ struct FilesController {
     }
 
     func file(_ ctx: QwenRequestContext) throws -> FileObject {
-        let id = ctx.parameters.get("id") ?? ""
+        let id = ctx.pathParameter("id")
         guard Self.validID(id, prefix: "file-"), let f = try store.file(id) else {
             throw APIError(.notFound, "No such File object: \(id.prefix(64))", param: "id", code: "file_not_found")
         }

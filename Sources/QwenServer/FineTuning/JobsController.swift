@@ -45,11 +45,11 @@ struct JobsController {
                                                                  first_id: items.first?.id, last_id: items.last?.id))
         }
         // ":id", as the GET route beside it names the parameter (the router keeps one name per position).
-        group.delete("models/:id") { _, ctx -> Response in try await deleteModel(ctx.parameters.get("id") ?? "") }
+        group.delete("models/:id") { _, ctx -> Response in try await deleteModel(ctx.pathParameter("id")) }
     }
 
     func job(_ ctx: QwenRequestContext) throws -> FineTuningJob {
-        let id = ctx.parameters.get("id") ?? ""
+        let id = ctx.pathParameter("id")
         guard FilesController.validID(id, prefix: "ftjob-"), let j = try manager.store.job(id) else {
             throw APIError(.notFound, "No such fine-tuning job: \(id.prefix(64))", param: "fine_tuning_job_id", code: "fine_tuning_job_not_found")
         }

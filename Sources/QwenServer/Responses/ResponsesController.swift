@@ -51,7 +51,7 @@ struct ResponsesController {
 
     func stored(_ ctx: QwenRequestContext) throws -> StoredResponse {
         guard let store else { throw Self.unavailable }
-        let id = ctx.parameters.get("id") ?? ""
+        let id = ctx.pathParameter("id")
         // Past the retention is gone, whether or not a purge has run since.
         guard FilesController.validID(id, prefix: "resp_"), let s = try store.get(id, owner: ctx.caller.owner),
               s.response.created_at >= Int(Date().timeIntervalSince1970) - retention else {
