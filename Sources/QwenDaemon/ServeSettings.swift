@@ -40,6 +40,8 @@ public struct ServeSettings: Equatable, Sendable {
     public var speculative = "auto"
     /// Drafted tokens per sequence and step at most.
     public var maxDraftTokens = 12
+    /// A second model of the same vocabulary that drafts tokens for speculative decoding.
+    public var draftModel: String?
     /// The web console at `/`: on, or off for API-only deployments.
     public var ui = true
     /// Quantize float weight matrices at load: nil, q8_0, q4_0 or q4_k (see QuantizeType).
@@ -84,7 +86,7 @@ public struct ServeSettings: Equatable, Sendable {
                               "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file", "f32-weights", "compute", "kv-cache-dtype",
                               "quantize", "max-connections", "header-timeout", "body-timeout", "write-timeout", "content-special-tokens",
                               "state-dir", "train-share", "max-upload-mb", "train-memory-gb", "speculative", "max-draft-tokens",
-                              "response-retention-days", "ui"]
+                              "response-retention-days", "ui", "draft-model"]
 
     /// Applies one setting given as text; `source` names where it came from for errors.
     public mutating func set(_ key: String, _ raw: String, source: String) throws {
@@ -169,8 +171,11 @@ public struct ServeSettings: Equatable, Sendable {
         case "kv-cache-dtype":
             guard ["f32", "f16", "q8_0"].contains(value) else { throw bad("f32, f16 or q8_0") }
             kvCacheDType = value
+        case "draft-model":
+            guard !value.isEmpty else { throw bad("a model directory, a .gguf file or a hub repo id") }
+            draftModel = value
         case "speculative":
-            guard ["auto", "ngram", "off"].contains(value) else { throw bad("auto, ngram or off") }
+            guard ["auto", "ngram", "draft", "off"].contains(value) else { throw bad("auto, ngram, draft or off") }
             speculative = value
         case "max-draft-tokens": maxDraftTokens = try int(1...64)
         case "ui":
@@ -235,6 +240,9 @@ public struct ServeSettings: Equatable, Sendable {
         if (tlsCertFile == nil) != (tlsKeyFile == nil) {
             throw SettingError(description: "tls-cert-file and tls-key-file must be given together")
         }
+        if speculative == "draft" && draftModel == nil {
+            throw SettingError(description: "speculative: draft needs a draft model (draft-model)")
+        }
     }
 
     /// Reads the key files (one key per line, # comments) into `apiKeys` and `adminKeys`.
@@ -269,6 +277,7 @@ public struct ServeSettings: Equatable, Sendable {
         lines.append("speculative: \(speculative)")
         lines.append("max-draft-tokens: \(maxDraftTokens)")
         lines.append("ui: \(ui ? "on" : "off")")
+        if let d = draftModel { lines.append("draft-model: \(q(d))") }
         if let q = quantize { lines.append("quantize: \(q)") }
         lines.append("max-running: \(maxRunning)")
         lines.append("max-waiting: \(maxWaiting)")

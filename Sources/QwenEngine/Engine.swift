@@ -87,7 +87,11 @@ public final class Engine: @unchecked Sendable {
     /// Seconds of interleaved work earned by inference steps and not yet spent.
     private var credit = 0.0
 
-    public init(model: QwenModel, tokenizer: Tokenizer, config: Config = Config()) {
+    /// Proposes drafts with a second model of the same vocabulary (`--draft-model`), if any.
+    public let drafter: DraftModel?
+
+    public init(model: QwenModel, tokenizer: Tokenizer, config: Config = Config(), draft: QwenModel? = nil) {
+        drafter = draft.map { DraftModel(model: $0, blockSize: config.blockSize) }
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -337,8 +341,13 @@ public final class Engine: @unchecked Sendable {
         let limit = min(r.speculative?.maxDraftTokens ?? config.maxDraftTokens, room, r.maxTokens - s.generated - 1,
                         maxSequenceTokens - s.tokens.count)
         guard limit > 0 else { return [] }
-        let k = s.policy.length(limit: limit, rowCost: config.draftRowCost, sequences: sequences, force: mode == .ngram)
+        let k = s.policy.length(limit: limit, rowCost: config.draftRowCost, sequences: sequences, force: mode == .ngram || mode == .draft)
         guard k > 0 else { return [] }
+        // The draft model where there is one (auto or draft), else prompt lookup (a request
+        // that asks for `draft` where there is none is refused before it gets here).
+        if let drafter, mode != .ngram, r.prediction.isEmpty || mode == .draft {
+            return drafter.propose(for: ObjectIdentifier(s), tokens: s.tokens, count: k, vocabulary: model.config.vocabSize)
+        }
         return lookup.draft(s.tokens, count: k, reference: r.prediction)
     }
 
@@ -416,6 +425,7 @@ public final class Engine: @unchecked Sendable {
     private func finish(_ s: Seq, _ reason: FinishReason) {
         guard !s.finished else { return }
         s.finished = true
+        drafter?.forget(ObjectIdentifier(s))
         s.cache?.free()
         s.cache = nil
         s.group.finishChoice(s, reason)

@@ -16,6 +16,8 @@ public enum SpeculativeMode: String, Sendable, CaseIterable {
     case auto
     /// Draft whenever a match is found, up to the draft length.
     case ngram
+    /// Draft with the draft model (`--draft-model`) every step, up to the draft length.
+    case draft
     /// No drafts.
     case off
 }

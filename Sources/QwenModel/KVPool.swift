@@ -174,6 +174,16 @@ public final class KVPool {
         cachedByHash[hash] = b
     }
 
+    /// Withdraws block `b` from the prefix cache before its positions are written again (a
+    /// rolled-back draft filled it); blocks published after it stop matching it as their parent.
+    func unpublish(_ b: Int32) {
+        guard let h = blockHash[Int(b)] else { return }
+        if cachedByHash[h] == b { cachedByHash[h] = nil }
+        blockHash[Int(b)] = nil
+        blockContent[Int(b)] = nil
+        generation[Int(b)] &+= 1
+    }
+
     /// Whether block `b` is what a prefix lookup would find for its hash (tests).
     public func isPublished(_ b: Int32) -> Bool {
         guard let h = blockHash[Int(b)] else { return false }
@@ -280,6 +290,22 @@ public final class KVCache {
         for b in blocks[keep...] { pool.release(b) }
         blocks.removeSubrange(keep...)
     }
+
+    /// Forgets positions `n..<length` (tokens a draft model proposed that were not kept): blocks
+    /// published with any of them leave the prefix cache, and blocks past `n` go back to the pool.
+    public func rollback(to n: Int) {
+        precondition(n >= 0 && n <= length, "rollback past the filled positions")
+        guard n < length else { return }
+        let full = n / pool.blockSize
+        for i in full..<hashes.count { pool.unpublish(blocks[i]) }
+        if hashes.count > full { hashes.removeSubrange(full...) }
+        tokens.removeSubrange(n...)
+        length = n
+        releaseSpareBlocks()
+    }
+
+    /// The token ids of the filled positions.
+    public var filledTokens: [Int32] { tokens }
 
     /// Reuses cached blocks for the longest block-aligned prefix of `prompt` (at most
     /// `prompt.count - 1` positions, so at least one token is left to compute).

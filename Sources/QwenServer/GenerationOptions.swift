@@ -83,7 +83,8 @@ struct GenerationOptions {
         return o
     }
 
-    /// `"speculative": true | false | {"mode": "auto" | "ngram" | "off", "max_draft_tokens": 1…64}`.
+    /// `"speculative": true | false | {"mode": "auto" | "ngram" | "draft" | "off", "max_draft_tokens": 1…64}`
+    /// (`true`: prompt lookup, forced on).
     static func parseSpeculative(_ v: JSONValue?) throws -> SpeculativeOptions? {
         guard let v, !v.isNull else { return nil }
         if let b = v.bool { return SpeculativeOptions(mode: b ? .ngram : .off) }

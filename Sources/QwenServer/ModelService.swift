@@ -165,6 +165,9 @@ public final class ModelService: @unchecked Sendable {
         r.adapter = adapter
         r.cacheSalt = caller.cacheSalt
         r.priority = caller.priority
+        if o.speculative?.mode == .draft && engine.drafter == nil {
+            throw APIError.badParam("speculative", "'speculative.mode' is 'draft' but this server has no draft model (start it with --draft-model)")
+        }
         r.speculative = o.speculative
         return r
     }

@@ -31,7 +31,7 @@ struct Serve: AsyncParsableCommand {
     var compute: String?
     @Option(name: .customLong("kv-cache-dtype"), help: "How the KV cache stores keys and values: f32, f16 (half the memory and of the bytes attention reads; values rounded to 11 significant bits) or q8_0 (27% of f32; values rounded to 1/254 of each 32's largest). [default: f32]")
     var kvCacheDType: String?
-    @Option(help: "Speculative decoding: auto (prompt lookup: drafts from earlier n-grams of the prompt and output, verified in one forward, used where the cost model expects a gain), ngram (whenever a match is found) or off. Outputs are the same either way. [default: auto]")
+    @Option(help: "Speculative decoding: auto (drafts from the draft model if one is given, else prompt lookup: earlier n-grams of the prompt and output; verified in one forward, used where the cost model expects a gain), ngram (prompt lookup whenever a match is found), draft (the draft model every step) or off. Outputs are the same either way. [default: auto]")
     var speculative: String?
     @Option(name: .customLong("max-draft-tokens"), help: "Drafted tokens per sequence and step at most (1-64). [default: 12]")
     var maxDraftTokens: String?
@@ -65,6 +65,8 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("train-memory-gb"), help: "Memory a fine-tuning job may plan for beside the served model, in GiB; a job that needs more is refused (400). [default: what the system has available]") var trainMemoryGB: String?
     @Option(name: .customLong("max-upload-mb"), help: "Largest file /v1/files accepts, in MiB. [default: 512]") var maxUploadMB: String?
     @Option(name: .customLong("response-retention-days"), help: "Days a stored response (/v1/responses with store) is kept. [default: 30]") var responseRetentionDays: String?
+    @Option(name: .customLong("draft-model"), help: "A smaller model with the same tokenizer that drafts tokens for speculative decoding (a directory, .gguf file or hub repo id; e.g. Qwen/Qwen3-0.6B for Qwen/Qwen3-8B).")
+    var draftModel: String?
     @Option(help: "The web console at / (chat, fine-tuning, models, server): on or off (API only). [default: on]") var ui: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. [default: info]") var logLevel: String?
     @Option(name: .customLong("log-format"), help: "text (logfmt) or json, one line per event on stderr. [default: text]") var logFormat: String?
@@ -85,7 +87,7 @@ struct Serve: AsyncParsableCommand {
             ("max-connections", maxConnections), ("header-timeout", headerTimeout), ("body-timeout", bodyTimeout),
             ("write-timeout", writeTimeout), ("content-special-tokens", contentSpecialTokens),
             ("state-dir", stateDir), ("train-share", trainShare), ("max-upload-mb", maxUploadMB), ("train-memory-gb", trainMemoryGB),
-            ("response-retention-days", responseRetentionDays), ("ui", ui),
+            ("response-retention-days", responseRetentionDays), ("ui", ui), ("draft-model", draftModel),
         ]
         for (k, v) in flags { if let v { try s.set(k, v, source: "--\(k)") } }
         for k in apiKey { try s.set("api-key", k, source: "--api-key") }
@@ -131,7 +133,8 @@ struct Serve: AsyncParsableCommand {
             ec.speculative = SpeculativeMode(rawValue: s.speculative) ?? .auto
             ec.maxDraftTokens = s.maxDraftTokens
             ec.kvBlocks = Engine.blocks(forBytes: Int(s.kvCacheGB * Double(1 << 30)), config: loaded.model.config, dtype: ec.kvDType)
-            let engine = Engine(model: loaded.model, tokenizer: loaded.tokenizer, config: ec)
+            let draft = try s.draftModel.map { try Self.loadDraft($0, target: loaded, settings: s) }
+            let engine = Engine(model: loaded.model, tokenizer: loaded.tokenizer, config: ec, draft: draft)
             let live = LiveSettings(apiKeys: s.apiKeys, adminKeys: s.adminKeys, chatTemplateArgs: try Self.templateArgs(s))
             let baseAdapter = try s.adapterPath.map { try LoRAAdapter.load(path: $0, config: loaded.model.config) }
             let requestLog = RequestLog(metrics: ServerMetrics(), logPrompts: s.logPrompts)
@@ -229,6 +232,20 @@ struct Serve: AsyncParsableCommand {
 }
 
 extension Serve {
+    /// The draft model of `--draft-model`, loaded as the served model is (its compute mode too),
+    /// after checking that it reads and writes the same tokens.
+    static func loadDraft(_ spec: String, target: LoadedModel, settings s: ServeSettings) throws -> QwenModel {
+        let path = try ModelLocator.resolve(spec, log: log)
+        let d = try LoadedModel.load(path: path, name: nil, f32Weights: F32Weights(rawValue: s.f32Weights) ?? .auto,
+                                     choice: ComputeChoice(rawValue: s.compute) ?? .auto, quantize: s.quantize.flatMap { QuantizeType(rawValue: $0) })
+        if let problem = DraftCheck.mismatch(draft: d.tokenizer, target: target.tokenizer) {
+            throw StartupError(description: "--draft-model \(spec): \(problem); a draft model must share the served model's tokenizer")
+        }
+        let c = d.model.config
+        log("draft model: \(d.name) (\(c.layers) layers, hidden \(c.hiddenSize), context \(c.maxPositions); compute \(d.compute.rawValue))")
+        return d.model
+    }
+
     /// The address a socket is bound to, for the log line.
     static func localAddress(_ fd: CInt) -> (host: String, port: Int) {
         var storage = sockaddr_storage()

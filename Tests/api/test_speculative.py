@@ -167,7 +167,8 @@ def test_server_flag_turns_it_off(tmp_path):
 
 @pytest.mark.parametrize("field,value,needle", [
     ("speculative", "yes", "must be a boolean or an object"),
-    ("speculative", {"mode": "draft"}, "'speculative.mode' must be one of"),
+    ("speculative", {"mode": "fast"}, "'speculative.mode' must be one of"),
+    ("speculative", {"mode": "draft"}, "no draft model"),
     ("speculative", {"max_draft_tokens": 0}, "from 1 to 64"),
     ("speculative", {"depth": 3}, "unknown field 'depth'"),
     ("prediction", "text", "'prediction' must be"),
@@ -183,4 +184,63 @@ def test_a_bad_server_setting_is_refused_by_name():
     from conftest import BIN
     p = subprocess.run([BIN, "serve", "--model", os.path.join(FIXTURES, "qwen3-tiny-f32"), "--speculative", "always"],
                        capture_output=True, text=True, timeout=60)
-    assert p.returncode != 0 and "speculative" in p.stderr and "auto, ngram or off" in p.stderr
+    assert p.returncode != 0 and "speculative" in p.stderr and "auto, ngram, draft or off" in p.stderr
+    p = subprocess.run([BIN, "serve", "--model", os.path.join(FIXTURES, "qwen3-tiny-f32"), "--speculative", "draft"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "draft needs a draft model" in p.stderr, p.stderr
+
+
+# ---- a draft model (--draft-model) ----
+
+@pytest.fixture(scope="module")
+def drafted():
+    """The tiny Qwen3 drafting for itself, as its GGUF re-quantization (Q8_0/Q4_0 weights): a
+    smaller model of the same vocabulary, as Qwen3-0.6B is for Qwen3-8B."""
+    s = Server(os.path.join(FIXTURES, "qwen3-tiny-f32"), "--kv-cache-gb", "0.05", "--draft-model", os.path.join(FIXTURES, "qwen3-tiny.gguf"),
+               "--adapter", "all=" + os.path.join(ADAPTERS, "qwen3-all"))
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("name,path,body", CASES, ids=[c[0] for c in CASES])
+def test_a_draft_model_changes_no_output(drafted, name, path, body):
+    st, off = drafted.json("POST", path, {**body, "speculative": False})
+    assert st == 200, off
+    st, on = drafted.json("POST", path, {**body, "speculative": {"mode": "draft", "max_draft_tokens": 4}})
+    assert st == 200, on
+    same(output_of(on), output_of(off))
+    assert on["usage"]["completion_tokens"] == off["usage"]["completion_tokens"]
+    d = on["usage"]["completion_tokens_details"]
+    assert d["accepted_prediction_tokens"] + d["rejected_prediction_tokens"] > 0, f"{name}: nothing was drafted"
+
+
+def test_a_draft_model_drafts_by_default_and_counts(drafted):
+    assert "draft model: qwen3-tiny" in "".join(drafted.log)
+    before = drafted.metric("qwen_spec_draft_tokens_total")
+    body = {"prompt": "one two three", "max_tokens": 30, "temperature": 0, "ignore_eos": True}
+    st, auto = drafted.json("POST", "/v1/completions", body)  # the server's auto mode: the draft model
+    st, off = drafted.json("POST", "/v1/completions", {**body, "speculative": False})
+    assert auto["choices"][0]["text"] == off["choices"][0]["text"]
+    d = auto["usage"]["completion_tokens_details"]
+    assert d["accepted_prediction_tokens"] > 0
+    assert drafted.metric("qwen_spec_draft_tokens_total") - before == d["accepted_prediction_tokens"] + d["rejected_prediction_tokens"]
+    # Streamed: the same text.
+    events = drafted.stream("/v1/completions", {**body, "stream": True})
+    assert "".join(e["choices"][0]["text"] for e in events[:-1] if e["choices"]) == off["choices"][0]["text"]
+
+
+def test_a_draft_model_with_another_tokenizer_is_refused(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    from conftest import BIN
+    d = tmp_path / "other-vocab"
+    shutil.copytree(os.path.join(FIXTURES, "qwen3-tiny-f32"), d)
+    tok = json.load(open(d / "tokenizer.json"))
+    vocab = tok["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[300:302]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # two ids swapped: the same size, other meanings
+    json.dump(tok, open(d / "tokenizer.json", "w"))
+    p = subprocess.run([BIN, "serve", "--model", os.path.join(FIXTURES, "qwen3-tiny-f32"), "--draft-model", str(d), "--port", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "--draft-model" in p.stderr and "tokenizer" in p.stderr, p.stderr[-800:]
