@@ -87,6 +87,7 @@ def main():
     ap.add_argument("--levels", default="10:20,50:100", help="concurrency:requests for the load rows ('' for none)")
     ap.add_argument("--load-rounds", type=int, default=3)
     ap.add_argument("--single", type=int, default=1, help="0: the load rows only")
+    ap.add_argument("--draft", default="", help="also qwen-serve with this --draft-model (`default`: the model drafting for itself)")
     ap.add_argument("--write", default="BENCHMARKS.md")
     a = ap.parse_args()
     model = a.model
@@ -95,6 +96,11 @@ def main():
     bindir = bench_compare.build_llama_cpp(a.threads) if a.llama_spec else None
 
     servers = [("qwen-serve --speculative off", "qwen", ["--speculative", "off"]), ("qwen-serve (auto, the default)", "qwen", [])]
+    draft_name = None
+    if a.draft:
+        draft = model if a.draft == "default" else a.draft
+        draft_name = f"qwen-serve --draft-model {os.path.basename(draft)} --speculative draft"
+        servers.append((draft_name, "qwen", ["--draft-model", draft, "--speculative", "draft"]))
     servers += [(f"llama-server --spec-type {s}" if s != "none" else "llama-server", "llama", s) for s in a.llama_spec.split(",") if s]
     if not a.single:
         servers = []
@@ -172,10 +178,17 @@ def main():
                        f"{med(auto, 'edit') / med(best_llama, 'edit'):.2f}×; free chat against plain llama-server: "
                        f"{med(auto, 'chat') / med('llama-server', 'chat'):.2f}×.")
         out.append(f"Greedy text with speculation on equal to off, every request: {results.get(servers[1][0] + ' same')}.")
+        if draft_name:
+            out.append(f"Greedy text with the draft model equal to off, every request: {results.get(draft_name + ' same')}.")
         section = "\n".join(out) + "\n"
         print(section)
-        if a.write:
+        # Without llama-server's rows this run is not the comparison table: a draft-model run goes to its own section.
+        if a.write and llama_names:
             benchmarks_md.write_section(repo, "Speculative decoding, single stream", section, file=a.write)
+        elif a.write and draft_name:
+            title = "Speculative decoding with a draft model"
+            benchmarks_md.write_section(repo, title, section.replace("## Speculative decoding, single stream", "## " + title, 1),
+                                        file=a.write)
     if load:
         out = [f"## Speculative decoding under load (bench-spec, {time.strftime('%Y-%m-%d')}, {cpu}, {a.threads} threads)", "",
                f"Command: `{cmd}`", "",

@@ -3,7 +3,7 @@
 Chats with the model (token view on), uploads ../shared/data/self_cognition from the Fine-tuning
 page, starts a job with the page's defaults and follows its live charts, opens the fine-tune in
 Chat, and compares it with the base model side by side. Screenshots go to --out (the README's
-come from here); the answers before and after are printed."""
+come from here; Debian's fonts-noto-cjk draws the Chinese answers); the answers before and after are printed."""
 import argparse
 import os
 import subprocess
@@ -20,6 +20,7 @@ def main():
     ap.add_argument("--binary", default=os.path.join(REPO, ".build", "release", "qwen-serve"))
     ap.add_argument("--out", default=os.path.join(REPO, ".build", "console-demo"))
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--skip-train", action="store_true", help="reuse the last job that succeeded in --out's state (new screenshots only)")
     a = ap.parse_args()
     if not os.path.exists(os.path.join(DATA, "train.jsonl")):
         print(f"skipped: {DATA}/train.jsonl is not there (the reference data lives in ../shared)")
@@ -47,31 +48,41 @@ def main():
                       max_tokens=160, tokens=True, timeout=300)
         print("chat:", out.get_attribute("data-raw")[:300])
         shot("chat")
-        d.get(s.url + "/#tuning")
-        for name in ("train.jsonl", "valid.jsonl"):
-            tc.q(d, "job-upload").send_keys(os.path.join(DATA, name))
-            tc.wait(d, lambda: name in tc.q(d, "upload-status").text and "ok" in tc.q(d, "upload-status").get_attribute("class"),
-                    what=name)
-        tc.wait(d, lambda: "valid.jsonl" in tc.q(d, "job-valid").text, what="the file choices")
-        Select(tc.q(d, "job-train")).select_by_visible_text("train.jsonl (87 examples)")
-        Select(tc.q(d, "job-valid")).select_by_visible_text("valid.jsonl (21 examples)")
-        tc.set_field(d.find_element(By.ID, "job-epochs"), a.epochs)
-        tc.set_field(d.find_element(By.ID, "job-suffix"), "xiaoe")
-        tc.set_field(d.find_element(By.ID, "job-seed"), 0)
-        tc.q(d, "job-create").click()
-        job = tc.wait(d, lambda: tc.q(d, "job-title").text.startswith("ftjob-") and tc.q(d, "job-title").text, what="the job page")
-        t0 = time.time()
-        shot_at = 60
-        while tc.q(d, "job-status").text not in ("succeeded", "failed", "cancelled"):
+        if a.skip_train:
+            jobs = s.json("GET", "/v1/fine_tuning/jobs?limit=100")[1]["data"]
+            job = next(j["id"] for j in jobs if j["status"] == "succeeded")
+            d.get(s.url + "/#tuning")
+            tc.wait(d, lambda: d.find_elements(By.CSS_SELECTOR, f"#jobs-table tr[data-job='{job}']"), what="the job listed")
+            d.find_element(By.CSS_SELECTOR, f"#jobs-table tr[data-job='{job}']").click()
+            tc.wait(d, lambda: tc.q(d, "job-status").text == "succeeded", what="the job page")
             time.sleep(2)
-            if time.time() - t0 > shot_at:
-                shot("fine-tuning-running")
-                shot_at = 1e9
-            print(f"\r{tc.q(d, 'job-progress').text} {d.find_element(By.ID, 'job-speed').text} {d.find_element(By.ID, 'job-eta').text}   ",
-                  end="", flush=True)
-        print(f"\n{job}: {tc.q(d, 'job-status').text} in {time.time() - t0:.0f} s")
-        time.sleep(2)
-        shot("fine-tuning")
+            shot("fine-tuning")
+        else:
+            d.get(s.url + "/#tuning")
+            for name in ("train.jsonl", "valid.jsonl"):
+                tc.q(d, "job-upload").send_keys(os.path.join(DATA, name))
+                tc.wait(d, lambda: name in tc.q(d, "upload-status").text and "ok" in tc.q(d, "upload-status").get_attribute("class"),
+                        what=name)
+            tc.wait(d, lambda: "valid.jsonl" in tc.q(d, "job-valid").text, what="the file choices")
+            Select(tc.q(d, "job-train")).select_by_visible_text("train.jsonl (87 examples)")
+            Select(tc.q(d, "job-valid")).select_by_visible_text("valid.jsonl (21 examples)")
+            tc.set_field(d.find_element(By.ID, "job-epochs"), a.epochs)
+            tc.set_field(d.find_element(By.ID, "job-suffix"), "xiaoe")
+            tc.set_field(d.find_element(By.ID, "job-seed"), 0)
+            tc.q(d, "job-create").click()
+            job = tc.wait(d, lambda: tc.q(d, "job-title").text.startswith("ftjob-") and tc.q(d, "job-title").text, what="the job page")
+            t0 = time.time()
+            shot_at = 60
+            while tc.q(d, "job-status").text not in ("succeeded", "failed", "cancelled"):
+                time.sleep(2)
+                if time.time() - t0 > shot_at:
+                    shot("fine-tuning-running")
+                    shot_at = 1e9
+                print(f"\r{tc.q(d, 'job-progress').text} {d.find_element(By.ID, 'job-speed').text} {d.find_element(By.ID, 'job-eta').text}   ",
+                      end="", flush=True)
+            print(f"\n{job}: {tc.q(d, 'job-status').text} in {time.time() - t0:.0f} s")
+            time.sleep(2)
+            shot("fine-tuning")
         st, j = s.json("GET", f"/v1/fine_tuning/jobs/{job}")
         tuned = j["fine_tuned_model"]
         d.get(s.url + "/#compare")

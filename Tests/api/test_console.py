@@ -338,7 +338,8 @@ def test_model_text_and_file_names_render_as_text(browser, server, tmp_path):
     assert not d.find_elements(By.CSS_SELECTOR, "#chat-log img, #chat-log b")
     assert d.title == "qwen-serve"
     # A kept conversation whose answer holds HTML and script, rendered by the path every answer takes.
-    answer = f"Here: {PROBE}\n\n```html\n<script>document.title='pwned'</script>\n```\n\n**bold** <b>not bold</b>"
+    answer = (f"<think>\nplanning {PROBE}\n</think>\n\n"
+              f"Here: {PROBE}\n\n```html\n<script>document.title='pwned'</script>\n```\n\n**bold** <b>not bold</b>")
     conv = [{"id": "x", "title": PROBE, "created": 0, "model": server.name,
              "messages": [{"role": "user", "content": PROBE}, {"role": "assistant", "content": answer, "model": server.name}]}]
     d.execute_script("localStorage.setItem('qwen-serve.conversations', arguments[0])", json.dumps(conv))
@@ -347,6 +348,9 @@ def test_model_text_and_file_names_render_as_text(browser, server, tmp_path):
     assert PROBE in out.text and "<script>document.title='pwned'</script>" in out.text and "<b>not bold</b>" in out.text
     assert out.find_element(By.TAG_NAME, "strong").text == "bold"
     assert out.find_element(By.TAG_NAME, "pre").text == "<script>document.title='pwned'</script>"
+    # A <think> block left in the answer (a template that does not separate reasoning) is folded apart.
+    assert "<think>" not in out.text and "planning" not in out.text
+    assert q(d, "chat-reasoning").find_element(By.TAG_NAME, "div").get_attribute("textContent").strip() == f"planning {PROBE}"
     assert PROBE in d.find_element(By.CSS_SELECTOR, "#chat-log .msg.user").text
     assert PROBE in q(d, "chat-list").text
     # A training file named like the probe: its name shows as text in the table.
@@ -437,7 +441,9 @@ def test_fine_tune_live_then_chat_with_a_checkpoint_and_compare(browser, server,
     except Exception:
         got = sorted(points())
         raise AssertionError(f"plotted {len(got)} {got[:10]}…{got[-10:]}, reported {len(steps)} {steps[:10]}…{steps[-10:]}")
-    assert points("validation"), "the validation loss is plotted"
+    rows = sorted((e["data"] for e in body["data"] if e.get("type") == "metrics" and "valid_loss" in e["data"]), key=lambda r: r["step"])
+    evaluated = [r["step"] for i, r in enumerate(rows) if i == 0 or r["valid_loss"] != rows[i - 1]["valid_loss"]]
+    assert len(evaluated) >= 2 and sorted(points("validation")) == evaluated, "validation points where an evaluation reported"
     shot(d, "fine-tuning")
     # A checkpoint opens in Chat with that model chosen, and answers.
     button = q(d, "open-checkpoint", many=True)[0]

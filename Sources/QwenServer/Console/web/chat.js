@@ -4,7 +4,7 @@
 
 import { $, el, clear, status, tooltip } from './dom.js';
 import { stream, kindOf } from './api.js';
-import { renderMarkdown } from './markdown.js';
+import { renderMarkdown, splitThink } from './markdown.js';
 
 const STORE = 'qwen-serve.conversations';
 let conversations = load();
@@ -89,13 +89,15 @@ function renderList() {
 function messageNode(m) {
   if (m.role === 'user') return el('div', { class: 'msg user', text: m.content });
   const box = el('div', { class: 'msg assistant' + (m.error ? ' error' : '') });
-  if (m.reasoning) {
+  const [inline, answer] = splitThink(m.content || '');
+  const reasoning = m.reasoning || inline;
+  if (reasoning) {
     const d = el('details', { class: 'reasoning', 'data-testid': 'chat-reasoning' }, el('summary', { text: 'Reasoning' }),
-                 el('div', { text: m.reasoning }));
+                 el('div', { text: reasoning }));
     box.append(d);
   }
   const body = el('div', { class: 'body' });
-  if (m.error) body.textContent = m.error; else body.append(renderMarkdown(m.content || ''));
+  if (m.error) body.textContent = m.error; else body.append(renderMarkdown(m.reasoning ? (m.content || '') : answer));
   body.dataset.raw = m.error || m.content || ''; // the answer as the model wrote it (what Copy copies)
   box.append(body);
   const meta = [];

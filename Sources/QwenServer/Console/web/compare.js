@@ -1,7 +1,7 @@
 // Compare: one prompt sent to two models at once (say the base and a fine-tune), answers side by side.
 
-import { $, clear } from './dom.js';
-import { renderMarkdown } from './markdown.js';
+import { $, el, clear } from './dom.js';
+import { renderMarkdown, splitThink } from './markdown.js';
 import { fillModelSelect, streamChat } from './chat.js';
 
 let controller = null;
@@ -27,8 +27,13 @@ async function run(side, model, messages, signal) {
   if ($('compare-temperature').value !== '' && !isNaN(t)) body.temperature = t;
   if ($('compare-max-tokens').value !== '' && !isNaN(n)) body.max_tokens = n;
   try {
-    const done = await streamChat(body, (content) => {
-      clear(out).append(renderMarkdown(content));
+    const done = await streamChat(body, (content, reasoning) => {
+      const [inline, answer] = splitThink(content);
+      clear(out);
+      if (reasoning || inline) {
+        out.append(el('details', { class: 'reasoning' }, el('summary', { text: 'Reasoning' }), el('div', { text: reasoning || inline })));
+      }
+      out.append(renderMarkdown(reasoning ? content : answer));
       out.dataset.raw = content;
     }, signal);
     const toks = done.usage ? done.usage.completion_tokens : 0;

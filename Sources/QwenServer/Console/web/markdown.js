@@ -4,6 +4,16 @@
 
 import { el } from './dom.js';
 
+/**
+ * A `<think>…</think>` block the server left in the answer (a model trained to reason whose chat
+ * template does not separate it), split off so it can be shown folded: [reasoning, answer].
+ * While the block is still open, all of it is reasoning.
+ */
+export function splitThink(text) {
+  const m = text.match(/^\s*<think>\n?([\s\S]*?)(?:<\/think>\s*|$)([\s\S]*)$/);
+  return m ? [m[1], m[2]] : ['', text];
+}
+
 export function renderMarkdown(text) {
   const out = document.createDocumentFragment();
   const lines = text.split('\n');

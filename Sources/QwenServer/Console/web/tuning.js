@@ -168,9 +168,11 @@ async function refreshJob() {
   for (const e of ordered) if (e.type === 'metrics' && e.data && typeof e.data.step === 'number') metrics.set(e.data.step, e.data);
   const rows = [...metrics.values()].sort((a, b) => a.step - b.step);
   const series = (k) => rows.filter((r) => typeof r[k] === 'number').map((r) => [r.step, r[k]]);
-  lineChart($('loss-chart'), [{ name: 'train', points: series('train_loss') }, { name: 'validation', points: series('valid_loss') }]);
+  // Each metrics event repeats the latest validation figures: a point where a new one appears.
+  const evaluated = (k) => series(k).filter(([, v], i, all) => i === 0 || v !== all[i - 1][1]);
+  lineChart($('loss-chart'), [{ name: 'train', points: series('train_loss') }, { name: 'validation', points: evaluated('valid_loss') }]);
   lineChart($('accuracy-chart'), [{ name: 'train', points: series('train_mean_token_accuracy') },
-                                  { name: 'validation', points: series('valid_mean_token_accuracy') }], { yMin: 0 });
+                                  { name: 'validation', points: evaluated('valid_mean_token_accuracy') }], { yMin: 0 });
   lineChart($('lr-chart'), [{ name: 'learning rate', points: series('learning_rate') }], { yMin: 0 });
   lineChart($('tps-chart'), [{ name: 'tokens/s', points: series('tokens_per_second') }], { yMin: 0 });
   const last = rows[rows.length - 1];
