@@ -432,6 +432,7 @@ def test_fine_tune_live_then_chat_with_a_checkpoint_and_compare(browser, server,
     wait(d, lambda: len(points()) > first, timeout=120, what="new loss points")
     shot(d, "fine-tuning-running")
     wait(d, lambda: q(d, "job-status").text == "succeeded", timeout=300, what="the job to finish")
+    assert server.metric("qwen_training_seconds_total") > 0, "the engine time training took is in /metrics (the server view's share)"
     wait(d, lambda: q(d, "job-checkpoints", many=True) and len(q(d, "open-checkpoint", many=True)) >= 2, what="the checkpoints")
     # What is plotted is what the API reports, step for step.
     status, body = server.json("GET", f"/v1/fine_tuning/jobs/{title}/events?limit=1000", headers=auth(ADMIN))
