@@ -1,5 +1,6 @@
 import Foundation
 import QwenModel
+import QwenRuntime
 import QwenTokenizer
 
 /// Drafting with a second, smaller model of the same vocabulary (`--draft-model`, e.g. Qwen3-0.6B
@@ -46,7 +47,7 @@ public final class DraftModel {
                 steps += 1
                 cache.advance(feed)
                 guard let row = rows.first, !row.isEmpty else { break }
-                let next = Self.argmax(row)
+                let next = Sampler.argmax(row)
                 guard next < vocabulary else { break }
                 out.append(next)
                 feed = [next]
@@ -67,16 +68,6 @@ public final class DraftModel {
 
     /// Sequences holding a draft cache (tests).
     public var sequences: Int { caches.count }
-
-    static func argmax(_ row: [Float]) -> Int32 {
-        var best = 0
-        var value = -Float.infinity
-        for (i, v) in row.enumerated() where v > value {
-            value = v
-            best = i
-        }
-        return Int32(best)
-    }
 }
 
 /// Whether a draft model's tokenizer is the served model's: every id must stand for the same

@@ -59,15 +59,21 @@ final class SpeculationTests: XCTestCase {
 
     // MARK: KV rollback
 
-    /// The engine's rollback: forty positions computed into reserved room, twenty kept (recorded),
-    /// the rest's blocks returned; nothing past the kept positions is ever published.
-    func testRefusedPositionsAreNeverRecordedAndTheirBlocksGoBack() throws {
+    /// Forty positions of the tiny model computed into reserved room of a 16-block pool, none recorded.
+    func computedForty(stride: Int, offset: Int) throws -> (LoadedModel, KVPool, KVCache, [Int32]) {
         let m = try LoadedModel.load(path: Fixtures.path("qwen3-tiny-f32"))
         let pool = KVPool(config: m.model.config, blocks: 16)
-        let toks: [Int32] = (0..<40).map { Int32(($0 * 37 + 11) % 600) }
+        let toks: [Int32] = (0..<40).map { Int32(($0 * stride + offset) % 600) }
         let a = KVCache(pool: pool)
         XCTAssertTrue(a.reserve(40))
         _ = try m.model.compute([QwenModel.Item(cache: a, tokens: toks, logits: .none)])
+        return (m, pool, a, toks)
+    }
+
+    /// The engine's rollback: forty positions computed into reserved room, twenty kept (recorded),
+    /// the rest's blocks returned; nothing past the kept positions is ever published.
+    func testRefusedPositionsAreNeverRecordedAndTheirBlocksGoBack() throws {
+        let (m, pool, a, toks) = try computedForty(stride: 37, offset: 11)
         XCTAssertEqual(a.length, 0, "compute records nothing")
         XCTAssertEqual(a.blocks.count, 3)
         a.advance(Array(toks[0..<20]))
@@ -96,12 +102,7 @@ final class SpeculationTests: XCTestCase {
     /// blocks published with them leave the prefix cache, later blocks go back to the pool, and
     /// writing on gives what a cache that never held them gives.
     func testRollbackForgetsRecordedPositionsAndWithdrawsTheirBlocks() throws {
-        let m = try LoadedModel.load(path: Fixtures.path("qwen3-tiny-f32"))
-        let pool = KVPool(config: m.model.config, blocks: 16)
-        let toks: [Int32] = (0..<40).map { Int32(($0 * 53 + 7) % 600) }
-        let a = KVCache(pool: pool)
-        XCTAssertTrue(a.reserve(40))
-        _ = try m.model.compute([QwenModel.Item(cache: a, tokens: toks, logits: .none)])
+        let (m, pool, a, toks) = try computedForty(stride: 53, offset: 7)
         a.advance(toks)
         XCTAssertTrue(pool.isPublished(a.blocks[1]), "positions 16..<32 were published")
         a.rollback(to: 20)
