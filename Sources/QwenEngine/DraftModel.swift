@@ -8,7 +8,7 @@ import QwenTokenizer
 /// prompt-lookup drafts (a one-hot draft: the output is the target's, token for token and in
 /// distribution).
 ///
-/// Each sequence has a KV cache in the draft model's own paged pool, holding the sequence's
+/// Each sequence has a KV cache in the draft model's own paged pool (fixed in size), holding the sequence's
 /// tokens and the drafts of its last proposal. A proposal first rolls the cache back to what the
 /// sequence kept, then feeds the tokens the draft model has not seen (the prompt at first; after
 /// that the kept drafts and the target's own next token) and runs one draft step per token
@@ -20,10 +20,11 @@ public final class DraftModel {
     /// Draft-model forwards run (for the log and tests).
     public private(set) var steps = 0
 
-    public init(model: QwenModel, blockSize: Int = 16, dtype: KVCacheDType = .f32) {
+    /// `blocks`: the pool's size, fixed (the engine gives it as many positions as the served model's
+    /// cache holds, in the draft model's smaller rows), so drafting never grows memory past it.
+    public init(model: QwenModel, blocks: Int, blockSize: Int = 16, dtype: KVCacheDType = .f32) {
         self.model = model
-        // Grows as sequences need it; freed blocks return to it when sequences end.
-        pool = KVPool(config: model.config, blocks: 64, blockSize: blockSize, growable: true, dtype: dtype)
+        pool = KVPool(config: model.config, blocks: max(1, blocks), blockSize: blockSize, dtype: dtype)
     }
 
     /// Up to `count` tokens the draft model would write greedily after `tokens`.
@@ -42,7 +43,12 @@ public final class DraftModel {
         var out: [Int32] = []
         do {
             while out.count < count {
-                guard cache.reserve(feed.count) else { break }
+                guard cache.reserve(feed.count) else {
+                    // The draft pool is full: this sequence gives its cache back and drafts nothing
+                    // now (it starts over when there is room).
+                    forget(key)
+                    return []
+                }
                 let rows = try model.compute([QwenModel.Item(cache: cache, tokens: feed, logits: .last)])
                 steps += 1
                 cache.advance(feed)

@@ -91,7 +91,7 @@ public final class Engine: @unchecked Sendable {
     public let drafter: DraftModel?
 
     public init(model: QwenModel, tokenizer: Tokenizer, config: Config = Config(), draft: QwenModel? = nil) {
-        drafter = draft.map { DraftModel(model: $0, blockSize: config.blockSize) }
+        drafter = draft.map { DraftModel(model: $0, blocks: config.kvBlocks, blockSize: config.blockSize, dtype: config.kvDType) }
         self.model = model
         self.tokenizer = tokenizer
         self.config = config

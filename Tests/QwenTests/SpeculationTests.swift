@@ -283,6 +283,18 @@ final class SpeculationTests: XCTestCase {
         }
     }
 
+    /// The draft pool has a fixed size: a sequence that does not fit drafts nothing and holds nothing.
+    func testAFullDraftPoolDraftsNothingAndHoldsNothing() throws {
+        let d = DraftModel(model: try LoadedModel.load(path: Fixtures.path("qwen3-tiny-f32")).model, blocks: 2)
+        let key = ObjectIdentifier(self)
+        let short: [Int32] = [5, 6, 7, 8]
+        XCTAssertEqual(d.propose(for: key, tokens: short, count: 3, vocabulary: d.model.config.vocabSize).count, 3, "it fits: a draft")
+        let long = (0..<40).map { Int32($0 % 500) }
+        XCTAssertEqual(d.propose(for: key, tokens: long, count: 3, vocabulary: d.model.config.vocabSize), [], "40 positions do not fit in 2 blocks of 16")
+        XCTAssertEqual(d.sequences, 0, "its cache went back")
+        XCTAssertEqual(d.propose(for: key, tokens: short, count: 3, vocabulary: d.model.config.vocabSize).count, 3, "and the pool serves again")
+    }
+
     /// Sampling with speculation draws from the target's distribution: the token at a verified
     /// position, over many seeds, follows the model's own probabilities for it (a chi-square test
     /// against the exact top-k distribution, with drafts of the most likely token kept and
