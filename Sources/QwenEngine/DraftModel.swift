@@ -8,7 +8,7 @@ import QwenTokenizer
 /// prompt-lookup drafts (a one-hot draft: the output is the target's, token for token and in
 /// distribution).
 ///
-/// Each sequence has a KV cache in the draft model's own paged pool (fixed in size), holding the sequence's
+/// Each sequence has a KV cache in the draft model's own paged pool (bounded in size), holding the sequence's
 /// tokens and the drafts of its last proposal. A proposal first rolls the cache back to what the
 /// sequence kept, then feeds the tokens the draft model has not seen (the prompt at first; after
 /// that the kept drafts and the target's own next token) and runs one draft step per token
@@ -20,11 +20,13 @@ public final class DraftModel {
     /// Draft-model forwards run (for the log and tests).
     public private(set) var steps = 0
 
-    /// `blocks`: the pool's size, fixed (the engine gives it as many positions as the served model's
-    /// cache holds, in the draft model's smaller rows), so drafting never grows memory past it.
+    /// `blocks`: the most the pool may hold (the engine gives it as many positions as the served
+    /// model's cache holds, in the draft model's rows). It starts small and grows as sequences draft,
+    /// so memory follows use and never passes that bound.
     public init(model: QwenModel, blocks: Int, blockSize: Int = 16, dtype: KVCacheDType = .f32) {
         self.model = model
-        pool = KVPool(config: model.config, blocks: max(1, blocks), blockSize: blockSize, dtype: dtype)
+        pool = KVPool(config: model.config, blocks: min(16, max(1, blocks)), blockSize: blockSize, growable: true,
+                      maxBlocks: max(1, blocks), dtype: dtype)
     }
 
     /// Up to `count` tokens the draft model would write greedily after `tokens`.

@@ -41,8 +41,10 @@ public final class KVPool {
     public let blockSize: Int
     public let dtype: KVCacheDType
     public private(set) var blockCount: Int
-    /// A private pool (one sequence, the command line, tests) grows; the engine's is fixed.
+    /// A private pool (one sequence, the command line, tests, a draft model's) grows; the engine's is fixed.
     public let growable: Bool
+    /// A growable pool stops growing here (a draft model's: bounded by the served cache's size).
+    public let maxBlocks: Int
     /// Per layer, the storage (f32 values, or f16 bit patterns two to a float slot).
     var keys: [FloatBuffer]
     var values: [FloatBuffer]
@@ -65,8 +67,9 @@ public final class KVPool {
     public typealias BlockHasher = @Sendable (_ previous: UInt64, _ tokens: ArraySlice<Int32>) -> UInt64
     let hasher: BlockHasher
 
-    public init(config: QwenConfig, blocks: Int, blockSize: Int = 16, growable: Bool = false, dtype: KVCacheDType = .f32,
-                hasher: @escaping BlockHasher = KVCache.hash) {
+    public init(config: QwenConfig, blocks: Int, blockSize: Int = 16, growable: Bool = false, maxBlocks: Int = .max,
+                dtype: KVCacheDType = .f32, hasher: @escaping BlockHasher = KVCache.hash) {
+        self.maxBlocks = max(maxBlocks, blocks, 1)
         self.hasher = hasher
         layers = config.layers
         width = config.kvHeads * config.headDim
@@ -113,7 +116,7 @@ public final class KVPool {
             generation[Int(b)] &+= 1
             return b
         }
-        if growable {
+        if growable && blockCount < maxBlocks {
             grow()
             return allocate()
         }
@@ -129,7 +132,7 @@ public final class KVPool {
     var blockBytes: Int { blockSize * rowBytes }
 
     private func grow() {
-        let newCount = blockCount * 2
+        let newCount = min(blockCount * 2, maxBlocks)
         for l in 0..<layers {
             let n = Self.slots(blocks: newCount, blockSize: blockSize, rowBytes: rowBytes)
             let k = FloatBuffer(count: n), v = FloatBuffer(count: n)

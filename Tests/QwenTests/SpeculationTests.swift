@@ -283,7 +283,20 @@ final class SpeculationTests: XCTestCase {
         }
     }
 
-    /// The draft pool has a fixed size: a sequence that does not fit drafts nothing and holds nothing.
+    /// A growable pool with a bound grows to it and no further.
+    func testABoundedGrowablePoolStopsAtItsBound() throws {
+        let m = try LoadedModel.load(path: Fixtures.path("qwen3-tiny-f32"))
+        let pool = KVPool(config: m.model.config, blocks: 1, growable: true, maxBlocks: 4)
+        let c = KVCache(pool: pool)
+        XCTAssertTrue(c.reserve(64))
+        XCTAssertEqual(pool.blockCount, 4)
+        XCTAssertFalse(c.reserve(80), "a fifth block is past the bound")
+        XCTAssertEqual(pool.blockCount, 4)
+        c.free()
+        XCTAssertEqual(pool.usedBlocks, 0)
+    }
+
+    /// The draft pool is bounded: a sequence that does not fit drafts nothing and holds nothing.
     func testAFullDraftPoolDraftsNothingAndHoldsNothing() throws {
         let d = DraftModel(model: try LoadedModel.load(path: Fixtures.path("qwen3-tiny-f32")).model, blocks: 2)
         let key = ObjectIdentifier(self)
