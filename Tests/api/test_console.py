@@ -17,7 +17,7 @@ from conftest import FIXTURES, REPO, Server, default_model
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
@@ -439,7 +439,7 @@ def test_fine_tune_live_then_chat_with_a_checkpoint_and_compare(browser, server,
     steps = sorted({e["data"]["step"] for e in body["data"] if e.get("type") == "metrics" and "train_loss" in e["data"]})
     try:
         wait(d, lambda: sorted(points()) == steps, what="every reported step plotted")
-    except Exception:
+    except TimeoutException:
         got = sorted(points())
         raise AssertionError(f"plotted {len(got)} {got[:10]}…{got[-10:]}, reported {len(steps)} {steps[:10]}…{steps[-10:]}")
     rows = sorted((e["data"] for e in body["data"] if e.get("type") == "metrics" and "valid_loss" in e["data"]), key=lambda r: r["step"])
