@@ -66,15 +66,7 @@ struct BatchOutputLine: Encodable {
     }
     var id: String
     var custom_id: String
-    var response: Answer?
-    var error: Failure?
-
-    enum CodingKeys: String, CodingKey { case id, custom_id, response, error }
-    func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(id, forKey: .id)
-        try c.encode(custom_id, forKey: .custom_id)
-        try c.encode(response, forKey: .response)
-        try c.encode(error, forKey: .error)
-    }
+    /// Both always present, one of them null (OpenAI's output line shape).
+    var response: Nullable<Answer>
+    var error: Nullable<Failure>
 }

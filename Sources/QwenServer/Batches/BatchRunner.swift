@@ -204,8 +204,8 @@ final class BatchRunner: @unchecked Sendable {
                 continue
             }
             let out = BatchOutputLine(id: IDs.make("batch_req_"), custom_id: line.customID,
-                                      response: .init(status_code: status, request_id: answer["id"]?.string ?? IDs.make("req_"), body: answer),
-                                      error: nil)
+                                      response: Nullable(.init(status_code: status, request_id: answer["id"]?.string ?? IDs.make("req_"), body: answer)),
+                                      error: Nullable(nil))
             do { _ = try store.finish(b.id, line: line.line, ok: status == 200, output: ResponseJSON.encode(out)) } catch {
                 log.error("batch \(b.id) line \(line.line): the result could not be stored: \(error)")
             }
@@ -244,8 +244,8 @@ final class BatchRunner: @unchecked Sendable {
         }) != nil else { return }
         if status == "expired" {
             for line in (try? store.pendingLines(id)) ?? [] {
-                let out = BatchOutputLine(id: IDs.make("batch_req_"), custom_id: line.customID, response: nil,
-                                          error: .init(code: "batch_expired", message: "This request could not be executed before the completion window expired."))
+                let out = BatchOutputLine(id: IDs.make("batch_req_"), custom_id: line.customID, response: Nullable(nil),
+                                          error: Nullable(.init(code: "batch_expired", message: "This request could not be executed before the completion window expired.")))
                 _ = try? store.finish(id, line: line.line, ok: false, output: ResponseJSON.encode(out))
             }
         }
