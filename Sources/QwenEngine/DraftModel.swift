@@ -17,8 +17,6 @@ public final class DraftModel {
     public let model: QwenModel
     let pool: KVPool
     private var caches: [ObjectIdentifier: KVCache] = [:]
-    /// Draft-model forwards run (for the log and tests).
-    public private(set) var steps = 0
 
     /// `blocks`: the most the pool may hold (the engine gives it as many positions as the served
     /// model's cache holds, in the draft model's rows). It starts small and grows as sequences draft,
@@ -52,7 +50,6 @@ public final class DraftModel {
                     return []
                 }
                 let rows = try model.compute([QwenModel.Item(cache: cache, tokens: feed, logits: .last)])
-                steps += 1
                 cache.advance(feed)
                 guard let row = rows.first, !row.isEmpty else { break }
                 let next = Sampler.argmax(row)
