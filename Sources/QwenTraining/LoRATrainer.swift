@@ -95,12 +95,9 @@ public final class LoRATrainer {
                 throw TrainError("\((c.data as NSString).appendingPathComponent("train.jsonl")): \(train.count) examples, fewer than batch_size \(c.batchSize)")
             }
             try prepareDirectory(dir)
-            let params = try LoRAParameters(config: m.config, numLayers: c.numLayers, projections: c.projections, rank: c.loraRank,
-                                            scale: Float(c.loraScale), dropout: Float(c.loraDropout), seed: UInt64(c.seed))
-            parameters = params
-            if let file = c.resumeAdapterFile { try loadWeights(file, into: params) }
-            let p = LoRATrainingPass(model: m, parameters: params, checkpoint: c.gradCheckpoint)
-            p.dropoutSeed = UInt64(c.seed)
+            let p = try LoRATrainingPass.make(model: m, config: c)
+            parameters = p.parameters
+            if let file = c.resumeAdapterFile { try loadWeights(file, into: p.parameters) }
             pass = p
             try trainLoop(p, train: train, valid: valid, dir: dir)
         }
