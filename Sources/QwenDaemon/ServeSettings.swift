@@ -60,6 +60,15 @@ public struct ServeSettings: Equatable, Sendable {
     /// Fine-tuning state (files, jobs, adapters): SQLite and files under this directory.
     /// Default: $STATE_DIRECTORY (systemd's StateDirectory=), else ~/.local/state/qwen-serve.
     public var stateDir: String?
+    /// Where files, jobs and fine-tuned models live: `sqlite` (in the state directory) or a
+    /// `postgres://user:pass@host:port/db?sslmode=…` URL shared by several replicas.
+    public var stateDB = "sqlite"
+    /// The database password, read from this file (systemd credentials, Kubernetes secrets).
+    public var stateDBPasswordFile: String?
+    /// This replica's name in job events and leases (default: host name and port).
+    public var nodeID: String?
+    /// Seconds a fine-tuning job's claim holds without a heartbeat.
+    public var jobLease = 30.0
     /// Share (0–1) of engine time a training job may take while requests are waiting.
     public var trainShare = 0.3
     /// Largest file /v1/files accepts, in MiB.
@@ -86,7 +95,8 @@ public struct ServeSettings: Equatable, Sendable {
                               "log-level", "log-format", "log-prompts", "tls-cert-file", "tls-key-file", "f32-weights", "compute", "kv-cache-dtype",
                               "quantize", "max-connections", "header-timeout", "body-timeout", "write-timeout", "content-special-tokens",
                               "state-dir", "train-share", "max-upload-mb", "train-memory-gb", "speculative", "max-draft-tokens",
-                              "response-retention-days", "ui", "draft-model"]
+                              "response-retention-days", "ui", "draft-model", "state-db", "state-db-password-file", "node-id",
+                              "job-lease"]
 
     /// Applies one setting given as text; `source` names where it came from for errors.
     public mutating func set(_ key: String, _ raw: String, source: String) throws {
@@ -139,6 +149,22 @@ public struct ServeSettings: Equatable, Sendable {
         case "state-dir":
             guard !value.isEmpty else { throw bad("a directory") }
             stateDir = value
+        case "state-db":
+            guard value == "sqlite" || value.hasPrefix("postgres://") || value.hasPrefix("postgresql://") else {
+                throw bad("sqlite or a postgres:// URL")
+            }
+            stateDB = value
+        case "state-db-password-file":
+            guard !value.isEmpty else { throw bad("a file") }
+            stateDBPasswordFile = value
+        case "node-id":
+            guard !value.isEmpty, value.count <= 128, value.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 32 && $0.value < 127 }) else {
+                throw bad("1–128 printable ASCII characters without spaces")
+            }
+            nodeID = value
+        case "job-lease":
+            guard let d = Double(value), d >= 1, d <= 3600 else { throw bad("a number of seconds from 1 to 3600") }
+            jobLease = d
         case "train-share":
             guard let d = Double(value), d >= 0, d <= 1 else { throw bad("a number from 0 to 1") }
             trainShare = d
@@ -302,10 +328,24 @@ public struct ServeSettings: Equatable, Sendable {
         lines.append("write-timeout: \(writeTimeout)")
         lines.append("content-special-tokens: \(contentSpecialTokens)")
         if let d = stateDir { lines.append("state-dir: \(q(d))") }
+        // The URL may hold a password: shown without it.
+        lines.append("state-db: \(q(Self.redacted(stateDB)))")
+        if let f = stateDBPasswordFile { lines.append("state-db-password-file: \(q(f))") }
+        if let n = nodeID { lines.append("node-id: \(q(n))") }
+        lines.append("job-lease: \(jobLease)")
         lines.append("train-share: \(trainShare)")
         lines.append("max-upload-mb: \(maxUploadMB)")
         lines.append("response-retention-days: \(responseRetentionDays)")
         if let g = trainMemoryGB { lines.append("train-memory-gb: \(g)") }
         return lines.joined(separator: "\n") + "\n"
+    }
+}
+
+extension ServeSettings {
+    /// A database URL with its password replaced by `***`.
+    public static func redacted(_ url: String) -> String {
+        guard var c = URLComponents(string: url), c.password != nil else { return url }
+        c.password = "***"
+        return c.string ?? "postgres://***"
     }
 }

@@ -32,7 +32,7 @@ public struct HTTPServer {
     let service: ModelService
     let config: Config
     /// Fine-tuning (files and jobs), when this server has a state directory.
-    let jobs: JobManager?
+    let jobs: FineTuning?
     /// Stored responses, when this server has a state directory.
     let responses: ResponseStore?
     let backgroundResponses = BackgroundResponses()
@@ -40,7 +40,7 @@ public struct HTTPServer {
     /// The Batch API's runner, when this server has a state directory.
     let batches: BatchRunner?
 
-    public init(service: ModelService, config: Config, jobs: JobManager? = nil, stateDirectory: String? = nil) {
+    public init(service: ModelService, config: Config, jobs: FineTuning? = nil, stateDirectory: String? = nil) {
         self.service = service
         self.config = config
         self.jobs = jobs
@@ -62,7 +62,7 @@ public struct HTTPServer {
         var runner: BatchRunner?
         if let dir = stateDirectory, let jobs {
             do {
-                runner = BatchRunner(store: try SQLiteBatchStore(directory: dir), files: jobs.store, service: service,
+                runner = BatchRunner(store: try SQLiteBatchStore(directory: dir), files: jobs.store, scratch: jobs.stateDirectory + "/uploads", service: service,
                                      responses: responsesController, concurrency: service.engine.config.maxRunning,
                                      maxFileBytes: config.maxUploadBytes)
             } catch {
@@ -167,8 +167,9 @@ public struct HTTPServer {
         }
         // Fine-tuning spends the machine and changes what is served: admin routes too.
         if let jobs {
-            FilesController(store: jobs.store, tokenizer: s.tokenizer, maxUploadBytes: config.maxUploadBytes).addRoutes(to: admin)
-            JobsController(manager: jobs, service: s, limit: limit).addRoutes(to: admin)
+            FilesController(store: jobs.store, uploadsDirectory: jobs.stateDirectory + "/uploads", tokenizer: s.tokenizer,
+                            maxUploadBytes: config.maxUploadBytes).addRoutes(to: admin)
+            JobsController(manager: jobs.manager, models: jobs.models, service: s, limit: limit).addRoutes(to: admin)
         }
         // Batches spend the machine for hours, as fine-tuning does: admin routes too.
         if let batches {
@@ -229,6 +230,11 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch let e as APIError {
             status = e.status.code
             response = ModelService.jsonResponse(e.json, status: e.status, headers: e.headers)
+        } catch let e as StoreError {
+            // The state database (fine-tuning, files) is down: inference goes on; these routes say so.
+            let a = APIError(.serviceUnavailable, "\(e); try again shortly", code: "state_database_unavailable")
+            status = a.status.code
+            response = ModelService.jsonResponse(a.json, status: a.status, headers: [.retryAfter: "5"])
         } catch let e as HTTPError {
             status = e.status.code
             let msg: String

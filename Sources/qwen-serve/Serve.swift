@@ -61,6 +61,10 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("write-timeout"), help: "Seconds a response may wait on a client that does not read; then the connection closes and its work stops. [default: 60]") var writeTimeout: String?
     @Option(name: .customLong("content-special-tokens"), help: "Control-token text in message content: text (plain text, as OpenAI) or tokens (as transformers). [default: text]") var contentSpecialTokens: String?
     @Option(name: .customLong("state-dir"), help: "Where fine-tuning keeps its files, jobs and adapters (SQLite and files). [default: $STATE_DIRECTORY, else ~/.local/state/qwen-serve]") var stateDir: String?
+    @Option(name: .customLong("state-db"), help: "Where files, fine-tuning jobs and fine-tuned models live: sqlite (in --state-dir, one machine) or postgres://user[:pass]@host[:port]/db[?sslmode=…], shared by several replicas. [default: sqlite]") var stateDB: String?
+    @Option(name: .customLong("state-db-password-file"), help: "Read the database password from this file (systemd credentials, Kubernetes secrets).") var stateDBPasswordFile: String?
+    @Option(name: .customLong("node-id"), help: "This replica's name in fine-tuning leases and job events. [default: host name:port]") var nodeID: String?
+    @Option(name: .customLong("job-lease"), help: "Seconds a replica's claim on a fine-tuning job holds without a heartbeat; then another replica resumes the job. [default: 30]") var jobLease: String?
     @Option(name: .customLong("train-share"), help: "Share (0–1) of engine time a fine-tuning job may take while requests are waiting; with none waiting it takes all. [default: 0.3]") var trainShare: String?
     @Option(name: .customLong("train-memory-gb"), help: "Memory a fine-tuning job may plan for beside the served model, in GiB; a job that needs more is refused (400). [default: what the system has available]") var trainMemoryGB: String?
     @Option(name: .customLong("max-upload-mb"), help: "Largest file /v1/files accepts, in MiB. [default: 512]") var maxUploadMB: String?
@@ -88,6 +92,7 @@ struct Serve: AsyncParsableCommand {
             ("write-timeout", writeTimeout), ("content-special-tokens", contentSpecialTokens),
             ("state-dir", stateDir), ("train-share", trainShare), ("max-upload-mb", maxUploadMB), ("train-memory-gb", trainMemoryGB),
             ("response-retention-days", responseRetentionDays), ("ui", ui), ("draft-model", draftModel),
+            ("state-db", stateDB), ("state-db-password-file", stateDBPasswordFile), ("node-id", nodeID), ("job-lease", jobLease),
         ]
         for (k, v) in flags { if let v { try s.set(k, v, source: "--\(k)") } }
         for k in apiKey { try s.set("api-key", k, source: "--api-key") }
@@ -149,18 +154,20 @@ struct Serve: AsyncParsableCommand {
             let env = ProcessInfo.processInfo.environment
             let stateDir = s.stateDir ?? env["STATE_DIRECTORY"]?.split(separator: ":").first.map(String.init)
                 ?? (env["XDG_STATE_HOME"] ?? NSHomeDirectory() + "/.local/state") + "/qwen-serve"
-            var jobs: JobManager?
+            var jobs: FineTuning?
             do {
-                let store = try FineTuningStore(directory: stateDir)
+                try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
                 if try StateLock.acquire(stateDir) {
-                    let m = JobManager(store: store, model: loaded.model, tokenizer: loaded.tokenizer, baseName: loaded.name,
-                                       modelPath: path, adapters: service.adapters)
-                    for p in await m.recover() { log("fine-tuning: \(p)", level: .warning) }
-                    engine.interleaved = m
+                    let store = try await Self.openStore(s, stateDir: stateDir)
+                    let node = s.nodeID ?? "\(Self.hostName()):\(s.port)"
+                    let (ft, problems) = try await FineTuning.start(
+                        store: store, stateDirectory: stateDir, runner: .init(node: node, lease: s.jobLease, jobsDirectory: stateDir + "/jobs"),
+                        engine: engine, tokenizer: loaded.tokenizer, baseName: loaded.name, modelPath: path, adapters: service.adapters)
+                    for p in problems { log("fine-tuning: \(p)", level: .warning) }
                     engine.trainShare = s.trainShare
-                    m.memoryLimit = s.trainMemoryGB.map { Int($0 * Double(1 << 30)) }
-                    jobs = m
-                    log("fine-tuning state in \(stateDir)")
+                    ft.manager.memoryLimit = s.trainMemoryGB.map { Int($0 * Double(1 << 30)) }
+                    jobs = ft
+                    log("fine-tuning state: \(store.backend == "sqlite" ? "SQLite in \(stateDir)" : ServeSettings.redacted(s.stateDB) + " (local caches in \(stateDir))"); node \(node), job lease \(s.jobLease) s")
                 } else {
                     log("fine-tuning is off: another qwen-serve holds \(stateDir) (give this one its own --state-dir)", level: .warning)
                 }
@@ -221,8 +228,8 @@ struct Serve: AsyncParsableCommand {
             try await group.run()
             hangup.cancel()
             engine.shutdown(grace: 0)
-            // The engine thread has stopped: the running job checkpoints for the next start.
-            jobs?.shutdown()
+            // The engine thread has stopped: the running job checkpoints and goes back to the queue.
+            await jobs?.runner.shutdown(grace: s.shutdownGrace)
             log("stopped")
         } catch {
             log("qwen-serve: \(error)", level: .error)
@@ -232,6 +239,31 @@ struct Serve: AsyncParsableCommand {
 }
 
 extension Serve {
+    /// The kernel's host name (no DNS lookup, unlike ProcessInfo.hostName).
+    static func hostName() -> String {
+        var buf = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buf, buf.count - 1) == 0 else { return "localhost" }
+        return String(cString: buf)
+    }
+
+    /// The store `--state-db` names: SQLite in the state directory, or PostgreSQL (its schema
+    /// migrated now when it answers; until it does, the fine-tuning routes answer 503).
+    static func openStore(_ s: ServeSettings, stateDir: String) async throws -> any FineTuningStore {
+        guard s.stateDB != "sqlite" else { return try SQLiteFineTuningStore(directory: stateDir) }
+        let config = try PostgresURL.configuration(s.stateDB, passwordFile: s.stateDBPasswordFile)
+        var logger = Logger(label: "qwen-serve.postgres")
+        logger.logLevel = .warning
+        let store = PostgresFineTuningStore(configuration: config, cacheDirectory: stateDir + "/cache/files", logger: logger)
+        do { try await store.migrate() } catch StoreError.corrupt(let m) { throw StartupError(description: m) } catch {
+            log("the state database does not answer yet (\(error)); fine-tuning waits for it", level: .warning)
+            Task {
+                while (try? await store.migrate()) == nil { try? await Task.sleep(for: .seconds(5)) }
+                log("the state database answers: its schema is up to date")
+            }
+        }
+        return store
+    }
+
     /// The draft model of `--draft-model`, loaded as the served model is (its compute mode too),
     /// after checking that it reads and writes the same tokens.
     static func loadDraft(_ spec: String, target: LoadedModel, settings s: ServeSettings) throws -> QwenModel {

@@ -156,3 +156,29 @@ def real():
 def tiny_tokenizer():
     from tokenizers import Tokenizer
     return Tokenizer.from_file(os.path.join(FIXTURES, "qwen3-tiny-f32", "tokenizer.json"))
+
+
+# PostgreSQL for the shared-state tests: the cluster scripts/with_postgres.sh started (make test
+# runs the API tests inside it). Each caller gets a database of its own.
+POSTGRES = os.environ.get("QWEN_TEST_POSTGRES")
+
+
+def postgres_or_skip():
+    if not POSTGRES:
+        pytest.skip("no PostgreSQL: run through scripts/with_postgres.sh (make test does)")
+
+
+def fresh_database(prefix="qwen"):
+    """A new empty database on the test cluster; returns its URL."""
+    postgres_or_skip()
+    name = f"{prefix}_{os.getpid()}_{int(time.time() * 1000) % 10**9}_{threading.get_ident() % 1000}"
+    admin = POSTGRES.split("?")[0]
+    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    base, _, query = POSTGRES.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + name + ("?" + query if query else "")
+
+
+def psql(url, sql):
+    """Runs SQL on a test database; returns psql's unaligned rows."""
+    out = subprocess.run(["psql", url.split("?")[0], "-qAtc", sql], check=True, capture_output=True, text=True)
+    return [line.split("|") for line in out.stdout.splitlines() if line]

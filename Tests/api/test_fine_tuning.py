@@ -11,9 +11,23 @@ import time
 import openai
 import pytest
 
-from conftest import BIN, FIXTURES, Server
+from conftest import BIN, FIXTURES, Server, fresh_database, postgres_or_skip
 
 TINY = os.path.join(FIXTURES, "qwen3-tiny-f32")
+
+# Every test here runs on both stores: SQLite in the state directory, and PostgreSQL (a database
+# of its own per state directory, so a restarted server finds its state again).
+STATE_DB = {"backend": "sqlite"}
+DATABASES = {}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"], autouse=True)
+def backend(request):
+    if request.param == "postgres":
+        postgres_or_skip()
+    STATE_DB["backend"] = request.param
+    yield request.param
+    STATE_DB["backend"] = "sqlite"
 
 
 def rows(n, long=False):
@@ -28,7 +42,12 @@ def jsonl(rs):
 
 
 def serve(state, *extra):
-    return Server(TINY, "--kv-cache-gb", "0.05", "--state-dir", str(state), *extra)
+    db = []
+    if STATE_DB["backend"] == "postgres":
+        if str(state) not in DATABASES:
+            DATABASES[str(state)] = fresh_database()
+        db = ["--state-db", DATABASES[str(state)]]
+    return Server(TINY, "--kv-cache-gb", "0.05", "--state-dir", str(state), *db, *extra)
 
 
 def client(s, key="x"):
@@ -46,7 +65,7 @@ def wait(c, job_id, until=("succeeded", "failed", "cancelled"), timeout=120):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, backend):
     s = serve(tmp_path_factory.mktemp("state"))
     yield s
     s.stop()
@@ -219,7 +238,7 @@ def run_job(state, stop=None, seed=5):
         assert job.status == "succeeded", job.error
         events = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=100)]
         if stop is not None:
-            assert any("resumed at step" in m for m in events), events
+            assert any(m.startswith("Fine-tuning job resumed on ") and " from step " in m for m in events), events
         if stop == signal.SIGTERM:
             assert any("checkpointed at step" in m for m in events), events
         # Served by name after the restart.

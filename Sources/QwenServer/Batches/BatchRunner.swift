@@ -12,7 +12,9 @@ import QwenFormats
 /// a stopped or killed server resumes at start-up: recorded lines are kept, the others run again.
 final class BatchRunner: @unchecked Sendable {
     let store: BatchStore
-    let files: FineTuningStore
+    let files: any FineTuningStore
+    /// Where output files are written before the store takes them.
+    let scratch: String
     let service: ModelService
     let responses: ResponsesController
     /// Lines in flight at once.
@@ -26,9 +28,10 @@ final class BatchRunner: @unchecked Sendable {
     private var cancellers: [String: CancelGroup] = [:]
     private var kicked = false
 
-    init(store: BatchStore, files: FineTuningStore, service: ModelService, responses: ResponsesController, concurrency: Int, maxFileBytes: Int) {
+    init(store: BatchStore, files: any FineTuningStore, scratch: String, service: ModelService, responses: ResponsesController, concurrency: Int, maxFileBytes: Int) {
         self.store = store
         self.files = files
+        self.scratch = scratch
         self.service = service
         self.responses = responses
         self.concurrency = max(1, concurrency)
@@ -116,12 +119,12 @@ final class BatchRunner: @unchecked Sendable {
             b = next
         }
         if b.status == "in_progress" {
-            if Self.now >= b.expires_at { return finalize(b.id, as: "expired") }
+            if Self.now >= b.expires_at { return await finalize(b.id, as: "expired") }
             await runLines(b)
             if isStopping { return }
-            if Self.now >= b.expires_at, ((try? store.pendingLines(b.id)) ?? []).count > 0 { return finalize(b.id, as: "expired") }
+            if Self.now >= b.expires_at, ((try? store.pendingLines(b.id)) ?? []).count > 0 { return await finalize(b.id, as: "expired") }
         }
-        finalize(b.id, as: cancelIsRequested(b.id) ? "cancelled" : "completed")
+        await finalize(b.id, as: cancelIsRequested(b.id) ? "cancelled" : "completed")
     }
 
     private func cancelRequestedInsert(_ id: String) { lock.withLock { _ = cancelRequested.insert(id) } }
@@ -130,8 +133,8 @@ final class BatchRunner: @unchecked Sendable {
     private func validate(_ b: Batch) async -> Batch? {
         let bytes: [UInt8]
         do {
-            guard let f = try files.file(b.input_file_id) else { throw APIError.badParam("input_file_id", "the input file was deleted") }
-            bytes = [UInt8](try SafeFile.read(files.filePath(f.id), maxBytes: maxFileBytes))
+            guard let f = try await files.file(b.input_file_id) else { throw APIError.badParam("input_file_id", "the input file was deleted") }
+            bytes = [UInt8](try SafeFile.read(try await files.fileContent(f.id), maxBytes: maxFileBytes))
         } catch {
             transition(b.id) { b in
                 b.status = "failed"
@@ -237,7 +240,7 @@ final class BatchRunner: @unchecked Sendable {
     // MARK: Finishing
 
     /// Writes the output and error files (lines in input order) and ends the batch as `status`.
-    private func finalize(_ id: String, as status: String) {
+    private func finalize(_ id: String, as status: String) async {
         guard transition(id, { b in
             b.status = "finalizing"
             b.finalizing_at = Self.now
@@ -251,10 +254,10 @@ final class BatchRunner: @unchecked Sendable {
         }
         let outs = (try? store.outputs(id)) ?? []
         let suffix = String(id.dropFirst("batch_".count))
-        let outputID = writeFile(id: "file-" + suffix, name: "batch_\(suffix)_output.jsonl", lines: outs.filter(\.ok).map(\.output))
+        let outputID = await writeFile(id: "file-" + suffix, name: "batch_\(suffix)_output.jsonl", lines: outs.filter(\.ok).map(\.output))
         var errSuffix = String(suffix.reversed())
         if errSuffix == suffix { errSuffix = "z" + errSuffix.dropFirst() }
-        let errorID = writeFile(id: "file-" + errSuffix, name: "batch_\(suffix)_error.jsonl", lines: outs.filter { !$0.ok }.map(\.output))
+        let errorID = await writeFile(id: "file-" + errSuffix, name: "batch_\(suffix)_error.jsonl", lines: outs.filter { !$0.ok }.map(\.output))
         transition(id) { b in
             b.status = status
             b.output_file_id = outputID
@@ -269,13 +272,15 @@ final class BatchRunner: @unchecked Sendable {
     }
 
     /// A `batch_output` file holding `lines` (written whole, then renamed into place); nil when there are none.
-    private func writeFile(id: String, name: String, lines: [String]) -> String? {
+    private func writeFile(id: String, name: String, lines: [String]) async -> String? {
         guard !lines.isEmpty else { return nil }
         let data = Data((lines.joined(separator: "\n") + "\n").utf8)
         do {
-            try data.write(to: URL(fileURLWithPath: files.filePath(id)), options: .atomic)
-            _ = try? files.deleteFile(id)
-            try files.insert(FileObject(id: id, bytes: data.count, created_at: Self.now, filename: name, purpose: "batch_output", status: "processed"))
+            let tmp = scratch + "/\(id).part"
+            try AtomicFile.write(data, to: tmp)
+            _ = try? await files.deleteFile(id)
+            try await files.insertFile(FileObject(id: id, bytes: data.count, created_at: Self.now, filename: name, purpose: "batch_output", status: "processed"),
+                                       content: tmp)
             return id
         } catch {
             log.error("\(name) could not be written: \(error)")

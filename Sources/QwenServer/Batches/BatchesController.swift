@@ -11,7 +11,7 @@ struct BatchesController {
     let limit: Int
 
     func addRoutes(to group: RouterGroup<QwenRequestContext>) {
-        group.post("batches") { req, _ -> Response in json(try create(try await HTTPServer.body(req, limit: limit))) }
+        group.post("batches") { req, _ -> Response in json(try await create(try await HTTPServer.body(req, limit: limit))) }
         group.get("batches") { req, _ -> Response in
             let (items, more) = try runner.store.list(after: req.uri.queryParameters.get("after"),
                                                       limit: try FilesController.limit(req, default: 20, max: 100))
@@ -37,7 +37,7 @@ struct BatchesController {
         return b
     }
 
-    func create(_ body: JSONValue) throws -> Batch {
+    func create(_ body: JSONValue) async throws -> Batch {
         let f = try RequestFields(body)
         guard let fileID = try f.string("input_file_id") else { throw APIError.badParam("input_file_id", "'input_file_id' is required") }
         guard let endpoint = try f.string("endpoint") else { throw APIError.badParam("endpoint", "'endpoint' is required") }
@@ -47,7 +47,7 @@ struct BatchesController {
         guard try f.string("completion_window") == "24h" else { throw APIError.badParam("completion_window", "'completion_window' must be \"24h\"") }
         var metadata: JSONValue?
         if let m = f.body["metadata"], !m.isNull { metadata = try ResponseRequest.metadata(m) }
-        guard FilesController.validID(fileID, prefix: "file-"), let file = try runner.files.file(fileID) else {
+        guard FilesController.validID(fileID, prefix: "file-"), let file = try await runner.files.file(fileID) else {
             throw APIError(.notFound, "No such File object: \(fileID.prefix(64))", param: "input_file_id", code: "file_not_found")
         }
         guard file.purpose == "batch" else {

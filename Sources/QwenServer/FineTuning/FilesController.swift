@@ -11,7 +11,9 @@ import QwenTraining
 /// `fine-tune` file is checked line by line before it is `processed`, and ids are checked
 /// before they become paths.
 struct FilesController {
-    let store: FineTuningStore
+    let store: any FineTuningStore
+    /// Where uploads are streamed before the store takes them (`<state-dir>/uploads`).
+    let uploadsDirectory: String
     let tokenizer: Tokenizer
     let maxUploadBytes: Int
 
@@ -19,13 +21,12 @@ struct FilesController {
 
     func addRoutes(to group: RouterGroup<QwenRequestContext>) {
         group.post("files") { req, _ -> Response in try await upload(req) }
-        group.get("files") { req, _ -> Response in try list(req) }
-        group.get("files/:id") { _, ctx -> Response in try Self.json(try file(ctx)) }
-        group.get("files/:id/content") { _, ctx -> Response in try content(ctx) }
+        group.get("files") { req, _ -> Response in try await list(req) }
+        group.get("files/:id") { _, ctx -> Response in try Self.json(try await file(ctx)) }
+        group.get("files/:id/content") { _, ctx -> Response in try await content(ctx) }
         group.delete("files/:id") { _, ctx -> Response in
-            let f = try file(ctx)
-            _ = try store.deleteFile(f.id)
-            try? FileManager.default.removeItem(atPath: store.filePath(f.id))
+            let f = try await file(ctx)
+            _ = try await store.deleteFile(f.id)
             return ModelService.jsonResponse(.object([("id", .string(f.id)), ("object", .string("file")), ("deleted", .bool(true))]))
         }
     }
@@ -42,18 +43,18 @@ struct FilesController {
             && id.dropFirst(prefix.count).unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) }
     }
 
-    func file(_ ctx: QwenRequestContext) throws -> FileObject {
+    func file(_ ctx: QwenRequestContext) async throws -> FileObject {
         let id = ctx.pathParameter("id")
-        guard Self.validID(id, prefix: "file-"), let f = try store.file(id) else {
+        guard Self.validID(id, prefix: "file-"), let f = try await store.file(id) else {
             throw APIError(.notFound, "No such File object: \(id.prefix(64))", param: "id", code: "file_not_found")
         }
         return f
     }
 
-    func content(_ ctx: QwenRequestContext) throws -> Response {
-        let f = try file(ctx)
+    func content(_ ctx: QwenRequestContext) async throws -> Response {
+        let f = try await file(ctx)
         // Streamed a MiB at a time: a large file never sits whole in memory, however many download it.
-        let (fd, size) = try SafeFile.openRegular(store.filePath(f.id))
+        let (fd, size) = try SafeFile.openRegular(try await store.fileContent(f.id))
         let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
         let body = ResponseBody(contentLength: size) { writer in
             defer { try? handle.close() }
@@ -80,14 +81,14 @@ struct FilesController {
         return n
     }
 
-    func list(_ req: Request) throws -> Response {
+    func list(_ req: Request) async throws -> Response {
         let q = req.uri.queryParameters
         let order = q.get("order") ?? "desc"
         guard order == "asc" || order == "desc" else { throw APIError.badParam("order", "order must be asc or desc") }
         let limit = try Self.limit(req, default: 10000, max: 10000)
         let purpose = q.get("purpose")
         let after = q.get("after")
-        let (items, more) = try store.files(purpose: purpose, after: after, limit: limit, ascending: order == "asc")
+        let (items, more) = try await store.files(purpose: purpose, after: after, limit: limit, ascending: order == "asc")
         return try Self.json(Page(data: items, has_more: more, first_id: items.first?.id, last_id: items.last?.id))
     }
 
@@ -103,7 +104,7 @@ struct FilesController {
         if boundary.hasPrefix("\""), boundary.hasSuffix("\""), boundary.count >= 2 { boundary = String(boundary.dropFirst().dropLast()) }
         guard !boundary.isEmpty, boundary.utf8.count <= 200 else { throw APIError.badParam("file", "the multipart boundary is missing or too long") }
         let id = IDs.make("file-")
-        let partPath = store.uploadsDirectory + "/\(id).part"
+        let partPath = uploadsDirectory + "/\(id).part"
         guard FileManager.default.createFile(atPath: partPath, contents: nil), let out = FileHandle(forWritingAtPath: partPath) else {
             throw APIError(.internalServerError, "cannot store the upload")
         }
@@ -160,7 +161,7 @@ struct FilesController {
                              filename: String((filename ?? "upload.jsonl").prefix(255)), purpose: p, status: "uploaded")
         if p == "fine-tune" {
             let tokenizer = self.tokenizer
-            let check = try await Offload.run { TrainingData.check(file: partPath, tokenizer: tokenizer, format: JobManager.trainFormat) }
+            let check = try await Offload.run { TrainingData.check(file: partPath, tokenizer: tokenizer, format: JobRunner.trainFormat) }
             if check.problems.isEmpty {
                 obj.status = "processed"
                 obj.lines = check.examples
@@ -184,9 +185,9 @@ struct FilesController {
         } else {
             obj.status = "processed"
         }
-        guard rename(partPath, store.filePath(id)) == 0 else { throw APIError(.internalServerError, "cannot store the upload") }
+        try? out.close()
+        try await store.insertFile(obj, content: partPath)
         removePart = false
-        try store.insert(obj)
         return try Self.json(obj)
     }
 }

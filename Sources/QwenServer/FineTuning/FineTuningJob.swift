@@ -63,7 +63,7 @@ public struct FineTuningJob: Codable, Sendable, Equatable {
     public var organization_id = "org-qwen-serve"
     public var result_files: [String] = []
     public var seed: Int
-    public var status: String
+    public var status: JobStatus
     public var trained_tokens: Int?
     public var training_file: String
     public var validation_file: String?
@@ -83,7 +83,7 @@ public struct FineTuningJob: Codable, Sendable, Equatable {
              user_provided_suffix, lora, step, total_steps
     }
 
-    public init(id: String, created_at: Int, hyperparameters: Hyperparameters, model: String, seed: Int, status: String,
+    public init(id: String, created_at: Int, hyperparameters: Hyperparameters, model: String, seed: Int, status: JobStatus,
                 training_file: String, validation_file: String?, metadata: [String: String]?, suffix: String?, lora: LoRA) {
         self.id = id
         self.created_at = created_at
@@ -110,7 +110,7 @@ public struct FineTuningJob: Codable, Sendable, Equatable {
         model = try c.decode(String.self, forKey: .model)
         result_files = try c.decode([String].self, forKey: .result_files)
         seed = try c.decode(Int.self, forKey: .seed)
-        status = try c.decode(String.self, forKey: .status)
+        status = try c.decode(JobStatus.self, forKey: .status)
         trained_tokens = try c.decodeIfPresent(Int.self, forKey: .trained_tokens)
         training_file = try c.decode(String.self, forKey: .training_file)
         validation_file = try c.decodeIfPresent(String.self, forKey: .validation_file)
@@ -150,5 +150,5 @@ public struct FineTuningJob: Codable, Sendable, Equatable {
         try c.encode(total_steps, forKey: .total_steps)
     }
 
-    public var isFinal: Bool { ["succeeded", "failed", "cancelled"].contains(status) }
+    public var isFinal: Bool { status.isFinal }
 }

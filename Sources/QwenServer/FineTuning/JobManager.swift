@@ -1,280 +1,201 @@
 import Foundation
+import QwenFormats
 import Logging
 import QwenEngine
-import QwenFormats
-import QwenModel
-import QwenTokenizer
 import QwenTraining
 
-/// Runs fine-tuning jobs on the serving engine's thread, a piece at a time between inference
-/// steps (Engine.interleaved): one job trains at a time, the rest queue in order. Finished
-/// jobs' adapters (and each checkpoint's) are loaded into the adapter registry under their
-/// model names, at once and again at every start.
+/// Fine-tuning jobs on the serving engine's thread, a piece at a time between inference steps
+/// (Engine.interleaved). This side only trains: the JobRunner (an async task) claims a job from
+/// the store, prepares its run and hands it over; what the training produces — progress,
+/// checkpoints, the result — goes into an outbox the runner writes to the store under its
+/// claim. So the engine never waits on the database, and a run whose claim is lost (fenced)
+/// or whose database is out of reach stops or pauses without writing anything.
 public final class JobManager: InterleavedWork, @unchecked Sendable {
-    public let store: FineTuningStore
-    let model: QwenModel
-    let tokenizer: Tokenizer
+    public let store: any FineTuningStore
     let baseName: String
-    let modelPath: String
-    let adapters: AdapterRegistry
     let logger = Logger(label: "qwen-serve.fine-tuning")
     /// Memory a job may plan for (default: what the kernel says is available).
     public var memoryLimit: Int?
+    /// Pokes the runner when the outbox fills.
+    var poke: @Sendable () -> Void = {}
 
-    public enum Action: Sendable { case cancel, pause }
+    /// A run ready to train, with the claim it trains under.
+    struct Prepared {
+        var claim: JobClaim
+        var run: TrainingRun
+        var started: Date
+        var firstStep: Int
+    }
+
+    /// What the runner tells the active run.
+    enum Order { case pause, cancel, abandon, release }
+
+    /// What the training produced, for the runner to write (in order).
+    enum Outgoing {
+        case progress(JobClaim, FineTuningJob, [JobEvent])
+        case checkpoint(JobClaim, step: Int, runFiles: [String: Data], checkpoint: JobCheckpoint, adapter: [String: Data], [JobEvent])
+        /// Paused, cancelled or failed: the job leaves the runner.
+        case stopped(JobClaim, FineTuningJob, [JobEvent])
+        case finished(JobClaim, FineTuningJob, metricsCSV: Data, adapter: [String: Data])
+        case released(JobClaim, FineTuningJob, [JobEvent])
+    }
+
     private let lock = NSLock()
-    private var pending: [String: Action] = [:]
-    /// Queued jobs, counted beside the store so that the engine can ask `hasWork` after every
-    /// step without a database read; startNext re-reads the store and corrects it.
-    private var queued = 0
+    private var handoff: Prepared?
+    private var order: (epoch: Int64, order: Order)?
+    private var outbox: [Outgoing] = []
+    private var suspended = false
+    /// The claim being trained (set when handed over, cleared when the job leaves).
+    private var current: JobClaim?
     // Engine thread only.
-    private var active: (job: FineTuningJob, run: TrainingRun, started: Date, firstStep: Int)?
+    private var active: Prepared?
 
-    public init(store: FineTuningStore, model: QwenModel, tokenizer: Tokenizer, baseName: String, modelPath: String,
-                adapters: AdapterRegistry) {
+    public init(store: any FineTuningStore, baseName: String) {
         self.store = store
-        self.model = model
-        self.tokenizer = tokenizer
         self.baseName = baseName
-        self.modelPath = modelPath
-        self.adapters = adapters
     }
 
-    static let trainFormat: TrainingData.Format = {
-        var f = TrainingData.Format()
-        f.assistantWeights = true
-        return f
-    }()
+    // MARK: The runner's side
 
-    static func now() -> Int { Int(Date().timeIntervalSince1970) }
+    /// The claim this replica is running, if any.
+    var claim: JobClaim? { lock.withLock { current } }
+    var busy: Bool { lock.withLock { current != nil } }
 
-    func event(_ job: String, _ message: String, level: String = "info", type: String = "message", data: String? = nil) {
-        do {
-            try store.add(JobEvent(id: IDs.make("ftevent-"), job_id: job, created_at: Self.now(), level: level, message: message,
-                                   type: type, data: data))
-        } catch { logger.error("job \(job): could not record an event: \(error)") }
-    }
-
-    func save(_ job: FineTuningJob) {
-        do { try store.update(job) } catch { logger.error("job \(job.id): could not save its state: \(error)") }
-    }
-
-    // MARK: Start-up
-
-    /// Serves every finished job's model and checkpoints, and queues the jobs a stop
-    /// interrupted (they resume from their last checkpoint). Returns problems to log.
-    public func recover() async -> [String] {
-        var problems: [String] = []
-        do {
-            for job in try store.jobs(status: ["succeeded"]) {
-                guard let name = job.fine_tuned_model else { continue }
-                let dir = store.jobDirectory(job.id) + "/run"
-                guard FileManager.default.fileExists(atPath: dir + "/adapter_config.json") else { continue }  // deleted
-                do { try await adapters.load(name: name, path: dir, origin: "fine-tune") } catch { problems.append("\(name): \(error)") }
-            }
-            for c in try store.allCheckpoints() where FileManager.default.fileExists(atPath: c.path + "/adapter_config.json") {
-                do { try await adapters.load(name: c.fine_tuned_model_checkpoint, path: c.path, origin: "fine-tune") } catch {
-                    problems.append("\(c.fine_tuned_model_checkpoint): \(error)")
-                }
-            }
-            for var job in try store.jobs(status: ["running", "validating_files"]) {
-                job.status = "queued"
-                save(job)
-                event(job.id, "The server restarted; the job resumes from its last checkpoint")
-            }
-            let q = try store.jobs(status: ["queued"]).count
-            lock.withLock { queued = q }
-        } catch { problems.append("fine-tuning state: \(error)") }
-        return problems
-    }
-
-    // MARK: Requests (HTTP threads)
-
-    public func submitted(_ job: FineTuningJob) throws {
-        try store.insert(job)
-        event(job.id, "Created fine-tuning job: \(job.id)")
-        event(job.id, "Validating training file: \(job.training_file)" + (job.validation_file.map { " and validation file: \($0)" } ?? ""))
-        var j = job
-        j.status = "queued"
-        try store.update(j)
-        event(job.id, "Files validated, moving job to queued state")
-        lock.withLock { queued += 1 }
-    }
-
-    /// Cancels or pauses: at once when the job is not training, else at the engine's next piece.
-    public func request(_ action: Action, job id: String) throws -> FineTuningJob? {
-        guard var job = try store.job(id) else { return nil }
-        switch (action, job.status) {
-        case (.cancel, "queued"), (.cancel, "paused"), (.cancel, "validating_files"):
-            if job.status == "queued" { lock.withLock { queued -= 1 } }
-            job.status = "cancelled"
-            job.finished_at = Self.now()
-            try store.update(job)
-            event(id, "Fine-tuning job cancelled")
-            return job
-        case (.pause, "queued"):
-            lock.withLock { queued -= 1 }
-            job.status = "paused"
-            try store.update(job)
-            event(id, "Fine-tuning job paused")
-            return job
-        case (_, "running"):
-            lock.withLock { pending[id] = action }
-            // The engine acts between pieces (a fraction of a second); answer with the outcome.
-            for _ in 0..<200 {
-                if let j = try store.job(id), j.status != "running" { return j }
-                usleep(25_000)
-            }
-            return try store.job(id)
-        default:
-            return job
+    func hand(_ p: Prepared) {
+        lock.withLock {
+            handoff = p
+            current = p.claim
         }
     }
 
-    public func resume(job id: String) throws -> FineTuningJob? {
-        guard var job = try store.job(id) else { return nil }
-        guard job.status == "paused" else { return job }
-        job.status = "queued"
-        try store.update(job)
-        lock.withLock { queued += 1 }
-        event(id, "Fine-tuning job resumed")
-        return job
+    func tell(_ o: Order, epoch: Int64) {
+        lock.withLock { if current?.epoch == epoch { order = (epoch, o) } }
+    }
+
+    /// The database is out of reach (training waits) or back.
+    func suspend(_ s: Bool) { lock.withLock { suspended = s } }
+
+    func peekOutbox() -> Outgoing? { lock.withLock { outbox.first } }
+    func popOutbox() { lock.withLock { _ = outbox.removeFirst() } }
+
+    /// The claim was lost: nothing more of it is written, and the run (if still here) stops.
+    func fenced(epoch: Int64) {
+        lock.withLock {
+            outbox.removeAll { Self.epoch($0) == epoch }
+            if current?.epoch == epoch {
+                order = (epoch, .abandon)
+                if handoff?.claim.epoch == epoch { handoff = nil; current = nil }
+            }
+        }
+    }
+
+    static func epoch(_ o: Outgoing) -> Int64 {
+        switch o {
+        case .progress(let c, _, _), .checkpoint(let c, _, _, _, _, _), .stopped(let c, _, _), .finished(let c, _, _, _), .released(let c, _, _):
+            return c.epoch
+        }
+    }
+
+    private func send(_ o: Outgoing, leaving: Bool = false) {
+        lock.withLock {
+            outbox.append(o)
+            if leaving { current = nil }
+        }
+        poke()
     }
 
     // MARK: The engine's side
 
-    public var hasWork: Bool { lock.withLock { queued > 0 || pending.isEmpty == false } || active != nil }
+    /// A run to take over, an order for the active one, or a step to train — unless the
+    /// database is out of reach or the runner is far behind writing.
+    public var hasWork: Bool {
+        if active == nil { return lock.withLock { handoff != nil } }
+        return lock.withLock { order != nil || (!suspended && outbox.count < 256) }
+    }
 
     public func runPiece() {
-        if let a = active, let action = lock.withLock({ pending.removeValue(forKey: a.job.id) }) {
-            stopActive(action)
-            return
-        }
         if active == nil {
-            lock.withLock { pending.removeAll() }
-            startNext()
+            active = lock.withLock {
+                defer { handoff = nil }
+                return handoff
+            }
             return
         }
         guard let a = active else { return }
+        if let o = lock.withLock({ () -> Order? in
+            defer { order = nil }
+            return order?.epoch == a.claim.epoch ? order?.order : nil
+        }) {
+            stop(a, o)
+            return
+        }
         do {
             if try a.run.advance() { finish() }
         } catch {
-            fail(a.job, code: "training_failed", message: "\(error)")
+            fail(code: "training_failed", message: "\(error)")
         }
     }
 
-    /// SIGTERM: the engine has stopped; checkpoint the running job so the next start resumes it.
+    /// SIGTERM, after the engine stopped: checkpoint the running job and hand it back; the
+    /// runner writes both before the process ends.
     public func shutdown() {
+        if active == nil { active = lock.withLock { handoff } }
         guard let a = active else { return }
-        do {
-            try a.run.checkpointCompleted()
-            event(a.job.id, "The server is stopping: checkpointed at step \(a.run.completed); the job resumes at the next start")
-        } catch {
-            event(a.job.id, "The server is stopping and could not checkpoint: \(error)", level: "warn")
-        }
-        active = nil
+        stop(a, .release)
     }
 
-    private func stopActive(_ action: Action) {
-        guard var a = active else { return }
+    private func stop(_ a: Prepared, _ o: Order) {
         active = nil
-        if action == .pause {
+        var job = a.claim.job
+        switch o {
+        case .abandon:
+            lock.withLock { if current?.epoch == a.claim.epoch { current = nil } }
+            logger.warning("fine-tuning job \(job.id): this replica's claim ran out; another runs it now")
+        case .pause, .release:
             do { try a.run.checkpointCompleted() } catch {
-                fail(a.job, code: "checkpoint_failed", message: "could not save a checkpoint to pause: \(error)")
+                fail(a, code: "checkpoint_failed", message: "could not save a checkpoint to \(o == .pause ? "pause" : "stop"): \(error)")
                 return
             }
-            a.job.status = "paused"
-            save(a.job)
-            event(a.job.id, "Fine-tuning job paused at step \(a.run.completed)")
-        } else {
-            a.job.status = "cancelled"
-            a.job.finished_at = Self.now()
-            save(a.job)
-            event(a.job.id, "Fine-tuning job cancelled")
+            job.step = a.run.completed
+            if o == .pause {
+                job.status = .paused
+                send(.stopped(a.claim, job, [JobEvents.make(job.id, "Fine-tuning job paused at step \(a.run.completed)")]), leaving: true)
+            } else {
+                send(.released(a.claim, job, [JobEvents.make(job.id, "The server on \(a.claim.node) is stopping: checkpointed at step \(a.run.completed); the job resumes from there")]),
+                     leaving: true)
+            }
+        case .cancel:
+            job.status = .cancelled
+            job.finished_at = JobEvents.now()
+            send(.stopped(a.claim, job, [JobEvents.make(job.id, "Fine-tuning job cancelled")]), leaving: true)
         }
     }
 
-    /// Marks a job failed. `onEngine`: called on the engine thread (it may drop the active run);
-    /// otherwise only the stored job changes.
-    private func fail(_ job: FineTuningJob, code: String, message: String, param: String? = nil, onEngine: Bool = true) {
-        var j = (try? store.job(job.id)) ?? job
-        if onEngine, active?.job.id == job.id { active = nil }
-        j.status = "failed"
-        j.error = .init(code: code, message: message, param: param)
-        j.finished_at = Self.now()
-        save(j)
-        event(j.id, "Fine-tuning job failed: \(message)", level: "error")
+    private func fail(code: String, message: String) {
+        guard let a = active else { return }
+        active = nil
+        fail(a, code: code, message: message)
+    }
+
+    private func fail(_ a: Prepared, code: String, message: String) {
+        var j = a.claim.job
+        j.status = .failed
+        j.error = .init(code: code, message: message)
+        j.finished_at = JobEvents.now()
+        j.estimated_finish = nil
+        send(.stopped(a.claim, j, [JobEvents.make(j.id, "Fine-tuning job failed: \(message)", level: "error")]), leaving: true)
         logger.error("fine-tuning job \(j.id) failed: \(message)")
     }
 
-    /// The training configuration a job runs with.
-    static func config(_ job: FineTuningJob, examples: Int, dir: String) -> TrainingConfig {
-        var c = TrainingConfig()
-        c.train = true
-        c.seed = job.seed
-        c.batchSize = job.hyperparameters.batch_size
-        let perEpoch = max(1, examples / job.hyperparameters.batch_size)
-        c.iters = perEpoch * job.hyperparameters.n_epochs
-        c.learningRate = job.lora.learning_rate
-        c.optimizer = .adamw
-        c.numLayers = job.lora.num_layers
-        c.loraRank = job.lora.rank
-        c.loraScale = job.lora.scale
-        c.loraDropout = job.lora.dropout
-        c.loraKeys = job.lora.target_modules.compactMap { m in Projection.allCases.first { $0.shortName == m || $0.module == m } }
-        c.maxSeqLength = job.lora.max_seq_length
-        c.stepsPerReport = 1
-        c.stepsPerEval = perEpoch
-        c.saveEvery = max(1, job.lora.checkpoint_every)
-        c.valBatches = -1
-        c.adapterPath = dir
-        return c
-    }
-
-    private func startNext() {
-        let next: FineTuningJob?
-        do { next = try store.jobs(status: ["queued"]).first } catch {
-            logger.error("fine-tuning queue: \(error)")
-            lock.withLock { queued = 0 }
-            return
-        }
-        guard var job = next else {
-            lock.withLock { queued = 0 }
-            return
-        }
-        lock.withLock { queued = max(0, queued - 1) }
-        do {
-            let dir = store.jobDirectory(job.id) + "/run"
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            var train = try TrainingData.load(file: store.filePath(job.training_file), tokenizer: tokenizer, format: Self.trainFormat)
-            var valid = try job.validation_file.map { try TrainingData.load(file: store.filePath($0), tokenizer: tokenizer, format: Self.trainFormat) } ?? []
-            _ = TrainingData.truncate(&train, maxLength: job.lora.max_seq_length)
-            _ = TrainingData.truncate(&valid, maxLength: job.lora.max_seq_length)
-            let c = Self.config(job, examples: train.count, dir: dir)
-            try c.validate()
-            let params = try LoRAParameters(config: model.config, numLayers: c.numLayers, projections: c.projections, rank: c.loraRank,
-                                            scale: Float(c.loraScale), dropout: Float(c.loraDropout), seed: UInt64(c.seed))
-            let pass = LoRATrainingPass(model: model, parameters: params)
-            pass.dropoutSeed = UInt64(c.seed)
-            let resuming = (try? AdapterFiles.readState(in: dir)) != nil
-            let run = try TrainingRun(config: c, pass: pass, train: train, valid: valid, dir: dir, format: .mlx, baseModel: modelPath,
-                                      fingerprint: "job=\(job.id)", resume: true)
-            let id = job.id
-            run.onReport = { [weak self] row in self?.reported(id, row) }
-            run.onSave = { [weak self] step, file in self?.checkpointed(id, step: step, weights: file) }
-            job.status = "running"
-            job.total_steps = c.iters
-            job.step = run.completed
-            save(job)
-            event(job.id, resuming ? "Fine-tuning job resumed at step \(run.completed + 1)" : "Fine-tuning job started")
-            active = (job, run, Date(), run.completed)
-        } catch {
-            fail(job, code: "invalid_training_file", message: "\(error)", param: "training_file")
-        }
+    /// Wires a prepared run's callbacks to the outbox.
+    func attach(_ p: Prepared) {
+        let id = p.claim.job.id
+        p.run.onReport = { [weak self] row in self?.reported(id, row) }
+        p.run.onSave = { [weak self] step, file in self?.checkpointed(id, step: step, weights: file) }
     }
 
     private func reported(_ id: String, _ row: MetricsRow) {
-        guard var a = active, a.job.id == id else { return }
+        guard var a = active, a.claim.job.id == id else { return }
         var data: [String: Any] = ["step": row.step, "total_steps": a.run.totalIterations]
         if let v = row.trainLoss { data["train_loss"] = v }
         if let v = row.trainAccuracy { data["train_mean_token_accuracy"] = v }
@@ -285,53 +206,47 @@ public final class JobManager: InterleavedWork, @unchecked Sendable {
         if let v = row.learningRate { data["learning_rate"] = v }
         if let v = row.tokensPerSecond { data["tokens_per_second"] = v }
         let json = (try? JSONSerialization.data(withJSONObject: data, options: [.sortedKeys])).map { String(decoding: $0, as: UTF8.self) }
-        event(id, String(format: "Step %d/%d: training loss=%.4f", row.step, a.run.totalIterations, row.trainLoss ?? .nan), type: "metrics", data: json)
-        a.job.step = row.step
-        a.job.trained_tokens = a.run.trainedTokens
+        let e = JobEvents.make(id, String(format: "Step %d/%d: training loss=%.4f", row.step, a.run.totalIterations, row.trainLoss ?? .nan),
+                               type: "metrics", data: json, step: row.step)
+        a.claim.job.step = row.step
+        a.claim.job.trained_tokens = a.run.trainedTokens
         let done = Double(row.step - a.firstStep)
         if done > 0 {
             let perStep = Date().timeIntervalSince(a.started) / done
-            a.job.estimated_finish = Self.now() + Int(perStep * Double(a.run.totalIterations - row.step))
+            a.claim.job.estimated_finish = JobEvents.now() + Int(perStep * Double(a.run.totalIterations - row.step))
         }
         active = a
-        save(a.job)
+        send(.progress(a.claim, a.claim.job, [e]))
     }
 
-    /// A checkpoint becomes its own adapter directory (written under a temporary name and
-    /// renamed, so it is never seen half-written), recorded and served by name.
+    /// A checkpoint: the files a resume needs and the adapter at that step (served as a
+    /// model), read now — the next save replaces them.
     private func checkpointed(_ id: String, step: Int, weights: String) {
-        guard let a = active, a.job.id == id else { return }
-        let name = Self.modelName(a.job, base: baseName) + ":ckpt-step-\(step)"
-        let dir = store.jobDirectory(id) + "/checkpoints/step-\(step)"
-        let tmp = dir + ".tmp-\(getpid())"
+        guard let a = active, a.claim.job.id == id else { return }
+        let name = Self.modelName(a.claim.job, base: baseName) + ":ckpt-step-\(step)"
         do {
-            let fm = FileManager.default
-            try? fm.removeItem(atPath: tmp)
-            try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
-            // Copied by reading and writing: FileManager.copyItem would fchown, which the
-            // systemd unit's syscall filter (~@privileged) forbids.
-            try Self.copy(weights, to: tmp + "/adapters.safetensors")
-            try Self.copy(a.run.dir + "/adapter_config.json", to: tmp + "/adapter_config.json")
-            try? fm.removeItem(atPath: dir)
-            guard rename(tmp, dir) == 0 else { throw ModelFileError(dir, "cannot rename into place") }
+            let dir = a.run.dir
+            guard let state = try AdapterFiles.readState(in: dir) else { throw ModelFileError(dir, "no training state after saving") }
+            var run: [String: Data] = [:]
+            for f in [AdapterFiles.stateFile, state.checkpointFile, "adapter_config.json", "adapters.safetensors"] {
+                run[f] = try SafeFile.read(dir + "/" + f, maxBytes: 1 << 34)
+            }
+            let adapter = ["adapter_config.json": run["adapter_config.json"]!, "adapters.safetensors": try SafeFile.read(weights, maxBytes: 1 << 34)]
             let m = a.run.metrics.last { $0.step == step }
             var metrics: [String: Any] = ["step": step]
             if let v = m?.trainLoss { metrics["train_loss"] = v }
             if let v = a.run.metrics.last(where: { $0.valLoss != nil })?.valLoss { metrics["valid_loss"] = v }
             if let v = m?.trainAccuracy { metrics["train_mean_token_accuracy"] = v }
             let json = String(decoding: try JSONSerialization.data(withJSONObject: metrics, options: [.sortedKeys]), as: UTF8.self)
-            _ = try store.deleteCheckpoints(model: name)
-            try store.add(JobCheckpoint(id: IDs.make("ftckpt-"), fine_tuning_job_id: id, created_at: Self.now(), step_number: step,
-                                        metrics: json, fine_tuned_model_checkpoint: name, path: dir))
-            let adapters = self.adapters
-            Task { _ = try? await adapters.load(name: name, path: dir, origin: "fine-tune") }
+            let ck = JobCheckpoint(id: IDs.make("ftckpt-"), fine_tuning_job_id: id, created_at: JobEvents.now(), step_number: step,
+                                   metrics: json, fine_tuned_model_checkpoint: name)
+            var job = a.claim.job
+            job.step = step
+            send(.checkpoint(a.claim, step: step, runFiles: run, checkpoint: ck, adapter: adapter,
+                             [JobEvents.make(id, "Checkpoint saved at step \(step): \(name)")]))
         } catch {
-            event(id, "Checkpoint at step \(step) could not be kept: \(error)", level: "warn")
+            send(.progress(a.claim, a.claim.job, [JobEvents.make(id, "Checkpoint at step \(step) could not be kept: \(error)", level: "warn")]))
         }
-    }
-
-    static func copy(_ from: String, to: String) throws {
-        try AtomicFile.write(try SafeFile.read(from, maxBytes: 1 << 34), to: to)
     }
 
     public static func modelName(_ job: FineTuningJob, base: String) -> String {
@@ -340,42 +255,55 @@ public final class JobManager: InterleavedWork, @unchecked Sendable {
     }
 
     private func finish() {
-        guard var a = active else { return }
+        guard let a = active else { return }
         active = nil
-        let name = Self.modelName(a.job, base: baseName)
-        let dir = a.run.dir
-        // The result file: the run's metrics, as a file of purpose fine-tune-results.
+        var job = a.claim.job
+        job.trained_tokens = a.run.trainedTokens
+        job.step = a.run.completed
         do {
-            let fid = IDs.make("file-")
-            let csv = Data(TrainingReport.csv(a.run.metrics).utf8)
-            try AtomicFile.write(csv, to: store.filePath(fid))
-            try store.insert(FileObject(id: fid, bytes: csv.count, created_at: Self.now(), filename: "step_metrics.csv",
-                                        purpose: "fine-tune-results", status: "processed"))
-            a.job.result_files = [fid]
+            let dir = a.run.dir
+            let adapter = ["adapter_config.json": try SafeFile.read(dir + "/adapter_config.json", maxBytes: 1 << 34),
+                           "adapters.safetensors": try SafeFile.read(dir + "/adapters.safetensors", maxBytes: 1 << 34)]
+            send(.finished(a.claim, job, metricsCSV: Data(TrainingReport.csv(a.run.metrics).utf8), adapter: adapter), leaving: true)
         } catch {
-            event(a.job.id, "The metrics file could not be written: \(error)", level: "warn")
+            fail(a, code: "training_failed", message: "the trained adapter could not be read back: \(error)")
         }
-        a.job.trained_tokens = a.run.trainedTokens
-        a.job.step = a.run.completed
-        save(a.job)
-        let job = a.job
-        let adapters = self.adapters
-        // Succeeded only once the model is served under its name.
-        Task { [weak self] in
-            guard let self else { return }
-            do {
-                try await adapters.load(name: name, path: dir, origin: "fine-tune")
-                var j = job
-                j.status = "succeeded"
-                j.fine_tuned_model = name
-                j.finished_at = Self.now()
-                j.estimated_finish = nil
-                self.save(j)
-                self.event(j.id, "New fine-tuned model created: \(name)")
-                self.event(j.id, "The job has successfully completed")
-            } catch {
-                self.fail(job, code: "model_load_failed", message: "the trained adapter could not be loaded: \(error)", onEngine: false)
-            }
+    }
+
+    // MARK: Requests (HTTP handlers)
+
+    public func submitted(_ job: FineTuningJob) async throws {
+        var j = job
+        j.status = .queued
+        try await store.insert(j, events: [
+            JobEvents.make(job.id, "Created fine-tuning job: \(job.id)"),
+            JobEvents.make(job.id, "Validating training file: \(job.training_file)" + (job.validation_file.map { " and validation file: \($0)" } ?? "")),
+            JobEvents.make(job.id, "Files validated, moving job to queued state"),
+        ])
+        poke()
+    }
+
+    /// Cancels or pauses: at once when no runner holds the job, else through the runner that
+    /// does (on whichever replica), answering with the outcome once it acted (up to 5 s).
+    public func request(_ action: JobAction, job id: String) async throws -> FineTuningJob? {
+        let stoppable: Set<JobStatus> = action == .cancel ? [.queued, .paused, .validating_files] : [.queued]
+        guard let job = try await store.transition(id, from: stoppable, event: action == .cancel ? "Fine-tuning job cancelled" : "Fine-tuning job paused",
+                                                   { JobEvents.stopped(&$0, by: action) }) else { return nil }
+        guard job.status == .running else { return job }
+        try await store.request(action, job: id)
+        // This replica's runner learns of it at its next heartbeat; a second's wait at most.
+        poke()
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            try await Task.sleep(for: .milliseconds(25))
+            if let j = try await store.job(id), j.status != .running { return j }
         }
+        return try await store.job(id)
+    }
+
+    public func resume(job id: String) async throws -> FineTuningJob? {
+        let j = try await store.transition(id, from: [.paused], event: "Fine-tuning job resumed") { $0.status = .queued }
+        poke()
+        return j
     }
 }

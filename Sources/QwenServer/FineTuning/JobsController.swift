@@ -9,37 +9,38 @@ import QwenTraining
 /// models jobs make.
 struct JobsController {
     let manager: JobManager
+    let models: FineTunedModels
     let service: ModelService
     let limit: Int
 
     func addRoutes(to group: RouterGroup<QwenRequestContext>) {
         group.post("fine_tuning/jobs") { req, _ -> Response in
-            try FilesController.json(try create(try await HTTPServer.body(req, limit: limit)))
+            try FilesController.json(try await create(try await HTTPServer.body(req, limit: limit)))
         }
         group.get("fine_tuning/jobs") { req, _ -> Response in
-            let (items, more) = try manager.store.jobs(after: req.uri.queryParameters.get("after"),
+            let (items, more) = try await manager.store.jobs(after: req.uri.queryParameters.get("after"),
                                                         limit: try FilesController.limit(req, default: 20, max: 100))
             return try FilesController.json(FilesController.Page(data: items, has_more: more, first_id: items.first?.id, last_id: items.last?.id))
         }
-        group.get("fine_tuning/jobs/:id") { _, ctx -> Response in try FilesController.json(try job(ctx)) }
-        group.post("fine_tuning/jobs/:id/cancel") { _, ctx -> Response in try act(.cancel, ctx) }
-        group.post("fine_tuning/jobs/:id/pause") { _, ctx -> Response in try act(.pause, ctx) }
+        group.get("fine_tuning/jobs/:id") { _, ctx -> Response in try FilesController.json(try await job(ctx)) }
+        group.post("fine_tuning/jobs/:id/cancel") { _, ctx -> Response in try await act(.cancel, ctx) }
+        group.post("fine_tuning/jobs/:id/pause") { _, ctx -> Response in try await act(.pause, ctx) }
         group.post("fine_tuning/jobs/:id/resume") { _, ctx -> Response in
-            let j = try job(ctx)
-            guard j.status == "paused" else {
-                throw APIError(.badRequest, "only a paused job can be resumed; this one is \(j.status)", param: "fine_tuning_job_id", code: "invalid_state")
+            let j = try await job(ctx)
+            guard j.status == .paused else {
+                throw APIError(.badRequest, "only a paused job can be resumed; this one is \(j.status.rawValue)", param: "fine_tuning_job_id", code: "invalid_state")
             }
-            return try FilesController.json(try manager.resume(job: j.id) ?? j)
+            return try FilesController.json(try await manager.resume(job: j.id) ?? j)
         }
         group.get("fine_tuning/jobs/:id/events") { req, ctx -> Response in
-            let j = try job(ctx)
-            let (items, more) = try manager.store.events(job: j.id, after: req.uri.queryParameters.get("after"),
+            let j = try await job(ctx)
+            let (items, more) = try await manager.store.events(job: j.id, after: req.uri.queryParameters.get("after"),
                                                           limit: try FilesController.limit(req, default: 20, max: 1000))
             return try FilesController.json(EventPage(data: items.map(EventJSON.init), has_more: more))
         }
         group.get("fine_tuning/jobs/:id/checkpoints") { req, ctx -> Response in
-            let j = try job(ctx)
-            let (items, more) = try manager.store.checkpoints(job: j.id, after: req.uri.queryParameters.get("after"),
+            let j = try await job(ctx)
+            let (items, more) = try await manager.store.checkpoints(job: j.id, after: req.uri.queryParameters.get("after"),
                                                                limit: try FilesController.limit(req, default: 10, max: 100))
             return try FilesController.json(FilesController.Page(data: items.map(CheckpointJSON.init), has_more: more,
                                                                  first_id: items.first?.id, last_id: items.last?.id))
@@ -48,20 +49,20 @@ struct JobsController {
         group.delete("models/:id") { _, ctx -> Response in try await deleteModel(ctx.pathParameter("id")) }
     }
 
-    func job(_ ctx: QwenRequestContext) throws -> FineTuningJob {
+    func job(_ ctx: QwenRequestContext) async throws -> FineTuningJob {
         let id = ctx.pathParameter("id")
-        guard FilesController.validID(id, prefix: "ftjob-"), let j = try manager.store.job(id) else {
+        guard FilesController.validID(id, prefix: "ftjob-"), let j = try await manager.store.job(id) else {
             throw APIError(.notFound, "No such fine-tuning job: \(id.prefix(64))", param: "fine_tuning_job_id", code: "fine_tuning_job_not_found")
         }
         return j
     }
 
-    func act(_ a: JobManager.Action, _ ctx: QwenRequestContext) throws -> Response {
-        let j = try job(ctx)
-        if j.isFinal || (a == .pause && j.status == "paused") {
-            throw APIError(.badRequest, "the job is already \(j.status)", param: "fine_tuning_job_id", code: "invalid_state")
+    func act(_ a: JobAction, _ ctx: QwenRequestContext) async throws -> Response {
+        let j = try await job(ctx)
+        if j.isFinal || (a == .pause && j.status == .paused) {
+            throw APIError(.badRequest, "the job is already \(j.status.rawValue)", param: "fine_tuning_job_id", code: "invalid_state")
         }
-        return try FilesController.json(try manager.request(a, job: j.id) ?? j)
+        return try FilesController.json(try await manager.request(a, job: j.id) ?? j)
     }
 
     struct EventPage: Encodable {
@@ -106,7 +107,7 @@ struct JobsController {
     /// Base learning rate that learning_rate_multiplier scales (the reference LoRA run's).
     static let baseLearningRate = 1e-4
 
-    func create(_ body: JSONValue) throws -> FineTuningJob {
+    func create(_ body: JSONValue) async throws -> FineTuningJob {
         guard case .object = body else { throw APIError(.badRequest, "the request body must be a JSON object") }
         func str(_ k: String, required: Bool = false) throws -> String? {
             switch body[k] {
@@ -123,9 +124,10 @@ struct JobsController {
                            param: "model", code: "model_not_found")
         }
         let trainID = try str("training_file", required: true)!
-        let train = try usableFile(trainID, param: "training_file")
+        let train = try await usableFile(trainID, param: "training_file")
         let validID = try str("validation_file")
-        let valid = try validID.map { try usableFile($0, param: "validation_file") }
+        var valid: FileObject?
+        if let validID { valid = try await usableFile(validID, param: "validation_file") }
         let suffix = try str("suffix")
         if let s = suffix {
             guard s.count <= 40, s.unicodeScalars.allSatisfy({ CharacterSet.alphanumerics.contains($0) && $0.isASCII || "-_.".unicodeScalars.contains($0) }) else {
@@ -221,15 +223,15 @@ struct JobsController {
         }
         var job = FineTuningJob(id: IDs.make("ftjob-"), created_at: Int(Date().timeIntervalSince1970),
                                 hyperparameters: .init(batch_size: batch, learning_rate_multiplier: mult, n_epochs: epochs), model: model,
-                                seed: seed, status: "validating_files", training_file: train.id, validation_file: valid?.id,
+                                seed: seed, status: .validating_files, training_file: train.id, validation_file: valid?.id,
                                 metadata: metadata, suffix: suffix, lora: lora)
         job.total_steps = perEpoch * epochs
-        try manager.submitted(job)
-        return try manager.store.job(job.id) ?? job
+        try await manager.submitted(job)
+        return try await manager.store.job(job.id) ?? job
     }
 
-    func usableFile(_ id: String, param: String) throws -> FileObject {
-        guard FilesController.validID(id, prefix: "file-"), let f = try manager.store.file(id) else {
+    func usableFile(_ id: String, param: String) async throws -> FileObject {
+        guard FilesController.validID(id, prefix: "file-"), let f = try await manager.store.file(id) else {
             throw APIError(.badRequest, "no file with id '\(id.prefix(64))' (it may have been deleted)", param: param, code: "file_not_found")
         }
         guard f.purpose == "fine-tune" else {
@@ -241,24 +243,19 @@ struct JobsController {
         return f
     }
 
-    /// Unloads a fine-tuned model (or checkpoint) and removes its files.
+    /// Deletes a fine-tuned model (or checkpoint) from the store, so every replica stops
+    /// serving it, and unloads it here at once.
     func deleteModel(_ name: String) async throws -> Response {
-        // Only the path is kept: holding the entry would keep the adapter alive, and unloading
-        // waits for the last holder.
-        guard name.hasPrefix("ft:"), let path = service.adapters.get(name).flatMap({ $0.origin == "fine-tune" ? $0.adapter.path : nil }) else {
-            throw APIError(.notFound, "no fine-tuned model named '\(name.prefix(160))' (only models fine-tuning jobs made can be deleted)",
-                           param: "model", code: "model_not_found")
-        }
-        _ = await service.adapters.unload(name: name)
-        let root = manager.store.directory + "/jobs/"
-        if path.hasPrefix(root), !path.contains("/../") {
-            if path.hasSuffix("/run") {
-                for f in ["adapters.safetensors", "adapter_config.json"] { try? FileManager.default.removeItem(atPath: path + "/" + f) }
-            } else {
-                try? FileManager.default.removeItem(atPath: path)
-                _ = try manager.store.deleteCheckpoints(model: name)
-            }
-        }
+        let here = service.adapters.get(name)?.origin == "fine-tune"
+        guard name.hasPrefix("ft:"), AdapterRegistry.validName(name) else { throw Self.noModel(name) }
+        let stored = try await manager.store.deleteModel(name)
+        guard stored || here else { throw Self.noModel(name) }
+        await models.forget(name)
         return ModelService.jsonResponse(.object([("id", .string(name)), ("object", .string("model")), ("deleted", .bool(true))]))
+    }
+
+    static func noModel(_ name: String) -> APIError {
+        APIError(.notFound, "no fine-tuned model named '\(name.prefix(160))' (only models fine-tuning jobs made can be deleted)",
+                 param: "model", code: "model_not_found")
     }
 }
