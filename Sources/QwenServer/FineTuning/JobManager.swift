@@ -145,6 +145,14 @@ public final class JobManager: InterleavedWork, @unchecked Sendable {
     }
 
     private func stop(_ a: Prepared, _ o: Order) {
+        if o == .pause || o == .release {
+            // While still active: the save's callback sends the checkpoint ahead of the stop.
+            do { try a.run.checkpointCompleted() } catch {
+                active = nil
+                fail(a, code: "checkpoint_failed", message: "could not save a checkpoint to \(o == .pause ? "pause" : "stop"): \(error)")
+                return
+            }
+        }
         active = nil
         var job = a.claim.job
         switch o {
@@ -152,10 +160,6 @@ public final class JobManager: InterleavedWork, @unchecked Sendable {
             lock.withLock { if current?.epoch == a.claim.epoch { current = nil } }
             logger.warning("fine-tuning job \(job.id): this replica's claim ran out; another runs it now")
         case .pause, .release:
-            do { try a.run.checkpointCompleted() } catch {
-                fail(a, code: "checkpoint_failed", message: "could not save a checkpoint to \(o == .pause ? "pause" : "stop"): \(error)")
-                return
-            }
             job.step = a.run.completed
             if o == .pause {
                 job.status = .paused
