@@ -86,6 +86,11 @@ public final class PostgresFineTuningStore: FineTuningStore, @unchecked Sendable
             }
         } catch let e as StoreError {
             throw e
+        } catch let e as PostgresTransactionError {
+            // The transaction's own refusal (fenced, corrupt) is what the caller acts on.
+            if let inner = e.closureError as? StoreError { throw inner }
+            let cause = e.beginError ?? e.closureError ?? e.commitError ?? e.rollbackError
+            throw StoreError.unavailable("\(what): \((cause as? PSQLError).map(Self.describe) ?? "\(cause.map { "\($0)" } ?? "transaction failed")")")
         } catch let e as PSQLError {
             throw StoreError.unavailable("\(what): \(Self.describe(e))")
         } catch is CancellationError {
