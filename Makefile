@@ -3,12 +3,13 @@ SWIFT       ?= swift
 CONFIG      ?= release
 BIN         := .build/$(CONFIG)/qwen-serve
 # chromium and chromium-driver: the web console's tests run in a real headless browser.
+# postgresql: the shared-state tests run several replicas on a real PostgreSQL (scripts/with_postgres.sh).
 APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev libsqlite3-dev pkg-config python3-pip python3-venv strace libc6-dev-arm64-cross \
-               chromium chromium-driver
+               chromium chromium-driver postgresql
 VENV        := .venv-test
 PYTHON      ?= python3
 
-.PHONY: all deps build model run test check-aarch64 fuzz bench bench-kernels bench-levels bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare bench-spec bench-batch finetune-demo console-demo fixtures fixture-deps clean install uninstall
+.PHONY: all deps build model run test test-suites check-aarch64 fuzz bench bench-kernels bench-levels bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare bench-spec bench-batch finetune-demo console-demo fixtures fixture-deps clean install uninstall
 PREFIX      ?= /usr/local
 UNITDIR     ?= /etc/systemd/system
 
@@ -44,6 +45,10 @@ test: deps $(VENV)/ok check-aarch64
 	$(SWIFT) build -c $(CONFIG) --build-tests
 	$(BIN) fetch default
 	$(BIN) cpu
+	scripts/with_postgres.sh $(MAKE) --no-print-directory test-suites
+
+# The suites themselves, beside the throwaway PostgreSQL that `make test` starts and stops.
+test-suites:
 	$(SWIFT) test -c $(CONFIG) --skip-build
 	for level in $$($(BIN) cpu --levels | tail -n +2); do \
 	  echo "== the kernel, engine and parity tests at kernel level $$level"; \

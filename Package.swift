@@ -92,7 +92,8 @@ let package = Package(
         .executableTarget(name: "qwen-fuzz", dependencies: ["QwenFuzzTargets"], swiftSettings: fuzzSettings),
         .testTarget(
             name: "QwenTests",
-            dependencies: ["QwenFuzzTargets", "QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat", "QwenGrammar", "QwenRuntime", "QwenEngine", "QwenServer", "QwenTraining"]
+            dependencies: ["QwenFuzzTargets", "QwenKernels", "QwenFormats", "QwenModel", "QwenTokenizer", "QwenChat", "QwenGrammar", "QwenRuntime", "QwenEngine", "QwenServer", "QwenTraining",
+                           .product(name: "Logging", package: "swift-log")]
         ),
     ],
     swiftLanguageModes: [.v5]

@@ -32,6 +32,12 @@ public struct FineTuningJob: Codable, Sendable, Equatable {
         public var batch_size: Int
         public var learning_rate_multiplier: Double
         public var n_epochs: Int
+
+        public init(batch_size: Int, learning_rate_multiplier: Double, n_epochs: Int) {
+            self.batch_size = batch_size
+            self.learning_rate_multiplier = learning_rate_multiplier
+            self.n_epochs = n_epochs
+        }
     }
 
     public struct Method: Codable, Sendable, Equatable {
@@ -50,6 +56,18 @@ public struct FineTuningJob: Codable, Sendable, Equatable {
         public var max_seq_length: Int
         public var learning_rate: Double
         public var checkpoint_every: Int
+
+        public init(rank: Int, scale: Double, dropout: Double, target_modules: [String], num_layers: Int, max_seq_length: Int,
+                    learning_rate: Double, checkpoint_every: Int) {
+            self.rank = rank
+            self.scale = scale
+            self.dropout = dropout
+            self.target_modules = target_modules
+            self.num_layers = num_layers
+            self.max_seq_length = max_seq_length
+            self.learning_rate = learning_rate
+            self.checkpoint_every = checkpoint_every
+        }
     }
 
     public var id: String
