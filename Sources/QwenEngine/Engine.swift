@@ -53,6 +53,10 @@ public final class Engine: @unchecked Sendable {
         public let kvBlocksTotal: Int
         /// Engine time spent on interleaved work (fine-tuning) since start, in seconds.
         public var interleavedSeconds: Double = 0
+        /// The LoRA adapters of running and of waiting requests, by identity (not held, so an
+        /// unload is never kept waiting by a snapshot).
+        public var runningAdapters: Set<ObjectIdentifier> = []
+        public var waitingAdapters: Set<ObjectIdentifier> = []
     }
 
     public let model: QwenModel
@@ -267,7 +271,9 @@ public final class Engine: @unchecked Sendable {
         waitingCount = scheduler.waiting.count + inbox.count
         snapshotValue = Snapshot(running: scheduler.running.count, waiting: waitingCount, kvBlocksUsed: pool.usedBlocks,
                                  kvBlocksFree: pool.availableBlocks - pool.cachedBlocks, kvBlocksCached: pool.cachedBlocks,
-                                 kvBlocksTotal: pool.blockCount, interleavedSeconds: interleavedSeconds)
+                                 kvBlocksTotal: pool.blockCount, interleavedSeconds: interleavedSeconds,
+                                 runningAdapters: Set(scheduler.running.compactMap { $0.group.request.adapter.map(ObjectIdentifier.init) }),
+                                 waitingAdapters: Set((scheduler.waiting.map(\.group) + inbox).compactMap { $0.request.adapter.map(ObjectIdentifier.init) }))
         cond.unlock()
     }
 

@@ -131,9 +131,18 @@ public struct HTTPServer {
                 ModelService.jsonResponse(.object([("status", .string("ok"))]))
             }
         }
+        // "Jobs available": the fine-tuning store answers (inference needs none of it, so
+        // readiness for traffic stays /health; this one is for monitors and operators).
+        let fineTuning = jobs
+        router.get("/health/jobs") { _, _ -> Response in
+            guard let ft = fineTuning else { throw Self.fineTuningOff }
+            _ = try await ft.store.jobs(after: nil, limit: 1)
+            return ModelService.jsonResponse(.object([("status", .string("ok")), ("store", .string(ft.store.backend)),
+                                                      ("runner", .string(ft.manager.runnerState))]))
+        }
         router.get("/metrics") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-                     body: ResponseBody(byteBuffer: ByteBuffer(string: s.metrics.render(engine: s.engine.snapshot, adapters: s.adapters.all.count))))
+                     body: ResponseBody(byteBuffer: ByteBuffer(string: s.metrics.render(engine: s.engine.snapshot, adapters: s.adapters.all, fineTuning: fineTuning?.manager.runnerState))))
         }
 
         // The web console: static assets, open to everyone (they hold no data; every call the

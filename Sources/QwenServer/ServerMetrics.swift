@@ -76,7 +76,8 @@ public final class ServerMetrics: @unchecked Sendable {
         lock.unlock()
     }
 
-    public func render(engine: Engine.Snapshot, adapters: Int = 0) -> String {
+    public func render(engine: Engine.Snapshot, adapters entries: [AdapterRegistry.Entry] = [], fineTuning: String? = nil) -> String {
+        let adapters = entries.count
         lock.lock()
         defer { lock.unlock() }
         var s = "# HELP qwen_requests_total HTTP requests by endpoint and status.\n# TYPE qwen_requests_total counter\n"
@@ -108,6 +109,18 @@ public final class ServerMetrics: @unchecked Sendable {
         ]
         for (n, h, v) in gauges { s += "# HELP \(n) \(h)\n# TYPE \(n) gauge\n\(n) \(v)\n" }
         s += "# HELP qwen_training_seconds_total Engine time spent fine-tuning, interleaved with serving.\n# TYPE qwen_training_seconds_total counter\nqwen_training_seconds_total \(engine.interleavedSeconds)\n"
+        // For LoRA-aware routers (the shape of vLLM's vllm:lora_requests_info): which adapters
+        // this replica has running and waiting; the value is the reading's time. Every loaded
+        // adapter may run in one batch, so max_lora is how many are loaded.
+        func names(_ ids: Set<ObjectIdentifier>) -> String {
+            entries.filter { ids.contains(ObjectIdentifier($0.adapter)) }.map(\.name).sorted().joined(separator: ",")
+        }
+        s += "# HELP qwen_lora_requests_info LoRA adapters with running and waiting requests on this replica.\n# TYPE qwen_lora_requests_info gauge\n"
+        s += "qwen_lora_requests_info{max_lora=\"\(adapters)\",running_lora_adapters=\"\(names(engine.runningAdapters))\",waiting_lora_adapters=\"\(names(engine.waitingAdapters))\"} \(Date().timeIntervalSince1970)\n"
+        if let state = fineTuning {
+            s += "# HELP qwen_fine_tuning_runner This replica's fine-tuning runner: idle, training, or suspended (its database out of reach).\n# TYPE qwen_fine_tuning_runner gauge\n"
+            for st in ["idle", "training", "suspended"] { s += "qwen_fine_tuning_runner{state=\"\(st)\"} \(st == state ? 1 : 0)\n" }
+        }
         return s
     }
 }

@@ -287,3 +287,38 @@ def test_a_fifo_load_is_refused_at_once_and_serving_goes_on(server, tmp_path):
     assert len(results) == 2
     for st, r in results:
         assert st == 400 and "adapter_model.safetensors: is not a regular file" in r["error"]["message"]
+
+
+def test_metrics_name_the_adapters_with_running_requests(server):
+    """qwen_lora_requests_info, the shape LoRA-aware routers read (vLLM's lora_requests_info):
+    an adapter appears under running_lora_adapters while a request on it generates, and not after."""
+    import re
+    import urllib.request
+
+    def info():
+        text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
+        m = re.search(r'qwen_lora_requests_info\{max_lora="(\d+)",running_lora_adapters="([^"]*)",waiting_lora_adapters="([^"]*)"\} (\S+)', text)
+        assert m, text[-500:]
+        return int(m.group(1)), m.group(2).split(",") if m.group(2) else [], float(m.group(4))
+
+    done = threading.Event()
+
+    def long_request():
+        server.json("POST", "/v1/completions", {"model": "mlx", "prompt": "hi", "max_tokens": 400, "ignore_eos": True, "temperature": 0})
+        done.set()
+
+    t = threading.Thread(target=long_request)
+    t.start()
+    seen = []
+    deadline = time.time() + 30
+    while not done.is_set() and time.time() < deadline:
+        max_lora, running, stamp = info()
+        seen.append(running)
+        if "mlx" in running:
+            break
+        time.sleep(0.005)
+    t.join(timeout=120)
+    assert any("mlx" in r for r in seen), seen
+    assert all(set(r) <= {"mlx"} for r in seen), seen
+    max_lora, running, stamp = info()
+    assert max_lora >= 2 and running == [] and abs(stamp - time.time()) < 60

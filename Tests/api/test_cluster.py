@@ -217,11 +217,20 @@ def test_postgres_restarting_mid_job_neither_fails_it_nor_stops_inference(tmp_pa
             assert r.choices[0].finish_reason in ("length", "stop")
             st, body = a.json("GET", "/v1/fine_tuning/jobs/" + job.id)
             assert st == 503 and body["error"]["code"] == "state_database_unavailable", body
-            time.sleep(3)
+            st, body = a.json("GET", "/health/jobs")
+            assert st == 503 and body["error"]["code"] == "state_database_unavailable", body
+            # The runner holds the job and waits, saying so to the metrics.
+            deadline = time.time() + 15
+            while 'qwen_fine_tuning_runner{state="suspended"} 1' not in a.request("GET", "/metrics")[2].decode() and time.time() < deadline:
+                time.sleep(0.2)
+            assert 'qwen_fine_tuning_runner{state="suspended"} 1' in a.request("GET", "/metrics")[2].decode()
+            time.sleep(1)
         finally:
             subprocess.run([ctl, "start"], check=True, capture_output=True)
         done = wait(c, job.id, timeout=240)
         assert done.status == "succeeded", done.error
+        st, body = a.json("GET", "/health/jobs")
+        assert st == 200 and body == {"status": "ok", "store": "postgres", "runner": "idle"}, body
         check_once(c, job.id)
         assert any("fine-tuning waits" in l for l in a.log) and any("fine-tuning goes on" in l for l in a.log)
     finally:

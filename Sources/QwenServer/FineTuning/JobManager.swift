@@ -57,6 +57,11 @@ public final class JobManager: InterleavedWork, @unchecked Sendable {
 
     // MARK: The runner's side
 
+    /// idle, training (holds a job) or suspended (holds one, its database out of reach).
+    public var runnerState: String {
+        lock.withLock { current == nil ? "idle" : suspended ? "suspended" : "training" }
+    }
+
     /// The claim this replica is running, if any.
     var claim: JobClaim? { lock.withLock { current } }
     var busy: Bool { lock.withLock { current != nil } }
