@@ -9,7 +9,7 @@ APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev libsqlite3-dev pkg-conf
 VENV        := .venv-test
 PYTHON      ?= python3
 
-.PHONY: all deps build model run test test-suites check-aarch64 fuzz bench bench-kernels bench-levels bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare bench-spec bench-batch finetune-demo console-demo fixtures fixture-deps clean install uninstall
+.PHONY: all deps build model run test test-suites check-aarch64 fuzz bench bench-kernels bench-levels bench-builds bench-serve bench-adapters bench-train bench-train-serve bench-structured bench-compare bench-spec bench-cluster bench-batch finetune-demo console-demo fixtures fixture-deps clean install uninstall
 PREFIX      ?= /usr/local
 UNITDIR     ?= /etc/systemd/system
 
@@ -114,6 +114,10 @@ bench-compare: model
 
 # Speculative decoding: code edits and free chat, single stream, qwen-serve off/auto beside
 # llama-server with and without its n-gram speculation; then random load at concurrency 10 and 50.
+# Shared state: PostgreSQL against SQLite (training speed, API latency, failover), beside a throwaway PostgreSQL.
+bench-cluster: model $(VENV)/ok
+	scripts/with_postgres.sh $(VENV)/bin/python scripts/bench_cluster.py
+
 bench-spec: model
 	$(VENV)/bin/python scripts/bench_spec.py --binary $(BIN)
 
