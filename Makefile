@@ -5,7 +5,7 @@ BIN         := .build/$(CONFIG)/qwen-serve
 # chromium and chromium-driver: the web console's tests run in a real headless browser.
 # postgresql: the shared-state tests run several replicas on a real PostgreSQL (scripts/with_postgres.sh).
 APT_PKGS    := libopenblas-dev libsystemd-dev libssl-dev libsqlite3-dev pkg-config python3-pip python3-venv strace libc6-dev-arm64-cross \
-               chromium chromium-driver postgresql
+               chromium chromium-driver postgresql openssl
 VENV        := .venv-test
 PYTHON      ?= python3
 

@@ -86,6 +86,43 @@ def check_once(c, job_id):
 HP = {"n_epochs": 30, "checkpoint_every": 7}
 
 
+class Pair:
+    """Two replicas, node-a and node-b, on a database of their own."""
+
+    def __init__(self, tmp_path, lease):
+        self.db = fresh_database()
+        self.replicas = {n: replica(tmp_path, self.db, n, lease) for n in ("node-a", "node-b")}
+
+    def client(self, node):
+        return client(self.replicas[node])
+
+    def start_job(self, seed, at_step, hp=HP):
+        """A job created through node-a, once running at `at_step`: (id, its runner, the other node)."""
+        c = self.client("node-a")
+        f = c.files.create(file=("t.jsonl", jsonl(rows(8))), purpose="fine-tune")
+        job = c.fine_tuning.jobs.create(model=self.replicas["node-a"].name, training_file=f.id, seed=seed, hyperparameters=hp)
+        wait(c, job.id, until=("running",), at_step=at_step)
+        runner = runner_of(c, job.id)
+        return job.id, runner, "node-b" if runner == "node-a" else "node-a"
+
+    def stop(self):
+        for s in self.replicas.values():
+            s.stop()
+
+
+@pytest.fixture
+def pair(tmp_path):
+    made = []
+
+    def make(lease="2"):
+        made.append(Pair(tmp_path, lease))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.stop()
+
+
 def test_kill_9_the_runner_and_the_job_finishes_on_another_replica(tmp_path):
     db = fresh_database()
     a, b = replica(tmp_path, db, "node-a"), replica(tmp_path, db, "node-b")
@@ -133,71 +170,51 @@ def test_kill_9_the_runner_and_the_job_finishes_on_another_replica(tmp_path):
             s.stop()
 
 
-def test_a_runner_stopped_past_its_lease_is_fenced_out(tmp_path):
-    db = fresh_database()
-    a, b = replica(tmp_path, db, "node-a"), replica(tmp_path, db, "node-b")
-    replicas = {"node-a": a, "node-b": b}
+def test_a_runner_stopped_past_its_lease_is_fenced_out(pair):
+    p = pair()
+    job, runner, other = p.start_job(seed=9, at_step=10)
+    co = p.client(other)
+    p.replicas[runner].proc.send_signal(signal.SIGSTOP)
     try:
-        ca = client(a)
-        f = ca.files.create(file=("t.jsonl", jsonl(rows(8))), purpose="fine-tune")
-        job = ca.fine_tuning.jobs.create(model=a.name, training_file=f.id, seed=9, hyperparameters=HP)
-        wait(ca, job.id, until=("running",), at_step=10)
-        runner = runner_of(ca, job.id)
-        other = "node-b" if runner == "node-a" else "node-a"
-        co = client(replicas[other])
-        replicas[runner].proc.send_signal(signal.SIGSTOP)
-        try:
-            deadline = time.time() + 30
-            while runner_of(co, job.id) != other and time.time() < deadline:
-                time.sleep(0.05)
-            assert runner_of(co, job.id) == other, "another replica took the job over once the lease ran out"
-        finally:
-            replicas[runner].proc.send_signal(signal.SIGCONT)
-        done = wait(co, job.id)
-        assert done.status == "succeeded", done.error
-        ev = check_once(co, job.id)
-        assert sum(e.message.startswith("Fine-tuning job started on ") for e in ev) == 1
-        assert sum(e.message.startswith("Fine-tuning job resumed on ") for e in ev) == 1
-        # The old runner noticed and gave up instead of writing.
-        deadline = time.time() + 10
-        while time.time() < deadline and not any("claim ran out" in l for l in replicas[runner].log):
-            time.sleep(0.1)
-        assert any("claim ran out" in l for l in replicas[runner].log), replicas[runner].log[-5:]
-        assert [e.id for e in events(co, job.id)] == [e.id for e in ev], "nothing was written after the job ended"
-    finally:
-        for s in replicas.values():
-            s.stop()
-
-
-def test_sigterm_hands_the_job_back_at_once(tmp_path):
-    db = fresh_database()
-    # A long lease: only the hand-back can explain a quick resume.
-    a, b = replica(tmp_path, db, "node-a", "300"), replica(tmp_path, db, "node-b", "300")
-    replicas = {"node-a": a, "node-b": b}
-    try:
-        ca = client(a)
-        f = ca.files.create(file=("t.jsonl", jsonl(rows(8))), purpose="fine-tune")
-        job = ca.fine_tuning.jobs.create(model=a.name, training_file=f.id, seed=5, hyperparameters=HP)
-        wait(ca, job.id, until=("running",), at_step=10)
-        runner = runner_of(ca, job.id)
-        other = "node-b" if runner == "node-a" else "node-a"
-        replicas[runner].proc.send_signal(signal.SIGTERM)
-        replicas[runner].proc.wait(timeout=60)
-        co = client(replicas[other])
-        t0 = time.time()
-        while runner_of(co, job.id) != other and time.time() - t0 < 20:
+        deadline = time.time() + 30
+        while runner_of(co, job) != other and time.time() < deadline:
             time.sleep(0.05)
-        assert runner_of(co, job.id) == other
-        msgs = [e.message for e in events(co, job.id)]
-        stop = [m for m in msgs if f"The server on {runner} is stopping: checkpointed at step " in m]
-        assert stop, msgs
-        step = int(re.search(r"checkpointed at step (\d+)", stop[0]).group(1))
-        assert any(m.startswith(f"Fine-tuning job resumed on {other} from step {step}") for m in msgs), msgs
-        assert wait(co, job.id).status == "succeeded"
-        check_once(co, job.id)
+        assert runner_of(co, job) == other, "another replica took the job over once the lease ran out"
     finally:
-        for s in replicas.values():
-            s.stop()
+        p.replicas[runner].proc.send_signal(signal.SIGCONT)
+    done = wait(co, job)
+    assert done.status == "succeeded", done.error
+    ev = check_once(co, job)
+    assert sum(e.message.startswith("Fine-tuning job started on ") for e in ev) == 1
+    assert sum(e.message.startswith("Fine-tuning job resumed on ") for e in ev) == 1
+    # The old runner noticed and gave up instead of writing.
+    log = p.replicas[runner].log
+    deadline = time.time() + 10
+    while time.time() < deadline and not any("claim ran out" in l for l in log):
+        time.sleep(0.1)
+    assert any("claim ran out" in l for l in log), log[-5:]
+    assert [e.id for e in events(co, job)] == [e.id for e in ev], "nothing was written after the job ended"
+
+
+
+def test_sigterm_hands_the_job_back_at_once(pair):
+    p = pair(lease="300")  # a long lease: only the hand-back can explain a quick resume
+    job, runner, other = p.start_job(seed=5, at_step=10)
+    p.replicas[runner].proc.send_signal(signal.SIGTERM)
+    p.replicas[runner].proc.wait(timeout=60)
+    co = p.client(other)
+    t0 = time.time()
+    while runner_of(co, job) != other and time.time() - t0 < 20:
+        time.sleep(0.05)
+    assert runner_of(co, job) == other
+    msgs = [e.message for e in events(co, job)]
+    stop = [m for m in msgs if f"The server on {runner} is stopping: checkpointed at step " in m]
+    assert stop, msgs
+    step = int(re.search(r"checkpointed at step (\d+)", stop[0]).group(1))
+    assert any(m.startswith(f"Fine-tuning job resumed on {other} from step {step}") for m in msgs), msgs
+    assert wait(co, job).status == "succeeded"
+    check_once(co, job)
+
 
 
 def test_postgres_restarting_mid_job_neither_fails_it_nor_stops_inference(tmp_path):
@@ -274,3 +291,56 @@ def test_many_jobs_from_many_replicas_each_run_exactly_once(tmp_path):
     finally:
         for s in nodes:
             s.stop()
+
+
+def test_pause_resume_and_cancel_through_the_replica_that_does_not_run_the_job(pair):
+    p = pair()
+    job, runner, other = p.start_job(seed=5, at_step=3)
+    co = p.client(other)
+    t0 = time.time()
+    paused = co.fine_tuning.jobs.pause(job)
+    assert paused.status == "paused" and time.time() - t0 < 5, paused.status
+    step = paused.step
+    time.sleep(1.5)
+    assert co.fine_tuning.jobs.retrieve(job).step == step, "a paused job does not advance"
+    assert co.fine_tuning.jobs.resume(job).status == "queued"
+    wait(co, job, until=("running",), at_step=step + 2)
+    runner = runner_of(co, job)
+    co = p.client("node-b" if runner == "node-a" else "node-a")
+    t0 = time.time()
+    cancelled = co.fine_tuning.jobs.cancel(job)
+    assert cancelled.status == "cancelled" and time.time() - t0 < 5
+    msgs = [e.message for e in events(co, job)]
+    assert any(m.startswith("Fine-tuning job paused at step") for m in msgs) and "Fine-tuning job cancelled" in msgs
+
+
+
+def test_tls_to_the_database_verified_against_its_ca_and_the_password_from_a_file(tmp_path):
+    """sslmode=verify-full with sslrootcert connects (the test cluster's certificate is for
+    localhost); without the CA the same URL cannot, and the replica says so instead of serving
+    someone else's state. The password comes from --state-db-password-file, not the URL."""
+    ca = os.environ["QWEN_TEST_POSTGRES_CA"]
+    db = fresh_database()
+    userless = re.sub(r"//([^:@/]+):[^@]*@127\.0\.0\.1", r"//\1@localhost", db.split("?")[0])
+    pw = os.environ["QWEN_TEST_POSTGRES_PASSWORD_FILE"]
+    s = Server(TINY, "--kv-cache-gb", "0.05", "--state-dir", str(tmp_path / "a"),
+               "--state-db", f"{userless}?sslmode=verify-full&sslrootcert={ca}", "--state-db-password-file", pw)
+    try:
+        c = client(s)
+        f = c.files.create(file=("t.jsonl", jsonl(rows(2, long=False))), purpose="fine-tune")
+        assert f.status == "processed"
+        assert psql(db, "SELECT count(*) FROM files") == [["1"]]
+        assert not any("***" not in l and "postgres://" in l and ":" in l.split("postgres://")[1].split("@")[0] for l in s.log), \
+            "no password in the log"
+    finally:
+        s.stop()
+    bad = Server(TINY, "--kv-cache-gb", "0.05", "--state-dir", str(tmp_path / "b"),
+                 "--state-db", f"{userless}?sslmode=verify-full", "--state-db-password-file", pw)
+    try:
+        assert any("state database does not answer yet" in l for l in bad.log), bad.log[-3:]
+        st, body = bad.json("GET", "/v1/files")
+        assert st == 503 and body["error"]["code"] == "state_database_unavailable"
+        r = client(bad).chat.completions.create(model=bad.name, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        assert r.choices[0].finish_reason in ("length", "stop")
+    finally:
+        bad.stop()
