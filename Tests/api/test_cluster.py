@@ -344,3 +344,56 @@ def test_tls_to_the_database_verified_against_its_ca_and_the_password_from_a_fil
         assert r.choices[0].finish_reason in ("length", "stop")
     finally:
         bad.stop()
+
+
+def postgres_processes():
+    """The test cluster's postmaster and every process it started."""
+    data = os.path.join(os.path.dirname(os.environ["QWEN_TEST_POSTGRES_CTL"]), "data")
+    master = int(open(os.path.join(data, "postmaster.pid")).readline())
+    pids = [master]
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == master:
+                pids.append(int(d))
+    return pids
+
+
+def test_a_database_that_stops_answering_costs_requests_a_bounded_wait(tmp_path):
+    """PostgreSQL frozen mid-conversation (every process stopped: connections stay open, nothing
+    answers): the fine-tuning routes answer 503 at the store's deadline instead of hanging, chat
+    goes on, and all is well once it answers again."""
+    a = replica(tmp_path, fresh_database(), "node-a")
+    pids = []
+    try:
+        c = client(a)
+        f = c.files.create(file=("t.jsonl", jsonl(rows(2, long=False))), purpose="fine-tune")
+        pids = postgres_processes()
+        for p in pids:
+            os.kill(p, signal.SIGSTOP)
+        t0 = time.time()
+        st, body = a.json("GET", "/v1/files/" + f.id)
+        waited = time.time() - t0
+        assert st == 503 and body["error"]["code"] == "state_database_unavailable", body
+        assert waited < 20, waited
+        r = c.chat.completions.create(model=a.name, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        assert r.choices[0].finish_reason in ("length", "stop")
+    finally:
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            st, body = a.json("GET", "/v1/files/" + f.id)
+            if st == 200:
+                break
+            time.sleep(0.5)
+        assert st == 200 and body["id"] == f.id, body
+    finally:
+        a.stop()

@@ -121,11 +121,14 @@ final class ResumeOnce<T: Sendable>: @unchecked Sendable {
     private let lock = NSLock()
     private var cont: CheckedContinuation<T, Error>?
     init(_ c: CheckedContinuation<T, Error>) { cont = c }
-    func resume(with r: Result<T, Error>) {
+    /// Returns whether this call was the one that resumed it.
+    @discardableResult
+    func resume(with r: Result<T, Error>) -> Bool {
         let c: CheckedContinuation<T, Error>? = lock.withLock {
             defer { cont = nil }
             return cont
         }
         c?.resume(with: r)
+        return c != nil
     }
 }

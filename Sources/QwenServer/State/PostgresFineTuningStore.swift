@@ -69,34 +69,40 @@ public final class PostgresFineTuningStore: FineTuningStore, @unchecked Sendable
     // MARK: Plumbing
 
     /// Runs `op` with the store's deadline; database and network errors become `.unavailable`.
+    /// The caller is answered at the deadline even when the operation does not heed
+    /// cancellation (a peer that stopped answering mid-query): it is cancelled and left behind.
     func run<T: Sendable>(_ what: String, _ op: @escaping @Sendable () async throws -> T) async throws -> T {
         let limit = timeout
-        do {
-            return try await withThrowingTaskGroup(of: T?.self) { group in
-                group.addTask { try await op() }
-                group.addTask {
-                    try await Task.sleep(for: .seconds(limit))
-                    return nil
-                }
-                defer { group.cancelAll() }
-                guard let first = try await group.next(), let value = first else {
-                    throw StoreError.unavailable("no answer from PostgreSQL within \(Int(limit)) s (\(what))")
-                }
-                return value
+        return try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, Error>) in
+            let once = ResumeOnce(cont)
+            let work = Task {
+                do { once.resume(with: .success(try await op())) } catch { once.resume(with: .failure(Self.translate(error, what))) }
             }
-        } catch let e as StoreError {
-            throw e
-        } catch let e as PostgresTransactionError {
+            Task {
+                try? await Task.sleep(for: .seconds(limit))
+                if once.resume(with: .failure(StoreError.unavailable("no answer from PostgreSQL within \(Int(limit)) s (\(what))"))) {
+                    work.cancel()
+                }
+            }
+        }
+    }
+
+    /// The store's own refusals as they are; everything else from the driver is an outage.
+    static func translate(_ error: Error, _ what: String) -> Error {
+        switch error {
+        case let e as StoreError:
+            return e
+        case let e as PostgresTransactionError:
             // The transaction's own refusal (fenced, corrupt) is what the caller acts on.
-            if let inner = e.closureError as? StoreError { throw inner }
+            if let inner = e.closureError as? StoreError { return inner }
             let cause = e.beginError ?? e.closureError ?? e.commitError ?? e.rollbackError
-            throw StoreError.unavailable("\(what): \((cause as? PSQLError).map(Self.describe) ?? "\(cause.map { "\($0)" } ?? "transaction failed")")")
-        } catch let e as PSQLError {
-            throw StoreError.unavailable("\(what): \(Self.describe(e))")
-        } catch is CancellationError {
-            throw StoreError.unavailable("\(what): cancelled")
-        } catch {
-            throw StoreError.unavailable("\(what): \(error)")
+            return StoreError.unavailable("\(what): \((cause as? PSQLError).map(describe) ?? "\(cause.map { "\($0)" } ?? "transaction failed")")")
+        case let e as PSQLError:
+            return StoreError.unavailable("\(what): \(describe(e))")
+        case is CancellationError:
+            return StoreError.unavailable("\(what): cancelled")
+        default:
+            return StoreError.unavailable("\(what): \(error)")
         }
     }
 
