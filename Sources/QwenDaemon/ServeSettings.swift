@@ -151,7 +151,8 @@ public struct ServeSettings: Equatable, Sendable {
             stateDir = value
         case "state-db":
             guard value == "sqlite" || value.hasPrefix("postgres://") || value.hasPrefix("postgresql://") else {
-                throw bad("sqlite or a postgres:// URL")
+                // Not echoed: a URL may hold a password.
+                throw SettingError(description: "\(source): state-db must be sqlite or a postgres:// URL")
             }
             stateDB = value
         case "state-db-password-file":

@@ -171,6 +171,8 @@ struct Serve: AsyncParsableCommand {
                 } else {
                     log("fine-tuning is off: another qwen-serve holds \(stateDir) (give this one its own --state-dir)", level: .warning)
                 }
+            } catch let e as StartupError {
+                throw e  // a wrong --state-db is the operator's to fix, not a reason to serve without it
             } catch {
                 log("fine-tuning is off: the state directory \(stateDir) cannot be used: \(error)", level: .warning)
             }
@@ -250,10 +252,13 @@ extension Serve {
     /// migrated now when it answers; until it does, the fine-tuning routes answer 503).
     static func openStore(_ s: ServeSettings, stateDir: String) async throws -> any FineTuningStore {
         guard s.stateDB != "sqlite" else { return try SQLiteFineTuningStore(directory: stateDir) }
-        let config = try PostgresURL.configuration(s.stateDB, passwordFile: s.stateDBPasswordFile)
         var logger = Logger(label: "qwen-serve.postgres")
         logger.logLevel = .warning
-        let store = PostgresFineTuningStore(configuration: config, cacheDirectory: stateDir + "/cache/files", logger: logger)
+        let store: PostgresFineTuningStore
+        do {
+            store = try PostgresFineTuningStore(url: s.stateDB, passwordFile: s.stateDBPasswordFile, cacheDirectory: stateDir + "/cache/files",
+                                                logger: logger)
+        } catch { throw StartupError(description: "\(error)") }
         do { try await store.migrate() } catch StoreError.corrupt(let m) { throw StartupError(description: m) } catch {
             log("the state database does not answer yet (\(error)); fine-tuning waits for it", level: .warning)
             Task {

@@ -397,3 +397,28 @@ def test_a_database_that_stops_answering_costs_requests_a_bounded_wait(tmp_path)
         assert st == 200 and body["id"] == f.id, body
     finally:
         a.stop()
+
+
+def test_a_wrong_state_db_stops_the_start_with_a_clear_message(tmp_path):
+    import subprocess
+    from conftest import BIN
+    db = fresh_database()
+    userless = re.sub(r"//([^:@/]+):[^@]*@", r"//\1@", db)
+
+    def start(url, *extra):
+        return subprocess.run([BIN, "serve", "--model", TINY, "--port", "0", "--kv-cache-gb", "0.05", "--state-dir", str(tmp_path / "s"),
+                               "--state-db", url, *extra], capture_output=True, text=True, timeout=120)
+
+    for url, extra, want in [("postgres://localhost/qwen", [], "--state-db: name the user"),
+                             ("mysql://u:secret@h/db", [], "--state-db: state-db must be sqlite or a postgres:// URL"),
+                             (db.replace("sslmode=disable", "sslmode=sometimes"), [], "sslmode must be disable, allow, prefer, require, verify-ca or verify-full"),
+                             (userless, ["--state-db-password-file", str(tmp_path / "missing")], "cannot be read")]:
+        r = start(url, *extra)
+        assert r.returncode != 0 and want in r.stderr, (url, r.stderr[-400:])
+        assert "serving" not in r.stderr and "secret" not in r.stderr
+    # A database whose schema a newer qwen-serve wrote: this one refuses rather than guess.
+    s = replica(tmp_path, db, "node-a")
+    s.stop()
+    psql(db, "INSERT INTO qwen_serve_schema (version) VALUES (99)")
+    r = start(db)
+    assert r.returncode != 0 and "schema is version 99, newer than this qwen-serve's" in r.stderr, r.stderr[-400:]

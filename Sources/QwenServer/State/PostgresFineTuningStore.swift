@@ -35,6 +35,12 @@ public final class PostgresFineTuningStore: FineTuningStore, @unchecked Sendable
         tasks.append(Task { [weak self] in await self?.listen() })
     }
 
+    /// From a `postgres://` URL (see PostgresURL); throws when the URL or password file is unusable.
+    public convenience init(url: String, passwordFile: String?, cacheDirectory: String, timeout: Double = 10, logger: Logger) throws {
+        self.init(configuration: try PostgresURL.configuration(url, passwordFile: passwordFile), cacheDirectory: cacheDirectory,
+                  timeout: timeout, logger: logger)
+    }
+
     deinit { for t in tasks { t.cancel() } }
 
     public func close() { for t in tasks { t.cancel() } }
