@@ -64,7 +64,6 @@ public final class JobManager: InterleavedWork, @unchecked Sendable {
 
     /// The claim this replica is running, if any.
     var claim: JobClaim? { lock.withLock { current } }
-    var busy: Bool { lock.withLock { current != nil } }
 
     func hand(_ p: Prepared) {
         lock.withLock {

@@ -15,9 +15,7 @@ public final class SQLiteFineTuningStore: FineTuningStore, @unchecked Sendable {
     public init(directory: String) throws {
         self.directory = directory
         db = try StateDatabase.open(directory: directory, file: "state.sqlite")
-        for sub in ["files", "uploads"] {
-            try FileManager.default.createDirectory(atPath: (directory as NSString).appendingPathComponent(sub), withIntermediateDirectories: true)
-        }
+        try FileManager.default.createDirectory(atPath: (directory as NSString).appendingPathComponent("files"), withIntermediateDirectories: true)
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
             try db.execute(sql: """
@@ -82,7 +80,6 @@ public final class SQLiteFineTuningStore: FineTuningStore, @unchecked Sendable {
     // MARK: Files
 
     func filePath(_ id: String) -> String { (directory as NSString).appendingPathComponent("files/\(id)") }
-    public var uploadsDirectory: String { (directory as NSString).appendingPathComponent("uploads") }
 
     public func insertFile(_ f: FileObject, content: String) async throws {
         guard rename(content, filePath(f.id)) == 0 else { throw StoreError.unavailable("cannot move \(content) into \(directory)/files") }
