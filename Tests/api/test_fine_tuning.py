@@ -285,7 +285,10 @@ def test_a_failed_write_fails_the_job_and_serving_goes_on(server):
     c = client(server)
     f = c.files.create(file=("t.jsonl", jsonl(rows(8, long=True))), purpose="fine-tune")
     job = c.fine_tuning.jobs.create(model=server.name, training_file=f.id, hyperparameters={"n_epochs": 40, "checkpoint_every": 3})
-    wait(c, job.id, until=("running",))
+    deadline = time.time() + 120
+    while c.fine_tuning.jobs.retrieve(job.id).step < 1:  # training, past its preparation
+        assert time.time() < deadline, "the job never trained a step"
+        time.sleep(0.05)
     run = os.path.join(server_state(server), "jobs", job.id, "run")
     shutil.rmtree(run)
     open(run, "w").write("in the way")  # every write under run/ now fails

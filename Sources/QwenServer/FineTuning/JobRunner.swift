@@ -201,9 +201,15 @@ public final class JobRunner: @unchecked Sendable {
             down(e)
             return false
         } catch {
+            // Data the run cannot use is the file's fault; anything else (the run directory
+            // cannot be made or written) is the run's.
             var job = c.job
             job.status = .failed
-            job.error = .init(code: "invalid_training_file", message: "\(error)", param: "training_file")
+            if let bad = error as? BadTrainingData {
+                job.error = .init(code: "invalid_training_file", message: "\(bad.error)", param: bad.param)
+            } else {
+                job.error = .init(code: "training_failed", message: "\(error)")
+            }
             job.finished_at = JobEvents.now()
             logger.error("fine-tuning job \(job.id) failed: \(error)")
             try? await store.update(c, job, events: [JobEvents.make(job.id, "Fine-tuning job failed: \(error)", level: "error")])
@@ -237,8 +243,13 @@ public final class JobRunner: @unchecked Sendable {
         let (model, tokenizer, modelPath, node, validFile) = (self.model, self.tokenizer, self.modelPath, settings.node, validPath)
         let j = job
         let box = try await Offload.run { () -> RunBox in
-            var train = try TrainingData.load(file: trainPath, tokenizer: tokenizer, format: Self.trainFormat)
-            var valid = try validFile.map { try TrainingData.load(file: $0, tokenizer: tokenizer, format: Self.trainFormat) } ?? []
+            var train: [Example], valid: [Example]
+            do { train = try TrainingData.load(file: trainPath, tokenizer: tokenizer, format: Self.trainFormat) } catch {
+                throw BadTrainingData(error: error, param: "training_file")
+            }
+            do { valid = try validFile.map { try TrainingData.load(file: $0, tokenizer: tokenizer, format: Self.trainFormat) } ?? [] } catch {
+                throw BadTrainingData(error: error, param: "validation_file")
+            }
             _ = TrainingData.truncate(&train, maxLength: j.lora.max_seq_length)
             _ = TrainingData.truncate(&valid, maxLength: j.lora.max_seq_length)
             let cfg = Self.config(j, examples: train.count, dir: dir)
@@ -303,3 +314,9 @@ public final class JobRunner: @unchecked Sendable {
 
 /// A run built off the engine thread, handed over once.
 private struct RunBox: @unchecked Sendable { let run: TrainingRun }
+
+/// A training or validation file the run cannot use (as opposed to a run that cannot go on).
+struct BadTrainingData: Error {
+    let error: Error
+    let param: String
+}
