@@ -137,6 +137,29 @@ final class Int8KernelTests: XCTestCase {
         }
     }
 
+    /// The AVX2 kernel adds several pairwise 16-bit products in 16 bits before widening them: with
+    /// every stored value at its largest and every input at ±127, the sums must still be exact.
+    func testSixteenBitSumsHoldAtTheLargestValues() throws {
+        var rng = SeededRandom(seed: 31)
+        var ran = false
+        for type in Self.types {
+            let cols = type.blockSize == 256 ? 512 : 96, rows = 21
+            let blocks = RandomBlocks(type, rows: rows, cols: cols, rng: &rng, largest: true)
+            for n in [1, 2, 4, 5] {
+                let x = (0..<(n * cols)).map { i -> Float in
+                    switch (i / cols) % 3 { case 0: return 1; case 1: return -1; default: return (i / 32) % 2 == 0 ? 1 : -1 }
+                }
+                let plain = plainKernel(type, blocks.bytes, rows: rows, cols: cols, x, n: n)
+                for k in [QWEN_I8_AVX2, QWEN_I8_VNNI, QWEN_I8_AVXVNNI, QWEN_I8_VNNI256].map(Int32.init) where qwen_i8_kernel_runs(k) != 0 {
+                    ran = true
+                    let got = kernel(k, type, blocks.bytes, rows: rows, cols: cols, x, n: n)
+                    XCTAssertEqual(got.map(\.bitPattern), plain.map(\.bitPattern), "kernel \(k), \(type), n=\(n)")
+                }
+            }
+        }
+        if !ran { throw XCTSkip("only the portable int8 kernels run at kernel level \(CPUFeatures.level) (this CPU: \(CPUFeatures.hardwareLevel))") }
+    }
+
     func kernel(_ k: Int32, _ type: GGMLType, _ bytes: [UInt8], rows: Int, cols: Int, _ x: [Float], n: Int) -> [Float] {
         let t = Int32(type.rawValue), panels = (rows + 15) / 16, g = Int(qwen_i8_group(t))
         // Panels and scales 64-byte aligned, as Int8Panels allocates them (the VNNI kernel loads them aligned).

@@ -79,8 +79,9 @@ final class RandomBlocks {
     let raw: UnsafeMutableRawPointer
     let dense: FloatBuffer
 
-    init(_ type: GGMLType, rows: Int, cols: Int, rng: inout SeededRandom) {
-        let bytes = randomBlocks(type, rows: rows, cols: cols, rng: &rng)
+    /// `largest`: every stored value at its type's largest (all bits set), the scales as usual.
+    init(_ type: GGMLType, rows: Int, cols: Int, rng: inout SeededRandom, largest: Bool = false) {
+        let bytes = randomBlocks(type, rows: rows, cols: cols, rng: &rng, largest: largest)
         let dense = FloatBuffer(count: rows * cols)
         bytes.withUnsafeBytes { GGMLDequant.dequantize(type: type, src: $0.baseAddress!, dst: dense.pointer, count: rows * cols) }
         raw = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
@@ -94,10 +95,10 @@ final class RandomBlocks {
 
 /// `rows` rows of `cols` random values stored as `type`: random bytes with the f16 scales (and
 /// 16-bit values) made finite and modest.
-func randomBlocks(_ type: GGMLType, rows: Int, cols: Int, rng: inout SeededRandom) -> [UInt8] {
+func randomBlocks(_ type: GGMLType, rows: Int, cols: Int, rng: inout SeededRandom, largest: Bool = false) -> [UInt8] {
     let half: UInt16 = Float16(0.01).bitPattern
     let perRow = type.blockSize == 1 ? cols * type.blockBytes : cols / type.blockSize * type.blockBytes
-    var bytes = (0..<(rows * perRow)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+    var bytes = (0..<(rows * perRow)).map { _ in largest ? 0xFF : UInt8(truncatingIfNeeded: rng.next()) }
     func put(_ off: Int, _ bits: UInt16) { bytes[off] = UInt8(bits & 0xFF); bytes[off + 1] = UInt8(bits >> 8) }
     let bb = type.blockBytes
     for blk in 0..<(bytes.count / bb) {
