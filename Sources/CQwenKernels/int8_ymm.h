@@ -32,7 +32,7 @@ YMM_TARGET static inline __attribute__((always_inline)) void YMM_NAME(weights)(c
 }
 
 YMM_TARGET static inline __attribute__((always_inline)) void YMM_NAME(panel)(
-    const int G, const int BITS, const int R, const int HAS_MIN, const int SIGNED, const uint8_t *q, const float *scale,
+    const int G, const int BITS, const int VBITS, const int R, const int HAS_MIN, const int SIGNED, const uint8_t *q, const float *scale,
     const float *min, int cols, const int8_t *xq, const int32_t *corr, const float *dx, const float *dmin, float *out,
     int ldo, int row0, int rows, int accumulate) {
     const int ng = cols / G, n32 = cols / 32;
@@ -62,7 +62,7 @@ YMM_TARGET static inline __attribute__((always_inline)) void YMM_NAME(panel)(
         // bound of this kernel with several input rows (one thread, 12 rows: Q4_K 1.28×, Q5_0
         // 1.17×, Q6_K 1.10× faster). Sums stay exact. A single 5-bit row keeps one vpmaddwd a
         // step (measured 1.14× slower otherwise; its unpacking, not the multiplier, bounds it).
-        const int CHUNK = SIGNED || (R == 1 && BITS == 5) ? 1 : BITS == 4 ? 8 : BITS == 5 ? 4 : G == 16 ? 2 : 1;
+        const int CHUNK = SIGNED || (R == 1 && BITS == 5) ? 1 : VBITS == 4 ? 8 : VBITS == 5 ? 4 : VBITS == 6 ? 2 : 1;
         if (CHUNK == 1) {
             for (int k4 = 0; k4 < G / 4; k4++) {
                 __m256i w[2];
@@ -117,11 +117,57 @@ YMM_TARGET static inline __attribute__((always_inline)) void YMM_NAME(panel)(
     }
 }
 
+// VBITS: how many bits a weight's value takes (Q6_K's are 6 bits stored in bytes).
+#define YMM_VBITS(G, B) ((B) == 8 ? ((G) == 16 ? 6 : 8) : (B))
 #define YMM_CASES(G, B, M, S)                                                                                      \
     switch (R) {                                                                                                   \
-    case 1: YMM_NAME(panel)(G, B, 1, M, S, PANEL_ARGS); break;  case 2: YMM_NAME(panel)(G, B, 2, M, S, PANEL_ARGS); break; \
-    case 3: YMM_NAME(panel)(G, B, 3, M, S, PANEL_ARGS); break;  default: YMM_NAME(panel)(G, B, 4, M, S, PANEL_ARGS); break; \
+    case 1: YMM_NAME(panel)(G, B, YMM_VBITS(G, B), 1, M, S, PANEL_ARGS); break;                                     \
+    case 2: YMM_NAME(panel)(G, B, YMM_VBITS(G, B), 2, M, S, PANEL_ARGS); break;                                     \
+    case 3: YMM_NAME(panel)(G, B, YMM_VBITS(G, B), 3, M, S, PANEL_ARGS); break;                                     \
+    default: YMM_NAME(panel)(G, B, YMM_VBITS(G, B), 4, M, S, PANEL_ARGS); break;                                    \
     }
+
+#ifndef YMM_DPBUSD
+// Many input rows: a panel of 5-bit weights is unpacked once into bytes (the 8-bit layout, in
+// `wide`), and every group of rows reads those instead of unpacking it again: there the
+// unpacking costs about as much as the multiplies (Q5_0, one thread: 1.2–1.3× faster from 9
+// rows on). 4-bit panels unpack in two instructions, and reading twice the bytes cost more.
+#define YMM_WIDE_ROWS 9
+#define YMM_WIDE_CASES(G, B, M, S)                                                                                 \
+    if ((B) == 5) {                                                                                                \
+        if (k == 0) YMM_NAME(unpack)(G, B, pq, ng, wide);                                                         \
+        {                                                                                                          \
+            const uint8_t *pq = wide;                                                                              \
+            switch (R) {                                                                                           \
+            case 1: YMM_NAME(panel)(G, 8, B, 1, M, S, PANEL_ARGS); break;                                          \
+            case 2: YMM_NAME(panel)(G, 8, B, 2, M, S, PANEL_ARGS); break;                                          \
+            case 3: YMM_NAME(panel)(G, 8, B, 3, M, S, PANEL_ARGS); break;                                          \
+            default: YMM_NAME(panel)(G, 8, B, 4, M, S, PANEL_ARGS); break;                                         \
+            }                                                                                                      \
+        }                                                                                                          \
+    } else {                                                                                                       \
+        YMM_CASES(G, B, M, S)                                                                                      \
+    }
+
+/// A panel's packed 5-bit groups as bytes, laid out as 8-bit panels are.
+YMM_TARGET static inline __attribute__((always_inline)) void YMM_NAME(unpack_as)(const int G, const int BITS, const uint8_t *pq,
+                                                                               int ng, uint8_t *wide) {
+    const long gb = G * 10;
+    for (int gi = 0; gi < ng; gi++) {
+        for (int k4 = 0; k4 < G / 4; k4++) {
+            __m256i w[2];
+            YMM_NAME(weights)(G, BITS, 0, pq + gi * gb, k4, w);
+            _mm256_storeu_si256((__m256i *)(wide + (long)gi * G * 16 + k4 * 64), w[0]);
+            _mm256_storeu_si256((__m256i *)(wide + (long)gi * G * 16 + k4 * 64 + 32), w[1]);
+        }
+    }
+}
+
+YMM_TARGET static void YMM_NAME(unpack)(int G, int BITS, const uint8_t *pq, int ng, uint8_t *wide) {
+    (void)G, (void)BITS;
+    YMM_NAME(unpack_as)(32, 5, pq, ng, wide);
+}
+#endif
 
 YMM_TARGET static void YMM_NAME(matmul)(int type, const uint8_t *q, const float *scale, const float *min, int rows, int cols,
                                         int panel0, int panel1, const int8_t *xq, const int32_t *corr, const float *dx,
@@ -131,6 +177,23 @@ YMM_TARGET static void YMM_NAME(matmul)(int type, const uint8_t *q, const float 
     // Each panel (16 weight rows, a few KiB) once for all input rows, its bytes still in L1
     // for every group of rows after the first.
     const int groups = (n + 3) / 4;
+#ifndef YMM_DPBUSD
+    const int five = type == QWEN_Q5_0 || type == QWEN_Q5_1 || type == QWEN_Q5_K;
+    uint8_t *wide = n >= YMM_WIDE_ROWS && five ? malloc((size_t)cols * 16) : 0;
+    if (wide) {
+        for (int p = panel0; p < panel1; p++) {
+            const uint8_t *pq = q + (long)p * ng * gb;
+            const float *ps = scale + (long)p * ng * 16, *pm = has_min ? min + (long)p * n32 * 16 : 0;
+            for (int k = 0, i0 = 0; k < groups; k++) {
+                const int R = (n - i0) / (groups - k);
+                PANEL_TYPES(YMM_WIDE_CASES, 1)
+                i0 += R;
+            }
+        }
+        free(wide);
+        return;
+    }
+#endif
     for (int p = panel0; p < panel1; p++) {
         const uint8_t *pq = q + (long)p * ng * gb;
         const float *ps = scale + (long)p * ng * 16, *pm = has_min ? min + (long)p * n32 * 16 : 0;
@@ -143,6 +206,11 @@ YMM_TARGET static void YMM_NAME(matmul)(int type, const uint8_t *q, const float 
 }
 
 #undef YMM_CASES
+#undef YMM_VBITS
+#ifdef YMM_WIDE_CASES
+#undef YMM_WIDE_CASES
+#undef YMM_WIDE_ROWS
+#endif
 #undef YMM_EXACT_U8
 #undef YMM_NAME
 #undef YMM_TARGET

@@ -145,7 +145,7 @@ final class Int8KernelTests: XCTestCase {
         for type in Self.types {
             let cols = type.blockSize == 256 ? 512 : 96, rows = 21
             let blocks = RandomBlocks(type, rows: rows, cols: cols, rng: &rng, largest: true)
-            for n in [1, 2, 4, 5] {
+            for n in [1, 2, 4, 5, 9, 13] {
                 let x = (0..<(n * cols)).map { i -> Float in
                     switch (i / cols) % 3 { case 0: return 1; case 1: return -1; default: return (i / 32) % 2 == 0 ? 1 : -1 }
                 }
