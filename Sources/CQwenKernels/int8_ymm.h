@@ -163,6 +163,20 @@ YMM_TARGET static inline __attribute__((always_inline)) void YMM_NAME(unpack_as)
     }
 }
 
+/// This thread's buffer for an unpacked panel (kept: the same few sizes come back every step);
+/// null when there is no memory for it (the packed panels are read then).
+static uint8_t *YMM_NAME(wide_buffer)(size_t bytes) {
+    static _Thread_local uint8_t *buffer;
+    static _Thread_local size_t capacity;
+    if (bytes > capacity) {
+        uint8_t *grown = realloc(buffer, bytes);
+        if (!grown) return 0;
+        buffer = grown;
+        capacity = bytes;
+    }
+    return buffer;
+}
+
 YMM_TARGET static void YMM_NAME(unpack)(int G, int BITS, const uint8_t *pq, int ng, uint8_t *wide) {
     (void)G, (void)BITS;
     YMM_NAME(unpack_as)(32, 5, pq, ng, wide);
@@ -179,7 +193,7 @@ YMM_TARGET static void YMM_NAME(matmul)(int type, const uint8_t *q, const float 
     const int groups = (n + 3) / 4;
 #ifndef YMM_DPBUSD
     const int five = type == QWEN_Q5_0 || type == QWEN_Q5_1 || type == QWEN_Q5_K;
-    uint8_t *wide = n >= YMM_WIDE_ROWS && five ? malloc((size_t)cols * 16) : 0;
+    uint8_t *wide = n >= YMM_WIDE_ROWS && five ? YMM_NAME(wide_buffer)((size_t)cols * 16) : 0;
     if (wide) {
         for (int p = panel0; p < panel1; p++) {
             const uint8_t *pq = q + (long)p * ng * gb;
@@ -190,7 +204,6 @@ YMM_TARGET static void YMM_NAME(matmul)(int type, const uint8_t *q, const float 
                 i0 += R;
             }
         }
-        free(wide);
         return;
     }
 #endif
