@@ -205,14 +205,13 @@ public final class JobRunner: @unchecked Sendable {
             // cannot be made or written) is the run's.
             var job = c.job
             job.status = .failed
-            if let bad = error as? BadTrainingData {
-                job.error = .init(code: "invalid_training_file", message: "\(bad.error)", param: bad.param)
-            } else {
-                job.error = .init(code: "training_failed", message: "\(error)")
-            }
+            let bad = error as? BadTrainingData
+            let message = bad.map { "\($0.error)" } ?? "\(error)"
+            job.error = bad.map { .init(code: "invalid_training_file", message: message, param: $0.param) }
+                ?? .init(code: "training_failed", message: message)
             job.finished_at = JobEvents.now()
-            logger.error("fine-tuning job \(job.id) failed: \(error)")
-            try? await store.update(c, job, events: [JobEvents.make(job.id, "Fine-tuning job failed: \(error)", level: "error")])
+            logger.error("fine-tuning job \(job.id) failed: \(message)")
+            try? await store.update(c, job, events: [JobEvents.make(job.id, "Fine-tuning job failed: \(message)", level: "error")])
             return false
         }
     }
