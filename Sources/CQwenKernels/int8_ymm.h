@@ -135,7 +135,7 @@ YMM_TARGET static inline __attribute__((always_inline)) void YMM_NAME(panel)(
 #define YMM_WIDE_ROWS 9
 #define YMM_WIDE_CASES(G, B, M, S)                                                                                 \
     if ((B) == 5) {                                                                                                \
-        if (k == 0) YMM_NAME(unpack)(G, B, pq, ng, wide);                                                         \
+        if (k == 0) YMM_NAME(unpack5)(pq, ng, wide);                                                               \
         {                                                                                                          \
             const uint8_t *pq = wide;                                                                              \
             switch (R) {                                                                                           \
@@ -149,16 +149,14 @@ YMM_TARGET static inline __attribute__((always_inline)) void YMM_NAME(panel)(
         YMM_CASES(G, B, M, S)                                                                                      \
     }
 
-/// A panel's packed 5-bit groups as bytes, laid out as 8-bit panels are.
-YMM_TARGET static inline __attribute__((always_inline)) void YMM_NAME(unpack_as)(const int G, const int BITS, const uint8_t *pq,
-                                                                               int ng, uint8_t *wide) {
-    const long gb = G * 10;
+/// A panel's packed 5-bit groups (32 values a group) as bytes, laid out as 8-bit panels are.
+YMM_TARGET static void YMM_NAME(unpack5)(const uint8_t *pq, int ng, uint8_t *wide) {
     for (int gi = 0; gi < ng; gi++) {
-        for (int k4 = 0; k4 < G / 4; k4++) {
+        for (int k4 = 0; k4 < 8; k4++) {
             __m256i w[2];
-            YMM_NAME(weights)(G, BITS, 0, pq + gi * gb, k4, w);
-            _mm256_storeu_si256((__m256i *)(wide + (long)gi * G * 16 + k4 * 64), w[0]);
-            _mm256_storeu_si256((__m256i *)(wide + (long)gi * G * 16 + k4 * 64 + 32), w[1]);
+            YMM_NAME(weights)(32, 5, 0, pq + gi * 320, k4, w);
+            _mm256_storeu_si256((__m256i *)(wide + (long)gi * 512 + k4 * 64), w[0]);
+            _mm256_storeu_si256((__m256i *)(wide + (long)gi * 512 + k4 * 64 + 32), w[1]);
         }
     }
 }
@@ -176,11 +174,6 @@ static uint8_t *YMM_NAME(wide_buffer)(size_t bytes) {
     }
     return buffer;
 }
-
-YMM_TARGET static void YMM_NAME(unpack)(int G, int BITS, const uint8_t *pq, int ng, uint8_t *wide) {
-    (void)G, (void)BITS;
-    YMM_NAME(unpack_as)(32, 5, pq, ng, wide);
-}
 #endif
 
 YMM_TARGET static void YMM_NAME(matmul)(int type, const uint8_t *q, const float *scale, const float *min, int rows, int cols,
@@ -192,6 +185,7 @@ YMM_TARGET static void YMM_NAME(matmul)(int type, const uint8_t *q, const float 
     // for every group of rows after the first.
     const int groups = (n + 3) / 4;
 #ifndef YMM_DPBUSD
+    // Its own loop: a test inside the one below cost single-row products 8%.
     const int five = type == QWEN_Q5_0 || type == QWEN_Q5_1 || type == QWEN_Q5_K;
     uint8_t *wide = n >= YMM_WIDE_ROWS && five ? YMM_NAME(wide_buffer)((size_t)cols * 16) : 0;
     if (wide) {
