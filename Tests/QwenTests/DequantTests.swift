@@ -120,7 +120,7 @@ final class CompactMatrixTests: XCTestCase {
 
     func kernelsOnRandomMatrices(_ level: String) {
         var rng = SeededRandom(seed: 9)
-        for type in [GGMLType.q5_0, .q8_0, .q4_K, .q6_K, .bf16, .q4_0, .q5_1, .q5_K, .f16] {
+        for type in [GGMLType.q5_0, .q8_0, .q4_K, .q6_K, .bf16, .q4_0, .q4_1, .q5_1, .q5_K, .f16] {
             // 37 rows make row ranges of 3 on up to 16 workers' chunks: the two-weight-row loops and
             // their one-row remainders both run.
             let cols = type.blockSize == 256 ? 512 : 96, rows = 37
@@ -146,6 +146,17 @@ final class CompactMatrixTests: XCTestCase {
                     XCTAssertEqual((0..<rows).map { alone[$0].bitPattern }, (0..<rows).map { a[r * rows + $0].bitPattern },
                                    "\(level): \(type) row \(r) of \(n) alone")
                 }
+            }
+            // Each weight is expanded to exactly the reference's value: input rows of one 1 and
+            // zeros elsewhere read the dequantized matrix back, column by column.
+            let unit = FloatBuffer(count: cols * cols), read = FloatBuffer(count: cols * rows)
+            for j in 0..<cols { unit[j * cols + j] = 1 }
+            for j in stride(from: 0, to: cols, by: 8) {  // 8 rows a product: few enough for the compact kernel
+                compact.multiply(unit.pointer + j * cols, n: min(8, cols - j), into: read.pointer + j * rows, accumulate: false)
+            }
+            let wrong = (0..<(rows * cols)).first { k in read[(k % cols) * rows + k / cols] != blocks.dense[k] }
+            if let k = wrong {
+                XCTFail("\(level): \(type) weight [\(k / cols), \(k % cols)] reads \(read[(k % cols) * rows + k / cols]), dequantized \(blocks.dense[k])")
             }
         }
     }
