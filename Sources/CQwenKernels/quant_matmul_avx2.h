@@ -15,39 +15,29 @@
 /// conversion's latency, once per 32 values, bounded the one-row Q5_0 product (5.0 against 7.1 G/s).
 AVX2 static inline float f16x(const uint8_t *p) { return _cvtsh_ss((unsigned short)(p[0] | (p[1] << 8))); }
 
-/// The 16 bytes of a mask of 16 bits, 0x10 where a bit is set (Q5's fifth bits).
-AVX2 static inline __m128i fifth_bits(uint32_t bits16) {
-    const __m128i bytes = _mm_shuffle_epi8(_mm_cvtsi32_si128((int)bits16), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
-    const __m128i bit = _mm_set1_epi64x((long long)0x8040201008040201ULL);
-    return _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(bytes, bit), bit), _mm_set1_epi8(0x10));
-}
-
-/// 16 signed bytes as two 8-float vectors times d.
-AVX2 static inline void i8x16_times(__m128i q, __m256 d, __m256 *w) {
-    w[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
-    w[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), d);
-}
-
-/// 16 unsigned bytes as two 8-float vectors q·d + m.
-AVX2 static inline void u8x16_affine(__m128i q, __m256 d, __m256 m, __m256 *w) {
-    w[0] = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), d), m);
-    w[1] = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q, 8))), d), m);
-}
-
-/// 32 signed bytes, values 0–15 in both lanes of `a` and 16–31 in both lanes of `b`, as four
-/// 8-float vectors times d. Each value is moved to the top byte of its 32-bit lane (one in-lane
-/// shuffle; lane-crossing sign extension costs more on AVX2), so the conversion gives q·2^24, and
-/// d·2^-24 scales it back: the same single rounding of d·q as the reference (both factors exact).
-AVX2 static inline void i8x32_top_times(__m256i a, __m256i b, float d, __m256 *w) {
+/// 16 bytes, the same in both lanes of `q`, as two 8-float vectors q·d (+ m when AFFINE: bytes
+/// below 128 then; signed bytes otherwise). Each value is moved to the top byte of its 32-bit lane
+/// (one in-lane shuffle; AVX2's lane-crossing widening costs more), so the conversion gives q·2^24,
+/// and d·2^-24 scales it back: the same single rounding of d·q as the reference (both factors exact).
+AVX2 static inline __attribute__((always_inline)) void x16_top(__m256i q, float d, __m256 m, const int AFFINE, __m256 *w) {
     const __m256 d24 = _mm256_set1_ps(d * 0x1p-24f);
     const __m256i lo = _mm256_setr_epi8(-1, -1, -1, 0, -1, -1, -1, 1, -1, -1, -1, 2, -1, -1, -1, 3,
                                         -1, -1, -1, 4, -1, -1, -1, 5, -1, -1, -1, 6, -1, -1, -1, 7);
     const __m256i hi = _mm256_setr_epi8(-1, -1, -1, 8, -1, -1, -1, 9, -1, -1, -1, 10, -1, -1, -1, 11,
                                         -1, -1, -1, 12, -1, -1, -1, 13, -1, -1, -1, 14, -1, -1, -1, 15);
-    w[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(a, lo)), d24);
-    w[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(a, hi)), d24);
-    w[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(b, lo)), d24);
-    w[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(b, hi)), d24);
+    w[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(q, lo)), d24);
+    w[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(q, hi)), d24);
+    if (AFFINE) {
+        w[0] = _mm256_add_ps(w[0], m);
+        w[1] = _mm256_add_ps(w[1], m);
+    }
+}
+
+/// 32 signed bytes, values 0–15 in both lanes of `a` and 16–31 in both lanes of `b`, as four
+/// 8-float vectors times d.
+AVX2 static inline void i8x32_top_times(__m256i a, __m256i b, float d, __m256 *w) {
+    x16_top(a, d, _mm256_setzero_ps(), 0, w);
+    x16_top(b, d, _mm256_setzero_ps(), 0, w + 2);
 }
 
 AVX2 static inline void block2_q4_0(const uint8_t *b, __m256 *w) {
@@ -56,39 +46,45 @@ AVX2 static inline void block2_q4_0(const uint8_t *b, __m256 *w) {
 }
 
 AVX2 static inline void block2_q4_1(const uint8_t *b, __m256 *w) {
-    const __m256 d = _mm256_set1_ps(f16(b)), m = _mm256_set1_ps(f16(b + 2));
-    const __m128i qs = _mm_loadu_si128((const __m128i *)(b + 4)), m4 = _mm_set1_epi8(0x0F);
-    u8x16_affine(_mm_and_si128(qs, m4), d, m, w);
-    u8x16_affine(_mm_and_si128(_mm_srli_epi16(qs, 4), m4), d, m, w + 2);
+    const float d = f16(b);
+    const __m256 m = _mm256_set1_ps(f16(b + 2));
+    const __m256i qs = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b + 4))), m4 = _mm256_set1_epi8(0x0F);
+    x16_top(_mm256_and_si256(qs, m4), d, m, 1, w);
+    x16_top(_mm256_and_si256(_mm256_srli_epi16(qs, 4), m4), d, m, 1, w + 2);
 }
 
-/// Q5_0's 32 fifth bits as bytes, in the lanes' order of i8x32_top_times: 0xF0 where a bit is
-/// clear, so that (nibble | it) is the signed byte nibble + 16·bit − 16.
-AVX2 static inline void q5_minus16(uint32_t qh, __m256i *a, __m256i *b) {
+/// Q5's 32 fifth bits as bytes (0xFF where a bit is set), in the lanes' order of x16_top: values
+/// 0–15 in both lanes of *a, 16–31 in both lanes of *b.
+AVX2 static inline void q5_bits(uint32_t qh, __m256i *a, __m256i *b) {
     const __m256i v = _mm256_set1_epi32((int)qh), magic = _mm256_set1_epi64x((long long)0x7FBFDFEFF7FBFDFEULL), ones = _mm256_set1_epi8(-1);
     const __m256i sa = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    const __m256i sb = _mm256_add_epi8(sa, _mm256_set1_epi8(2)), f0 = _mm256_set1_epi8((char)0xF0);
-    *a = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_or_si256(_mm256_shuffle_epi8(v, sa), magic), ones), f0);
-    *b = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_or_si256(_mm256_shuffle_epi8(v, sb), magic), ones), f0);
+    *a = _mm256_cmpeq_epi8(_mm256_or_si256(_mm256_shuffle_epi8(v, sa), magic), ones);
+    *b = _mm256_cmpeq_epi8(_mm256_or_si256(_mm256_shuffle_epi8(v, _mm256_add_epi8(sa, _mm256_set1_epi8(2))), magic), ones);
 }
 
 AVX2 static inline void block2_q5_0(const uint8_t *b, __m256 *w) {
     uint32_t qh;
     memcpy(&qh, b + 2, 4);
     const __m256i qs = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b + 6))), m4 = _mm256_set1_epi8(0x0F);
+    const __m256i f0 = _mm256_set1_epi8((char)0xF0);
     __m256i ha, hb;
-    q5_minus16(qh, &ha, &hb);
-    i8x32_top_times(_mm256_or_si256(_mm256_and_si256(qs, m4), ha), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qs, 4), m4), hb),
-                    f16(b), w);
+    q5_bits(qh, &ha, &hb);
+    // nibble | 0xF0 where the fifth bit is clear: the signed byte nibble + 16·bit − 16.
+    i8x32_top_times(_mm256_or_si256(_mm256_and_si256(qs, m4), _mm256_andnot_si256(ha, f0)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qs, 4), m4), _mm256_andnot_si256(hb, f0)), f16(b), w);
 }
 
 AVX2 static inline void block2_q5_1(const uint8_t *b, __m256 *w) {
-    const __m256 d = _mm256_set1_ps(f16(b)), m = _mm256_set1_ps(f16(b + 2));
+    const float d = f16(b);
+    const __m256 m = _mm256_set1_ps(f16(b + 2));
     uint32_t qh;
     memcpy(&qh, b + 4, 4);
-    const __m128i qs = _mm_loadu_si128((const __m128i *)(b + 8)), m4 = _mm_set1_epi8(0x0F);
-    u8x16_affine(_mm_or_si128(_mm_and_si128(qs, m4), fifth_bits(qh & 0xFFFF)), d, m, w);
-    u8x16_affine(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(qs, 4), m4), fifth_bits(qh >> 16)), d, m, w + 2);
+    const __m256i qs = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b + 8))), m4 = _mm256_set1_epi8(0x0F);
+    const __m256i c16 = _mm256_set1_epi8(16);
+    __m256i ha, hb;
+    q5_bits(qh, &ha, &hb);
+    x16_top(_mm256_or_si256(_mm256_and_si256(qs, m4), _mm256_and_si256(ha, c16)), d, m, 1, w);
+    x16_top(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qs, 4), m4), _mm256_and_si256(hb, c16)), d, m, 1, w + 2);
 }
 
 AVX2 static inline void block2_q8_0(const uint8_t *b, __m256 *w) {
@@ -129,26 +125,26 @@ AVX2 static inline __attribute__((always_inline)) void dot2_q45_k(const uint8_t 
                                                                    __m256 acc[][4], const int five) {
     const float d = f16x(b), dmin = f16x(b + 2);
     const uint8_t *sc = b + 4, *qh = b + 16, *q = b + (five ? 48 : 16);
-    const __m128i m4 = _mm_set1_epi8(0x0F), c16 = _mm_set1_epi8(16);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), c16 = _mm256_set1_epi8(16);
     for (int p = 0; p < 4; p++) {
         float s1, m1, s2, m2;
         scale_min_k4(2 * p, sc, &s1, &m1);
         scale_min_k4(2 * p + 1, sc, &s2, &m2);
-        const __m256 d1 = _mm256_set1_ps(d * s1), mm1 = _mm256_set1_ps(-(dmin * m1));
-        const __m256 d2 = _mm256_set1_ps(d * s2), mm2 = _mm256_set1_ps(-(dmin * m2));
-        const __m128i u1 = _mm_set1_epi8((char)(1 << (2 * p))), u2 = _mm_set1_epi8((char)(2 << (2 * p)));
+        const float d1 = d * s1, d2 = d * s2;
+        const __m256 mm1 = _mm256_set1_ps(-(dmin * m1)), mm2 = _mm256_set1_ps(-(dmin * m2));
+        const __m256i u1 = _mm256_set1_epi8((char)(1 << (2 * p))), u2 = _mm256_set1_epi8((char)(2 << (2 * p)));
         for (int h = 0; h < 2; h++) {
-            const __m128i v = _mm_loadu_si128((const __m128i *)(q + 16 * h));
-            __m128i l = _mm_and_si128(v, m4), u = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+            const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(q + 16 * h)));
+            __m256i l = _mm256_and_si256(v, m4), u = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
             if (five) {
-                const __m128i hb = _mm_loadu_si128((const __m128i *)(qh + 16 * h));
-                l = _mm_or_si128(l, _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(hb, u1), u1), c16));
-                u = _mm_or_si128(u, _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(hb, u2), u2), c16));
+                const __m256i hb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(qh + 16 * h)));
+                l = _mm256_or_si256(l, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, u1), u1), c16));
+                u = _mm256_or_si256(u, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, u2), u2), c16));
             }
             __m256 w[2];
-            u8x16_affine(l, d1, mm1, w);
+            x16_top(l, d1, mm1, 1, w);
             fma16(w, xb, ldx, 64 * p + 16 * h, NI, 2 * h, acc);
-            u8x16_affine(u, d2, mm2, w);
+            x16_top(u, d2, mm2, 1, w);
             fma16(w, xb, ldx, 64 * p + 32 + 16 * h, NI, 2 * h, acc);
         }
         q += 32;
@@ -166,21 +162,21 @@ AVX2 static inline __attribute__((always_inline)) void dot2_q6_k(const uint8_t *
     const float d = f16x(b + 208);
     const uint8_t *ql = b, *qh = b + 128;
     const int8_t *sc = (const int8_t *)(b + 192);
-    const __m128i m4 = _mm_set1_epi8(0x0F), m3 = _mm_set1_epi8(3), c32 = _mm_set1_epi8(32);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3), c32 = _mm256_set1_epi8(32);
     for (int half = 0; half < 2; half++) {
         for (int c = 0; c < 2; c++) {  // positions 16c..16c+15 of each quarter; scale index c
-            const __m128i a = _mm_loadu_si128((const __m128i *)(ql + 16 * c));
-            const __m128i e = _mm_loadu_si128((const __m128i *)(ql + 32 + 16 * c));
-            const __m128i h = _mm_loadu_si128((const __m128i *)(qh + 16 * c));
-            const __m128i q[4] = {
-                _mm_sub_epi8(_mm_or_si128(_mm_and_si128(a, m4), _mm_slli_epi16(_mm_and_si128(h, m3), 4)), c32),
-                _mm_sub_epi8(_mm_or_si128(_mm_and_si128(e, m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 2), m3), 4)), c32),
-                _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(a, 4), m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 4), m3), 4)), c32),
-                _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(e, 4), m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 6), m3), 4)), c32),
+            const __m256i a = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(ql + 16 * c)));
+            const __m256i e = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(ql + 32 + 16 * c)));
+            const __m256i h = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(qh + 16 * c)));
+            const __m256i q[4] = {
+                _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(a, m4), _mm256_slli_epi16(_mm256_and_si256(h, m3), 4)), c32),
+                _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(e, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m3), 4)), c32),
+                _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m3), 4)), c32),
+                _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(e, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m3), 4)), c32),
             };
             for (int k = 0; k < 4; k++) {
                 __m256 w[2];
-                i8x16_times(q[k], _mm256_set1_ps(d * sc[c + 2 * k]), w);
+                x16_top(q[k], d * sc[c + 2 * k], _mm256_setzero_ps(), 0, w);
                 fma16(w, xb, ldx, 128 * half + 16 * c + 32 * k, NI, 2 * (k % 2), acc);
             }
         }
