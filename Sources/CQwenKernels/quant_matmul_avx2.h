@@ -87,9 +87,12 @@ AVX2 static inline void block2_q5_1(const uint8_t *b, __m256 *w) {
     x16_top(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qs, 4), m4), _mm256_and_si256(hb, c16)), d, m, 1, w + 2);
 }
 
+/// Q8_0's bytes are in memory as they are: widened straight from it, 8 at a time, which measured
+/// faster than the shuffle at every row count (1 row 1.06×, 6 rows 1.22×).
 AVX2 static inline void block2_q8_0(const uint8_t *b, __m256 *w) {
-    i8x32_top_times(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b + 2))),
-                    _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b + 18))), f16(b), w);
+    const __m256 d = _mm256_set1_ps(f16(b));
+    for (int k = 0; k < 4; k++)
+        w[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * k)))), d);
 }
 
 AVX2 static inline void block2_bf16(const uint8_t *b, __m256 *w) {
