@@ -13,6 +13,8 @@ final class RuntimeTests: XCTestCase {
         if !expected.isEmpty {
             XCTAssertEqual(info.coreName.lowercased(), expected.lowercased(), "OpenBLAS reports \(info.coreName)")
         }
+        // Its idle workers sleep instead of spinning on the cores ours need (a user's value is kept).
+        XCTAssertNotNil(getenv("OPENBLAS_THREAD_TIMEOUT"), "OPENBLAS_THREAD_TIMEOUT is set before OpenBLAS loads")
         // And it computes: a small product checked by hand.
         let a: [Float] = [1, 2, 3, 4, 5, 6]  // 2×3
         let b: [Float] = [1, 0, 0, 1, 1, 1]  // 3×2
