@@ -125,8 +125,8 @@ def start_llama_server(bindir, model, threads):
     return p, port
 
 
-def start_qwen_server(binary, model, kv_dtype):
-    p = subprocess.Popen([binary, "serve", "--model", model, "--port", "0", "--kv-cache-dtype", kv_dtype], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+def start_qwen_server(binary, model, kv_dtype, extra=()):
+    p = subprocess.Popen([binary, "serve", "--model", model, "--port", "0", "--kv-cache-dtype", kv_dtype, *extra], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     for line in p.stderr:
         m = re.search(r"on http://[^:]+:(\d+)", line)
         if m:
@@ -182,16 +182,23 @@ def main():
         for k, level in enumerate(a.levels.split(",")):
             c, n = map(int, level.split(":"))
             results = {}
-            for who in (("llama", "qwen") if k % 2 == 0 else ("qwen", "llama")):
-                p, port = start_llama_server(bindir, model, a.threads) if who == "llama" else start_qwen_server(a.binary, model, a.kv_cache_dtype)
+            # qwen-serve as it starts (speculation auto) and with --speculative off: greedy answers to
+            # random prompts often repeat, which prompt-lookup drafting turns into speed.
+            order = ("llama", "qwen", "qwen-off")
+            for who in (order if k % 2 == 0 else order[::-1]):
+                if who == "llama":
+                    p, port = start_llama_server(bindir, model, a.threads)
+                else:
+                    p, port = start_qwen_server(a.binary, model, a.kv_cache_dtype, ["--speculative", "off"] if who == "qwen-off" else [])
                 try:
                     results[who] = asyncio.run(loadgen.run_level("127.0.0.1", port, c, n, 128, 128, seed=c))
                 finally:
                     p.terminate()
                     p.wait(timeout=60)
-            serving.append((c, n, results["llama"], results["qwen"]))
+            serving.append((c, n, results["llama"], results["qwen"], results["qwen-off"]))
             print(f"serving c={c}: llama.cpp {results['llama']['output_tok_s']:.1f} ({n - results['llama']['succeeded']} failed), "
-                  f"qwen-serve {results['qwen']['output_tok_s']:.1f} ({n - results['qwen']['succeeded']} failed)", flush=True)
+                  f"qwen-serve {results['qwen']['output_tok_s']:.1f} ({n - results['qwen']['succeeded']} failed), "
+                  f"with --speculative off {results['qwen-off']['output_tok_s']:.1f}", flush=True)
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -204,13 +211,15 @@ def main():
              f"llama.cpp from llama-cpp-python {LLAMA_CPP_PYTHON}'s vendored source, built with GGML_NATIVE; both on the default GGUF "
              f"(Qwen2.5-Coder-0.5B-Instruct Q4_K_M); qwen-serve in int8 compute (what `auto` picks here) with a {a.kv_cache_dtype} KV cache. "
              "llama-bench's averages (generation after -d N tokens of context) against `qwen-serve bench`'s medians; "
-             "servers: random 128-token prompts, 128 output tokens (ignore_eos), streamed, run one after the other.", "",
+             "servers: random 128-token prompts, 128 output tokens (ignore_eos), streamed, run one after the other; qwen-serve as it "
+             "starts (speculative decoding `auto`) and with `--speculative off`, llama-server with its defaults (no speculation).", "",
              "| | llama.cpp | qwen-serve | ratio |", "|---|---|---|---|"]
     for name, l, q in rows:
         lines.append(f"| {name} | {l:.1f} | {q:.1f} | {q / l:.2f}× |")
-    for c, n, l, q in serving:
-        lines.append(f"| serving output tok/s, concurrency {c} ({n} requests) | {l['output_tok_s']:.1f} ({n - l['succeeded']} failed) | "
-                     f"{q['output_tok_s']:.1f} ({n - q['succeeded']} failed) | {q['output_tok_s'] / l['output_tok_s']:.2f}× |")
+    for c, n, l, q, off in serving:
+        for label, r in (("", q), (", qwen-serve `--speculative off`", off)):
+            lines.append(f"| serving output tok/s, concurrency {c} ({n} requests){label} | {l['output_tok_s']:.1f} ({n - l['succeeded']} failed) | "
+                         f"{r['output_tok_s']:.1f} ({n - r['succeeded']} failed) | {r['output_tok_s'] / l['output_tok_s']:.2f}× |")
     section = "\n".join(lines) + "\n"
     print(section)
     if a.write:
