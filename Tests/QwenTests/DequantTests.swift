@@ -154,9 +154,9 @@ final class CompactMatrixTests: XCTestCase {
             for j in stride(from: 0, to: cols, by: 8) {  // 8 rows a product: few enough for the compact kernel
                 compact.multiply(unit.pointer + j * cols, n: min(8, cols - j), into: read.pointer + j * rows, accumulate: false)
             }
-            let wrong = (0..<(rows * cols)).first { k in read[(k % cols) * rows + k / cols] != blocks.dense[k] }
-            if let k = wrong {
-                XCTFail("\(level): \(type) weight [\(k / cols), \(k % cols)] reads \(read[(k % cols) * rows + k / cols]), dequantized \(blocks.dense[k])")
+            let weight = { (k: Int) in read[(k % cols) * rows + k / cols] }  // k = row · cols + column
+            if let k = (0..<(rows * cols)).first(where: { weight($0) != blocks.dense[$0] }) {
+                XCTFail("\(level): \(type) weight [\(k / cols), \(k % cols)] reads \(weight(k)), dequantized \(blocks.dense[k])")
             }
         }
     }
