@@ -40,42 +40,54 @@ public struct HTTPServer {
     /// The Batch API's runner, when this server has a state directory.
     let batches: BatchRunner?
 
-    public init(service: ModelService, config: Config, jobs: FineTuning? = nil, stateDirectory: String? = nil) {
+    public init(service: ModelService, config: Config, jobs: FineTuning? = nil, stateDirectory: String? = nil) async {
         self.service = service
         self.config = config
         self.jobs = jobs
+        let log = Logger(label: "qwen-serve")
+        // Responses and batches live where the fine-tuning state does: SQLite in the state
+        // directory, or the PostgreSQL database the replicas share.
+        let shared = jobs?.store as? PostgresFineTuningStore
+        let node = jobs?.runner.settings.node ?? "local", lease = jobs?.runner.settings.lease ?? 30
         var store: ResponseStore?
         if let dir = stateDirectory {
             do {
-                let s = try SQLiteResponseStore(directory: dir)
-                let n = try s.failUnfinished(message: "the server stopped while this response ran")
-                if n > 0 { Logger(label: "qwen-serve").warning("\(n) background responses were left unfinished by the last run: marked failed") }
-                _ = try s.purge(createdBefore: Int(Date().timeIntervalSince1970) - config.responseRetention)
+                let s: ResponseStore = try shared.map { PostgresResponseStore(database: $0, node: node, lease: lease) }
+                    ?? SQLiteResponseStore(directory: dir)
+                let n = try await s.failUnfinished(message: "the server stopped while this response ran")
+                if n > 0 { log.warning("\(n) background responses were left unfinished by the last run: marked failed") }
+                _ = try await s.purge(createdBefore: Int(Date().timeIntervalSince1970) - config.responseRetention)
                 store = s
+            } catch let e as StoreError {
+                // The shared database does not answer yet: the store is there, its routes answer 503 until it does.
+                log.warning("stored responses: \(e)")
+                store = shared.map { PostgresResponseStore(database: $0, node: node, lease: lease) }
             } catch {
-                Logger(label: "qwen-serve").warning("stored responses are off: \(dir) cannot hold them: \(error)")
+                log.warning("stored responses are off: \(dir) cannot hold them: \(error)")
             }
         }
         responses = store
+        if let store { backgroundResponses.keepHeld(in: store) }
         responsesController = ResponsesController(service: service, store: store, runs: backgroundResponses, limit: config.maxBodyBytes,
                                                   retention: config.responseRetention)
         var runner: BatchRunner?
         if let dir = stateDirectory, let jobs {
             do {
-                runner = BatchRunner(store: try SQLiteBatchStore(directory: dir), files: jobs.store, scratch: jobs.stateDirectory + "/uploads", service: service,
+                let batchStore: BatchStore = try shared.map { PostgresBatchStore(database: $0) } ?? SQLiteBatchStore(directory: dir)
+                runner = BatchRunner(store: batchStore, files: jobs.store, scratch: jobs.stateDirectory + "/uploads", service: service,
                                      responses: responsesController, concurrency: service.engine.config.maxRunning,
-                                     maxFileBytes: config.maxUploadBytes)
+                                     maxFileBytes: config.maxUploadBytes, node: node, lease: lease)
             } catch {
-                Logger(label: "qwen-serve").warning("the Batch API is off: \(dir) cannot hold batches: \(error)")
+                log.warning("the Batch API is off: \(dir) cannot hold batches: \(error)")
             }
         }
         batches = runner
         runner?.start()
     }
 
-    /// Shutdown: batch lines in flight stop now (unrecorded, they run again at the next start)
-    /// instead of holding the drain.
-    public func stopBatches() { batches?.stop() }
+    /// Shutdown: batch lines in flight stop now (unrecorded, they run again at the next start or
+    /// on another replica) instead of holding the drain; the batch is handed back first.
+    public func stopBatches() async { await batches?.stop() }
 
     public struct TLSError: Error, CustomStringConvertible {
         public let description: String

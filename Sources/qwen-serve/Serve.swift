@@ -202,7 +202,7 @@ struct Serve: AsyncParsableCommand {
             hc.responseRetention = Int(s.responseRetentionDays * 86400)
             hc.console = s.ui
             // Stored responses live beside the fine-tuning state, in the directory this server holds.
-            let http = HTTPServer(service: service, config: hc, jobs: jobs, stateDirectory: jobs == nil ? nil : stateDir)
+            let http = await HTTPServer(service: service, config: hc, jobs: jobs, stateDirectory: jobs == nil ? nil : stateDir)
             let app: any Service
             if let fd = try SocketActivation.listeningSocket() {
                 // systemd opened the port (qwen-serve.socket): adopt it instead of binding host:port.
@@ -221,7 +221,7 @@ struct Serve: AsyncParsableCommand {
             // engine give running requests the grace period and then cancel the rest; the
             // HTTP server meanwhile stops accepting and waits for its handlers, which end
             // as their requests do; last, registered background work gets what is left of it.
-            let drain = DrainService(engine: engine, notifier: notifier, grace: s.shutdownGrace, beforeDrain: { http.stopBatches() })
+            let drain = DrainService(engine: engine, notifier: notifier, grace: s.shutdownGrace, beforeDrain: { await http.stopBatches() })
             let backgroundDrain = BackgroundDrainService(background: service.adapters.background, grace: s.shutdownGrace)
             var logger = Logger(label: "qwen-serve")
             logger.logLevel = .warning
@@ -379,12 +379,13 @@ struct DrainService: Service {
     let engine: Engine
     let notifier: SystemdNotifier
     let grace: Double
-    /// Runs as the drain begins (batch work stops at once; it resumes at the next start).
-    var beforeDrain: @Sendable () -> Void = {}
+    /// Runs as the drain begins (batch work stops at once and is handed back; it resumes at the
+    /// next start or on another replica).
+    var beforeDrain: @Sendable () async -> Void = {}
 
     func run() async throws {
         try? await gracefulShutdown()
-        beforeDrain()
+        await beforeDrain()
         log("stopping: in-flight requests and background work get \(grace) s to finish")
         notifier.stopping(status: "draining")
         let (engine, grace) = (engine, grace)

@@ -13,25 +13,25 @@ struct BatchesController {
     func addRoutes(to group: RouterGroup<QwenRequestContext>) {
         group.post("batches") { req, _ -> Response in json(try await create(try await HTTPServer.body(req, limit: limit))) }
         group.get("batches") { req, _ -> Response in
-            let (items, more) = try runner.store.list(after: req.uri.queryParameters.get("after"),
+            let (items, more) = try await runner.store.list(after: req.uri.queryParameters.get("after"),
                                                       limit: try FilesController.limit(req, default: 20, max: 100))
             return json(ListPage(data: items, first_id: items.first?.id, last_id: items.last?.id, has_more: more))
         }
-        group.get("batches/:id") { _, ctx -> Response in json(try batch(ctx)) }
+        group.get("batches/:id") { _, ctx -> Response in json(try await batch(ctx)) }
         group.post("batches/:id/cancel") { _, ctx -> Response in
-            let b = try batch(ctx)
+            let b = try await batch(ctx)
             guard !b.isFinal else {
                 throw APIError(.conflict, "the batch is already \(b.status)", param: "batch_id", code: "invalid_state")
             }
-            return json(try runner.cancel(b.id) ?? runner.store.get(b.id) ?? b)
+            return json(try await runner.cancel(b.id) ?? b)
         }
     }
 
     func json<T: Encodable>(_ v: T) -> Response { ModelService.typedResponse(v) }
 
-    func batch(_ ctx: QwenRequestContext) throws -> Batch {
+    func batch(_ ctx: QwenRequestContext) async throws -> Batch {
         let id = ctx.pathParameter("id")
-        guard FilesController.validID(id, prefix: "batch_"), let b = try runner.store.get(id) else {
+        guard FilesController.validID(id, prefix: "batch_"), let b = try await runner.store.get(id) else {
             throw APIError(.notFound, "No batch found with id '\(id.prefix(64))'", param: "batch_id", code: "batch_not_found")
         }
         return b
@@ -56,7 +56,7 @@ struct BatchesController {
         let now = BatchRunner.now
         let b = Batch(id: IDs.make("batch_"), endpoint: endpoint, errors: nil, input_file_id: fileID, completion_window: "24h",
                       status: "validating", created_at: now, expires_at: now + 86400, metadata: metadata)
-        try runner.store.insert(b)
+        try await runner.store.insert(b)
         runner.kick()
         return b
     }

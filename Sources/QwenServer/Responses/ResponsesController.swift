@@ -23,16 +23,16 @@ struct ResponsesController {
         group.post("responses") { req, ctx -> Response in
             try await create(try await HTTPServer.body(req, limit: limit), ctx)
         }
-        group.get("responses/:id") { _, ctx -> Response in json(try stored(ctx).response) }
-        group.get("responses/:id/input_items") { req, ctx -> Response in try inputItems(req, ctx) }
+        group.get("responses/:id") { _, ctx -> Response in json(try await stored(ctx).response) }
+        group.get("responses/:id/input_items") { req, ctx -> Response in try await inputItems(req, ctx) }
         group.delete("responses/:id") { _, ctx -> Response in
-            let s = try stored(ctx)
+            let s = try await stored(ctx)
             if !s.response.isFinal { _ = await cancel(s) }
-            _ = try store?.delete(s.response.id, owner: ctx.caller.owner)
+            _ = try await store?.delete(s.response.id, owner: ctx.caller.owner)
             return json(DeletedResponse(id: s.response.id))
         }
         group.post("responses/:id/cancel") { _, ctx -> Response in
-            let s = try stored(ctx)
+            let s = try await stored(ctx)
             guard s.response.background else {
                 throw APIError(.badRequest, "Only background responses can be cancelled", param: "response_id", code: "invalid_state")
             }
@@ -49,19 +49,19 @@ struct ResponsesController {
     static let unavailable = APIError(.serviceUnavailable, "stored responses are off on this server (no usable --state-dir; see its log)",
                                       type: "server_error", code: "response_storage_unavailable")
 
-    func stored(_ ctx: QwenRequestContext) throws -> StoredResponse {
+    func stored(_ ctx: QwenRequestContext) async throws -> StoredResponse {
         guard let store else { throw Self.unavailable }
         let id = ctx.pathParameter("id")
         // Past the retention is gone, whether or not a purge has run since.
-        guard FilesController.validID(id, prefix: "resp_"), let s = try store.get(id, owner: ctx.caller.owner),
+        guard FilesController.validID(id, prefix: "resp_"), let s = try await store.get(id, owner: ctx.caller.owner),
               s.response.created_at >= Int(Date().timeIntervalSince1970) - retention else {
             throw APIError(.notFound, "No response found with id '\(id.prefix(64))'", param: "response_id", code: "response_not_found")
         }
         return s
     }
 
-    func inputItems(_ req: Request, _ ctx: QwenRequestContext) throws -> Response {
-        let s = try stored(ctx)
+    func inputItems(_ req: Request, _ ctx: QwenRequestContext) async throws -> Response {
+        let s = try await stored(ctx)
         let q = req.uri.queryParameters
         let n = try FilesController.limit(req, default: 20, max: 100)
         let order = q.get("order") ?? "desc"
@@ -77,21 +77,29 @@ struct ResponsesController {
         return json(ListPage(data: page, first_id: page.first?["id"]?.string, last_id: page.last?["id"]?.string, has_more: items.count > n))
     }
 
-    /// Cancels a background response; returns it as stored once its runner has ended.
+    /// Cancels a background response; returns it as stored once its runner has ended. One
+    /// running on another replica is asked through the store; if that replica does not end it
+    /// within a few seconds (it stopped), it ends here.
     func cancel(_ s: StoredResponse) async -> ResponseObject {
         guard let store else { return s.response }
-        if !runs.cancel(s.response.id) && !s.response.isFinal {
-            // Not running here (its server stopped): it ends now.
-            var r = s.response
+        let id = s.response.id
+        var waitForRunner = runs.cancel(id)
+        if !waitForRunner && !s.response.isFinal {
+            waitForRunner = (try? await store.requestCancel(id)) ?? false
+        }
+        if waitForRunner {
+            for _ in 0..<100 {
+                if let now = try? await store.get(id, owner: s.owner), now.response.isFinal { return now.response }
+                try? await Task.sleep(nanoseconds: 50_000_000)
+            }
+        }
+        // Nobody runs it (its server stopped), or its replica did not answer: it ends now.
+        if let now = try? await store.get(id, owner: s.owner), !now.response.isFinal {
+            var r = now.response
             r.status = "cancelled"
-            try? store.update(r)
-            return r
+            try? await store.update(r)
         }
-        for _ in 0..<500 {
-            if let now = try? store.get(s.response.id, owner: s.owner), now.response.isFinal { return now.response }
-            try? await Task.sleep(nanoseconds: 10_000_000)
-        }
-        return (try? store.get(s.response.id, owner: s.owner))?.response ?? s.response
+        return (try? await store.get(id, owner: s.owner))?.response ?? s.response
     }
 
     // MARK: Create
@@ -123,7 +131,7 @@ struct ResponsesController {
             guard let store else { throw Self.unavailable }
             let found: (turns: [StoredResponse], complete: Bool)?
             do {
-                found = FilesController.validID(prev, prefix: "resp_") ? try store.conversation(prev, owner: owner, maxBytes: Self.maxHistoryBytes) : nil
+                found = FilesController.validID(prev, prefix: "resp_") ? try await store.conversation(prev, owner: owner, maxBytes: Self.maxHistoryBytes) : nil
             } catch let b as BrokenChain {
                 throw APIError.badParam("previous_response_id", "the conversation can no longer be continued: its response '\(b.missing.prefix(64))' was deleted or has expired")
             }
@@ -161,11 +169,11 @@ struct ResponsesController {
         let input = r.input
         let store = self.store, requests = service.requests, runs = self.runs, retention = self.retention
 
-        @Sendable func keep(_ final: ResponseObject) {
+        @Sendable func keep(_ final: ResponseObject) async {
             guard storing, let store else { return }
             do {
-                try store.insert(StoredResponse(response: final, input: input, owner: owner))
-                _ = try store.purge(createdBefore: Int(Date().timeIntervalSince1970) - retention)
+                try await store.insert(StoredResponse(response: final, input: input, owner: owner))
+                _ = try await store.purge(createdBefore: Int(Date().timeIntervalSince1970) - retention)
             } catch {
                 Logger(label: "qwen-serve.responses").error("response \(id) could not be stored: \(error)")
             }
@@ -173,7 +181,7 @@ struct ResponsesController {
 
         if r.background, let store {
             let queued = run.builder.response
-            try store.insert(StoredResponse(response: queued, input: input, owner: owner))
+            try await store.insert(StoredResponse(response: queued, input: input, owner: owner))
             runs.register(id, stream)
             let background = service.adapters.background
             Task.detached {
@@ -182,7 +190,7 @@ struct ResponsesController {
                     final = try await background.run("response \(id)") {
                         var run = run
                         _ = run.builder.start()
-                        try? store.update(run.builder.response)
+                        try? await store.update(run.builder.response)
                         let r = try await run.drive(stream, cancelled: { runs.isCancelled(id) }) { _ in }
                         return (r, run.firstToken, run.state.tokens)
                     }
@@ -193,7 +201,7 @@ struct ResponsesController {
                     _ = run.builder.fail(status: "failed", code: "server_shutdown", message: "the server shut down before this response ran", usage: nil)
                     final = (run.builder.response, nil, 0)
                 }
-                try? store.update(final.response)
+                try? await store.update(final.response)
                 runs.remove(id)
                 requests.finished(record, firstToken: final.firstToken, completionTokens: final.tokens, cancelled: final.response.status == "cancelled")
             }
@@ -209,7 +217,7 @@ struct ResponsesController {
             if run.builder.response.status == "failed", let e = run.builder.response.error {
                 throw APIError(.internalServerError, e.message)
             }
-            keep(run.builder.response)
+            await keep(run.builder.response)
             return json(run.builder.response)
         }
         return Response(status: .ok, headers: ModelService.sseHeaders, body: ResponseBody { writer in
@@ -223,7 +231,7 @@ struct ResponsesController {
                 }
                 try await sse.finish()
                 requests.finished(record, firstToken: run.firstToken, completionTokens: run.state.tokens, cancelled: gone.isSet)
-                keep(run.builder.response)
+                await keep(run.builder.response)
             } catch {
                 stream.cancel()
                 requests.finished(record, firstToken: run.firstToken, completionTokens: run.state.tokens, cancelled: true)

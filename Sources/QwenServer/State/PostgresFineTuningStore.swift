@@ -156,6 +156,26 @@ public final class PostgresFineTuningStore: FineTuningStore, @unchecked Sendable
             "CREATE TABLE models (name TEXT PRIMARY KEY, job_id TEXT NOT NULL, step BIGINT, digest TEXT NOT NULL, created_at BIGINT NOT NULL)",
             "CREATE TABLE model_files (name TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE, file TEXT NOT NULL, bytes BYTEA NOT NULL, PRIMARY KEY (name, file))",
         ],
+        // 2: stored responses (PostgresResponseStore) and batches (PostgresBatchStore), shared like the rest.
+        [
+            """
+            CREATE TABLE responses (id TEXT PRIMARY KEY, owner TEXT NOT NULL, created_at BIGINT NOT NULL, status TEXT NOT NULL,
+                previous_response_id TEXT, body TEXT NOT NULL, input TEXT NOT NULL, node TEXT NOT NULL,
+                lease_until TIMESTAMPTZ NOT NULL, cancel_requested BOOLEAN NOT NULL DEFAULT false)
+            """,
+            "CREATE INDEX responses_by_age ON responses (created_at)",
+            "CREATE INDEX responses_unfinished ON responses (node) WHERE status IN ('queued', 'in_progress')",
+            """
+            CREATE TABLE batches (seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, status TEXT NOT NULL, body TEXT NOT NULL,
+                node TEXT, lease_until TIMESTAMPTZ)
+            """,
+            "CREATE INDEX batches_by_status ON batches (status, seq)",
+            """
+            CREATE TABLE batch_lines (batch_id TEXT NOT NULL REFERENCES batches(id) ON DELETE CASCADE, line BIGINT NOT NULL,
+                custom_id TEXT NOT NULL, body TEXT NOT NULL, state TEXT NOT NULL, output TEXT, PRIMARY KEY (batch_id, line))
+            """,
+            "CREATE INDEX batch_lines_by_state ON batch_lines (batch_id, state)",
+        ],
     ]
 
     /// Brings the database's schema up to this version's; refuses a newer one.
