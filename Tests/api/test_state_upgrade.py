@@ -1,7 +1,8 @@
 """A state directory written before the store had leases, run state and models (schema v1,
 Tests/Fixtures/state-v1, made by scripts/make_state_fixture.py with that version) upgrades in
 place: its files, jobs, events, checkpoints and fine-tuned models are all still there, the
-models answer as their adapter directories do, and the job it left paused resumes and finishes."""
+models answer as their adapter directories do, the job it left paused resumes and finishes, and
+its batches database takes and runs a batch."""
 import os
 import shutil
 import sqlite3
@@ -57,5 +58,18 @@ def test_a_v1_state_directory_upgrades_in_place(tmp_path):
         msgs = [e.message for e in c.fine_tuning.jobs.list_events(paused, limit=1000)]
         assert any(m.startswith("Fine-tuning job resumed on ") and m.endswith(f"from step {step}") for m in msgs), msgs
         assert job.fine_tuned_model in [m.id for m in c.models.list().data]
+        # Its batches database (v1, before batches had holders) takes batches and runs them.
+        import io, json
+        lines = "".join(json.dumps({"custom_id": f"u{i}", "method": "POST", "url": "/v1/chat/completions",
+                                    "body": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}}) + "\n" for i in range(2))
+        f = c.files.create(file=("b.jsonl", io.BytesIO(lines.encode())), purpose="batch")
+        b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        deadline = time.time() + 60
+        while c.batches.retrieve(b.id).status not in ("completed", "failed") and time.time() < deadline:
+            time.sleep(0.1)
+        b = c.batches.retrieve(b.id)
+        assert (b.status, b.request_counts.completed) == ("completed", 2), b
+        columns = [r[1] for r in sqlite3.connect(os.path.join(state, "batches.sqlite")).execute("PRAGMA table_info(batches)")]
+        assert "node" in columns and "lease_until" in columns
     finally:
         s.stop()
