@@ -41,14 +41,16 @@ def upload(c, lines):
     return c.files.create(file=("batch.jsonl", io.BytesIO(data)), purpose="batch")
 
 
-def wait(c, batch_id, until=("completed", "failed", "cancelled", "expired"), timeout=600):
+def wait(c, batch_id, until=("completed", "failed", "cancelled", "expired"), timeout=600, retrieve=None):
+    """The batch (or what `retrieve` reads) once its status is one of `until`."""
+    retrieve = retrieve or c.batches.retrieve
     deadline = time.time() + timeout
     while time.time() < deadline:
-        b = c.batches.retrieve(batch_id)
+        b = retrieve(batch_id)
         if b.status in until:
             return b
-        time.sleep(0.1)
-    raise AssertionError(f"batch {batch_id} is still {b.status}")
+        time.sleep(0.05)
+    raise AssertionError(f"{batch_id} is still {b.status}")
 
 
 def read_lines(c, file_id):

@@ -4,8 +4,6 @@ deleted through another; a background response running on one is cancelled throu
 and one whose replica was killed ends as failed; a batch created through one replica is listed
 by the other, runs on one of them, is finished by the other when its runner is killed — every
 custom_id exactly once — and is cancelled through the replica that does not run it."""
-import io
-import json
 import os
 import signal
 import time
@@ -14,6 +12,8 @@ import openai
 import pytest
 
 from conftest import FIXTURES, Server, default_model, fresh_database, postgres_or_skip, psql
+from test_batches import read_lines, upload
+from test_batches import wait as wait_batch
 
 TINY = os.path.join(FIXTURES, "qwen3-tiny-f32")
 
@@ -108,13 +108,8 @@ def test_each_key_sees_only_its_own_responses_on_every_replica_and_old_ones_are_
 
 
 def wait_status(c, rid, until, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        now = c.responses.retrieve(rid)
-        if now.status in until:
-            return now
-        time.sleep(0.05)
-    raise AssertionError(f"response {rid} is still {now.status}")
+    """The response once its status is one of `until`: what retrieve says through `c`."""
+    return wait_batch(c, rid, until, timeout, retrieve=c.responses.retrieve)
 
 
 def test_background_responses_are_cancelled_through_the_other_replica_and_fail_when_their_replica_dies(replicas):
@@ -146,11 +141,6 @@ def test_background_responses_are_cancelled_through_the_other_replica_and_fail_w
     assert failed.status == "failed" and failed.error is not None
 
 
-def upload(c, lines):
-    data = "".join(json.dumps(l) + "\n" for l in lines).encode()
-    return c.files.create(file=("batch.jsonl", io.BytesIO(data)), purpose="batch")
-
-
 def lines(n, tokens=40):
     return [{"custom_id": f"k{i}", "method": "POST", "url": "/v1/chat/completions",
              "body": {"messages": [{"role": "user", "content": f"go {i}"}], "max_tokens": tokens, "temperature": 0, "ignore_eos": True}}
@@ -160,20 +150,6 @@ def lines(n, tokens=40):
 def batch_runner(db, bid):
     rows = psql(db, f"SELECT coalesce(node, '') FROM batches WHERE id = '{bid}'")
     return rows[0][0] if rows and rows[0][0] else None
-
-
-def wait_batch(c, bid, until=("completed", "failed", "cancelled", "expired"), timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        b = c.batches.retrieve(bid)
-        if b.status in until:
-            return b
-        time.sleep(0.1)
-    raise AssertionError(f"batch {bid} is still {b.status}")
-
-
-def read_lines(c, file_id):
-    return [json.loads(l) for l in c.files.content(file_id).text.split("\n") if l.strip()] if file_id else []
 
 
 def start_batch(r, n=300, tokens=400):

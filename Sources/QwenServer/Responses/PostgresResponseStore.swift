@@ -69,12 +69,7 @@ final class PostgresResponseStore: ResponseStore, @unchecked Sendable {
                 """, logger: self.db.logger).decode(Row.self) { out.append(r) }
             return out
         }
-        for row in stale {
-            var r = try Self.decode(row).response
-            r.status = "failed"
-            r.error = .init(code: "server_error", message: "the replica running this response stopped")
-            try await update(r)
-        }
+        try await fail(try stale.map { try Self.decode($0).response }, message: "the replica running this response stopped")
     }
 
     func conversation(_ id: String, owner: String, maxBytes: Int) async throws -> (turns: [StoredResponse], complete: Bool)? {
@@ -129,12 +124,7 @@ final class PostgresResponseStore: ResponseStore, @unchecked Sendable {
                 """, logger: self.db.logger).decode(Row.self) { out.append(r) }
             return out
         }
-        for row in rows {
-            var r = try Self.decode(row).response
-            r.status = "failed"
-            r.error = .init(code: "server_error", message: message)
-            try await update(r)
-        }
+        try await fail(try rows.map { try Self.decode($0).response }, message: message)
         return rows.count
     }
 

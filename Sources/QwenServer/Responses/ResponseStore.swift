@@ -39,6 +39,17 @@ protocol ResponseStore: Sendable {
 
 struct BrokenChain: Error { let missing: String }
 
+extension ResponseStore {
+    /// Ends unfinished responses as failed, saying why.
+    func fail(_ responses: [ResponseObject], message: String) async throws {
+        for var r in responses {
+            r.status = "failed"
+            r.error = .init(code: "server_error", message: message)
+            try await update(r)
+        }
+    }
+}
+
 /// A conversation as a store's walk of `previous_response_id`s found it.
 enum ResponseChain {
     /// `rows`: the turns read, oldest first, each with its distance from the newest and whether
@@ -152,12 +163,7 @@ final class SQLiteResponseStore: ResponseStore, @unchecked Sendable {
 
     func failUnfinished(message: String) async throws -> Int {
         let rows = try await db.read { try Row.filter(["queued", "in_progress"].contains(Column("status"))).fetchAll($0) }
-        for row in rows {
-            var r = try Self.decode(row).response
-            r.status = "failed"
-            r.error = .init(code: "server_error", message: message)
-            try await update(r)
-        }
+        try await fail(try rows.map { try Self.decode($0).response }, message: message)
         return rows.count
     }
 
