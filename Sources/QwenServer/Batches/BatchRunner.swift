@@ -126,7 +126,9 @@ final class BatchRunner: @unchecked Sendable {
             }
             let hold = Task { await self.keepHeld(b.id) }
             await run(b)
+            // The heartbeat ends before the release, so no late renewal can take the released batch for lost.
             hold.cancel()
+            await hold.value
             if lock.withLock({ lost.remove(b.id) }) != nil {
                 log.warning("batch \(b.id): another replica took it over (this one's hold ran out); its work here stopped")
             } else {
