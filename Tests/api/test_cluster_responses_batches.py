@@ -3,9 +3,11 @@
 deleted through another; a background response running on one is cancelled through the other,
 and one whose replica was killed ends as failed; a batch created through one replica is listed
 by the other, runs on one of them, is finished by the other when its runner is killed — every
-custom_id exactly once — and is cancelled through the replica that does not run it."""
+custom_id exactly once — and is cancelled through the replica that does not run it; thirty batches
+created through three replicas at once each run once."""
 import os
 import signal
+import threading
 import time
 
 import openai
@@ -219,3 +221,37 @@ def test_a_batch_is_cancelled_through_the_replica_that_does_not_run_it(replicas)
     out = read_lines(c, done.output_file_id)
     ids = [o["custom_id"] for o in out]
     assert len(ids) == len(set(ids)) == done.request_counts.completed
+
+
+def test_many_batches_from_three_replicas_each_run_once(tmp_path):
+    db = fresh_database()
+    nodes = [replica(tmp_path, db, f"node-{i}") for i in range(3)]
+    try:
+        clients = [client(s) for s in nodes]
+        made, lock = {}, threading.Lock()
+
+        def submit(k, c):
+            for j in range(10):
+                want = [dict(l, custom_id=f"r{k}-b{j}-{l['custom_id']}") for l in lines(5, tokens=8)]
+                b = c.batches.create(input_file_id=upload(c, want).id, endpoint="/v1/chat/completions", completion_window="24h")
+                with lock:
+                    made[b.id] = [l["custom_id"] for l in want]
+
+        threads = [threading.Thread(target=submit, args=(k, c)) for k, c in enumerate(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(made) == 30
+        for i, (bid, want) in enumerate(made.items()):
+            done = wait_batch(clients[i % 3], bid, timeout=300)
+            assert done.status == "completed" and done.request_counts.completed == 5, done
+            out = read_lines(clients[0], done.output_file_id)
+            assert [o["custom_id"] for o in out] == want
+        assert psql(db, "SELECT count(*) FROM batches WHERE node IS NOT NULL") == [["0"]]
+        assert psql(db, "SELECT count(*), count(DISTINCT (batch_id, line)) FROM batch_lines WHERE state = 'ok'") == [["150", "150"]]
+        # Each line ran once, on one replica: the engines' finished requests add up to the lines.
+        assert sum(s.metric("qwen_request_duration_seconds_count") for s in nodes) == 150
+    finally:
+        for s in nodes:
+            s.stop()
