@@ -54,14 +54,15 @@ public struct HTTPServer {
             do {
                 let s: ResponseStore = try shared.map { PostgresResponseStore(database: $0, node: node, lease: lease) }
                     ?? SQLiteResponseStore(directory: dir)
-                let n = try await s.failUnfinished(message: "the server stopped while this response ran")
-                if n > 0 { log.warning("\(n) background responses were left unfinished by the last run: marked failed") }
-                _ = try await s.purge(createdBefore: Int(Date().timeIntervalSince1970) - config.responseRetention)
+                do {
+                    let n = try await s.failUnfinished(message: "the server stopped while this response ran")
+                    if n > 0 { log.warning("\(n) background responses were left unfinished by the last run: marked failed") }
+                    _ = try await s.purge(createdBefore: Int(Date().timeIntervalSince1970) - config.responseRetention)
+                } catch let e as StoreError {
+                    // The shared database does not answer yet: the routes answer 503 until it does.
+                    log.warning("stored responses: \(e)")
+                }
                 store = s
-            } catch let e as StoreError {
-                // The shared database does not answer yet: the store is there, its routes answer 503 until it does.
-                log.warning("stored responses: \(e)")
-                store = shared.map { PostgresResponseStore(database: $0, node: node, lease: lease) }
             } catch {
                 log.warning("stored responses are off: \(dir) cannot hold them: \(error)")
             }
