@@ -109,6 +109,15 @@ final class StateStoreTests: XCTestCase {
         }
     }
 
+    /// A replica paused inside a transaction must not hold its row locks (and so its job, past
+    /// SKIP LOCKED claims) for as long as its connection lives: the store's sessions have
+    /// PostgreSQL end an idle transaction after a few seconds.
+    func testTheStoresSessionsEndATransactionLeftIdle() async throws {
+        let store = try await postgresStore(try freshDatabase())
+        let value = try await store.setting("idle_in_transaction_session_timeout")
+        XCTAssertEqual(value, "5s")
+    }
+
     func testAClaimIsExclusiveAndALapsedOneIsFencedOut() async throws {
         try await onBothBackends { name, store, _ in
             for i in 1...3 { try await store.insert(Self.job("ftjob-\(i)"), events: [Self.event("ftjob-\(i)", "created")]) }

@@ -21,11 +21,17 @@ public final class PostgresFineTuningStore: FineTuningStore, @unchecked Sendable
     private let feed = ChangeFeed()
     private var tasks: [Task<Void, Never>] = []
     static let channel = "qwen_serve"
+    static let idleInTransaction = "5s"
     static let chunkBytes = 1 << 20
 
     public init(configuration: PostgresClient.Configuration, cacheDirectory: String, timeout: Double = 10, logger: Logger) {
         var config = configuration
         config.options.connectTimeout = .seconds(Int64(max(1, timeout / 2)))
+        // A replica paused (SIGSTOP, a frozen VM) in the middle of a transaction would hold its
+        // row locks for as long as its connection lives, and other replicas' SKIP LOCKED claims
+        // would pass its job by forever: PostgreSQL ends such a session after a few idle seconds.
+        // (Our transactions are a few quick statements; none waits on anything else between them.)
+        config.options.additionalStartupParameters.append(("idle_in_transaction_session_timeout", Self.idleInTransaction))
         client = PostgresClient(configuration: config, backgroundLogger: logger)
         self.logger = logger
         self.cacheDirectory = cacheDirectory
@@ -46,6 +52,14 @@ public final class PostgresFineTuningStore: FineTuningStore, @unchecked Sendable
     public func close() { for t in tasks { t.cancel() } }
 
     public func changes() -> AsyncStream<StoreChange> { feed.subscribe() }
+
+    /// A run-time setting as the store's own sessions have it (diagnostics, and the tests).
+    public func setting(_ name: String) async throws -> String {
+        try await run("reading \(name)") {
+            for try await v in try await self.client.query("SELECT current_setting(\(name))", logger: self.logger).decode(String.self) { return v }
+            throw StoreError.corrupt("no setting \(name)")
+        }
+    }
 
     /// LISTEN on its own connection, again after a second or more when it drops.
     private func listen() async {
